@@ -1,0 +1,30 @@
+# The two commands a new machine needs: `make run` and `make test`. Each installs what it needs
+# into .venv inside the checkout (re-installed when pyproject.toml changes).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SPEC ?= examples/iris.yaml
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+.PHONY: install run test lint typecheck unit
+install: $(BIN)/.installed
+
+run: $(BIN)/.installed
+	$(BIN)/zeroserve up $(SPEC)
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(BIN)/.installed
+	$(BIN)/mypy
+
+unit: $(BIN)/.installed
+	$(BIN)/pytest -q
+
+test: lint typecheck unit

@@ -1,0 +1,1 @@
+"""The activator: the ingress that routes, throttles, load-balances and buffers requests to revisions."""

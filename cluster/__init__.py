@@ -1,0 +1,1 @@
+"""Where revisions run: the service spec, the ports the components scale and route through, and their adapters."""

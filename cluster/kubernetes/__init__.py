@@ -1,0 +1,1 @@
+"""The Kubernetes adapter: Deployments, EndpointSlices, ConfigMaps and Leases through kubernetes.aio."""

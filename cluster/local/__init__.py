@@ -1,0 +1,1 @@
+"""The local adapter: a supervisor that runs each revision's replicas as processes on this machine."""

@@ -1,0 +1,1 @@
+"""The fast HTTP/1.1 forwarding core that the queue-proxy and the activator share."""

@@ -1,0 +1,106 @@
+"""The contract of the forwarding core, shared by the queue-proxy and the activator.
+
+The core (``dataplane.server``) parses HTTP/1.1 itself (uvloop protocols + httptools) and, per
+request, calls the component's :data:`Handler` with an :class:`Exchange`. The handler decides:
+answer at once (``respond``), or wait (breaker, buffering, load balancing: as long as it likes) and
+then ``forward`` to an upstream of its choice, keeping its breaker slot for as long as ``forward``
+runs. Bodies stream both ways; the core drops hop-by-hop headers and maintains
+``X-Forwarded-For``/``Forwarded``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class UpstreamConnectError(Exception):
+    """The upstream refused the connection before any byte of the request was sent.
+
+    Nothing was written to the client: the handler may retry on another upstream, or answer.
+    """
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Timeouts:
+    """Deadlines for one forwarded request, in seconds (0 = none).
+
+    ``total_s`` counts from when the request arrived; ``response_start_s`` from when it was sent
+    upstream until the first response byte; ``idle_s`` between two writes to the client. Each
+    ends the request with 504 (if the response has not started) and a body that names it.
+    """
+
+    total_s: float = 0.0
+    response_start_s: float = 0.0
+    idle_s: float = 0.0
+    body_prefix: str = ""  # "activator " gives "activator request timeout", as Knative
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardResult:
+    """How a forwarded request ended: the status sent to the client and whether it completed."""
+
+    status: int
+    completed: bool
+    reason: str = ""  # "", "timeout:total", "timeout:response-start", "timeout:idle",
+    #                   "upstream-error", "client-disconnected"
+
+
+class Exchange(Protocol):
+    """One client request, as the core hands it to a component's handler."""
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def target(self) -> str:
+        """The raw request target (path and query)."""
+        ...
+
+    @property
+    def headers(self) -> Sequence[tuple[str, str]]:
+        """The request headers as received, in order (names as sent)."""
+        ...
+
+    @property
+    def client(self) -> str:
+        """The client's IP address."""
+        ...
+
+    @property
+    def arrived_at(self) -> float:
+        """Loop time when the request head was parsed."""
+        ...
+
+    def header(self, name: str) -> str | None:
+        """The first value of a header, looked up case-insensitively."""
+        ...
+
+    async def respond(
+        self, status: int, body: bytes = b"", headers: Iterable[tuple[str, str]] = ()
+    ) -> None:
+        """Answer at once (content-type text/plain unless given); the request body is discarded."""
+        ...
+
+    async def forward(
+        self,
+        upstream: str,
+        *,
+        set_headers: Iterable[tuple[str, str]] = (),
+        remove_headers: Iterable[str] = (),
+        remove_prefixes: Iterable[str] = (),
+        timeouts: Timeouts = Timeouts(),
+    ) -> ForwardResult:
+        """Send the request to ``upstream`` (``host:port``) and stream the response back.
+
+        Raises :class:`UpstreamConnectError` if the connection failed before anything was sent
+        (retry allowed). Any later failure is answered by the core (502 with the reason, 504
+        for a timeout) and reported in the result. Header edits: ``remove_headers`` and
+        ``remove_prefixes`` (case-insensitive) are dropped, then ``set_headers`` replace any
+        header of the same name (a ``Host`` here sets the upstream Host).
+        """
+        ...
+
+
+Handler = Callable[[Exchange], Awaitable[None]]
