@@ -31,3 +31,19 @@ class DeciderSpec:
     reachable: bool = True
     activation_scale: int = 0
     scale_down_delay_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BoundsSpec:
+    """The bounds and scale-to-zero settings of one revision (reference §1.6).
+
+    ``max_scale`` of 0 is unbounded. Seconds end in ``_s``.
+    """
+
+    min_scale: int = 0
+    max_scale: int = 0
+    initial_scale: int = 1
+    enable_scale_to_zero: bool = True
+    scale_to_zero_grace_period_s: float = 30.0
+    scale_to_zero_pod_retention_s: float = 0.0
+    stable_window_s: float = 60.0
