@@ -1,0 +1,354 @@
+"""The throttler: per revision, a revision breaker in front of one pod tracker per healthy pod.
+
+A request first waits for a slot on the revision breaker (FIFO, so requests buffered while the
+revision has no pod go out in arrival order), bounded by the queue depth and the revision
+timeout; then the load-balancing policy reserves a slot on one pod tracker (reference §4.3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+from activator.capacity import MAX_INT32, assign_slice, calculate_capacity
+from activator.lb import BREAKER_QUEUE_DEPTH, PodTracker, Release, policy_for
+from cluster.spec import Revision, RevisionKey
+from dataplane.breaker import Breaker, QueueFullError
+
+__all__ = [
+    "Admission",
+    "InfiniteBreaker",
+    "PeerInfo",
+    "QueueFullError",
+    "RevisionThrottler",
+    "Throttler",
+    "WaitTimeoutError",
+]
+
+
+class WaitTimeoutError(Exception):
+    """The revision timeout passed while the request waited for a ready pod (503)."""
+
+    def __init__(self, key: RevisionKey, timeout_s: float) -> None:
+        super().__init__(
+            f"timed out waiting for a ready pod of revision {key} after {timeout_s:g}s"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PeerInfo:
+    """How many activators share the revisions, and this one's index (-1: unknown → all pods)."""
+
+    count: int = 1
+    index: int = -1
+
+
+class InfiniteBreaker:
+    """The revision breaker for CC=0: capacity 0 (everyone waits) or 1 (everyone passes).
+
+    Unlike Knative's, waiting is bounded by ``queue_depth`` too (the issue asks for a bounded
+    queue whatever the CC).
+    """
+
+    __slots__ = ("_in_flight", "_open", "_waiters")
+
+    def __init__(self) -> None:
+        self._open = False
+        self._in_flight = 0
+        self._waiters: list[asyncio.Future[None]] = []
+
+    @property
+    def capacity(self) -> int:
+        return 1 if self._open else 0
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def update_concurrency(self, capacity: int) -> None:
+        self._open = capacity > 0
+        if self._open:
+            waiters, self._waiters = self._waiters, []
+            for fut in waiters:  # in arrival order
+                if not fut.done():
+                    fut.set_result(None)
+
+    @asynccontextmanager
+    async def maybe(self) -> AsyncIterator[None]:
+        self._in_flight += 1
+        try:
+            if not self._open:
+                fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self._waiters.append(fut)
+                try:
+                    await fut
+                finally:
+                    if fut in self._waiters:
+                        self._waiters.remove(fut)
+            yield
+        finally:
+            self._in_flight -= 1
+
+
+class Admission:
+    """A request's hold on the revision breaker and on one pod tracker."""
+
+    __slots__ = ("_release", "_throttler", "tracker", "tried")
+
+    def __init__(self, throttler: RevisionThrottler, tracker: PodTracker, release: Release) -> None:
+        self._throttler = throttler
+        self.tracker: PodTracker | None = tracker
+        self._release: Release | None = release
+        self.tried: set[str] = {tracker.address}
+
+    @property
+    def address(self) -> str:
+        if self.tracker is None:
+            raise RuntimeError("no pod reserved")
+        return self.tracker.address
+
+    def retry(self) -> bool:
+        """Give the pod back and reserve another one not tried yet; False if there is none."""
+        self.release()
+        pick = self._throttler.pick(exclude=self.tried)
+        if pick is None:
+            return False
+        self.tracker, self._release = pick
+        self.tried.add(pick[0].address)
+        return True
+
+    def release(self) -> None:
+        if self._release is not None:
+            self._release()
+            self._release = None
+            self.tracker = None
+
+
+class RevisionThrottler:
+    """Breakers, trackers and load balancing for one revision."""
+
+    __slots__ = (
+        "_assigned",
+        "_breaker",
+        "_orphans",
+        "_peers",
+        "_pick_waiters",
+        "_policy",
+        "_queue_depth",
+        "_trackers",
+        "container_concurrency",
+        "key",
+    )
+
+    def __init__(
+        self,
+        key: RevisionKey,
+        container_concurrency: int,
+        *,
+        rng: random.Random,
+        peers: PeerInfo = PeerInfo(),
+        queue_depth: int = BREAKER_QUEUE_DEPTH,
+    ) -> None:
+        self.key = key
+        self.container_concurrency = container_concurrency
+        self._queue_depth = queue_depth
+        self._peers = peers
+        self._breaker: Breaker | InfiniteBreaker = (
+            InfiniteBreaker()
+            if container_concurrency == 0
+            else Breaker(queue_depth=queue_depth, max_concurrency=MAX_INT32, initial_capacity=0)
+        )
+        self._policy = policy_for(container_concurrency, rng)
+        self._trackers: dict[str, PodTracker] = {}
+        self._assigned: list[PodTracker] = []
+        # Removed pods with requests still in flight: their revision slots count on top of the
+        # capacity until they finish, so a draining pod does not hold back its replacement.
+        self._orphans: set[PodTracker] = set()
+        self._pick_waiters: list[asyncio.Future[None]] = []
+
+    # --- state -----------------------------------------------------------------------------
+
+    @property
+    def capacity(self) -> int:
+        return self._breaker.capacity
+
+    @property
+    def ready(self) -> bool:
+        """Whether this activator has at least one pod to send requests to."""
+        return bool(self._assigned)
+
+    @property
+    def waiting(self) -> int:
+        """Requests admitted to the throttler that hold no revision slot yet."""
+        return self._breaker.waiting
+
+    @property
+    def in_flight(self) -> int:
+        return self._breaker.in_flight
+
+    def addresses(self) -> list[str]:
+        return sorted(self._trackers)
+
+    def assigned(self) -> list[PodTracker]:
+        return list(self._assigned)
+
+    def update_addresses(self, addresses: Iterable[str]) -> None:
+        """The healthy pods now: new ones get a tracker, removed ones lose theirs at once
+        (requests in flight on them keep their reservation and finish)."""
+        wanted = set(addresses)
+        for address in list(self._trackers):
+            if address not in wanted:
+                tracker = self._trackers.pop(address)
+                if tracker.in_flight > 0:
+                    self._orphans.add(tracker)
+        for address in wanted:
+            if address not in self._trackers:
+                self._trackers[address] = PodTracker(
+                    address, self.container_concurrency, self._on_release
+                )
+        self._recompute()
+
+    def update_peers(self, peers: PeerInfo) -> None:
+        self._peers = peers
+        self._recompute()
+
+    def _recompute(self) -> None:
+        ordered = [self._trackers[a] for a in sorted(self._trackers)]
+        cc = self.container_concurrency
+        # Subsetting only when each pod's capacity is bounded (CC > 0), as Knative.
+        self._assigned = (
+            assign_slice(ordered, self._peers.index, self._peers.count) if cc > 0 else ordered
+        )
+        capacity = calculate_capacity(cc, len(ordered), len(self._assigned), self._peers.count)
+        if cc > 0 and self._orphans:
+            capacity = min(MAX_INT32, capacity + sum(t.in_flight for t in self._orphans))
+        self._breaker.update_concurrency(capacity)
+        self._wake_pickers()
+
+    def _on_release(self, tracker: PodTracker) -> None:
+        if self._orphans and tracker in self._orphans:
+            if tracker.in_flight == 0:
+                self._orphans.discard(tracker)
+            self._recompute()
+        else:
+            self._wake_pickers()
+
+    def _wake_pickers(self) -> None:
+        if self._pick_waiters:
+            waiters, self._pick_waiters = self._pick_waiters, []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+
+    # --- requests --------------------------------------------------------------------------
+
+    def pick(self, exclude: set[str] | None = None) -> tuple[PodTracker, Release] | None:
+        """Reserve a slot on a pod now, by the revision's policy; None if no pod has one."""
+        trackers = self._assigned
+        if exclude:
+            trackers = [t for t in trackers if t.address not in exclude]
+        return self._policy(trackers)
+
+    async def _wait_pick(self) -> tuple[PodTracker, Release]:
+        # The revision breaker admitted us, so a tracker is free but for races (a pod removed
+        # between admission and pick): wait for the next release or update and try again.
+        while True:
+            pick = self.pick()
+            if pick is not None:
+                return pick
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._pick_waiters.append(fut)
+            try:
+                await fut
+            finally:
+                if fut in self._pick_waiters:
+                    self._pick_waiters.remove(fut)
+
+    @asynccontextmanager
+    async def admit(self, timeout_s: float) -> AsyncIterator[Admission]:
+        """Wait (at most ``timeout_s``; 0 = forever) for a revision slot and a pod.
+
+        Raises :class:`QueueFullError` at once when ``queue_depth`` requests already wait, and
+        :class:`WaitTimeoutError` when the wait runs out. A cancelled waiter leaves the queue.
+        """
+        if self._breaker.waiting >= self._queue_depth:
+            raise QueueFullError
+        async with AsyncExitStack() as stack:
+            try:
+                async with asyncio.timeout(timeout_s if timeout_s > 0 else None):
+                    await stack.enter_async_context(self._breaker.maybe())
+                    tracker, release = await self._wait_pick()
+            except TimeoutError:
+                raise WaitTimeoutError(self.key, timeout_s) from None
+            admission = Admission(self, tracker, release)
+            try:
+                yield admission
+            finally:
+                admission.release()
+
+
+class Throttler:
+    """The revision throttlers of one activator, created on a revision's first request."""
+
+    def __init__(
+        self,
+        *,
+        peers: PeerInfo = PeerInfo(),
+        queue_depth: int = BREAKER_QUEUE_DEPTH,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._peers = peers
+        self._queue_depth = queue_depth
+        self._rng = rng or random.Random()
+        self._revisions: dict[RevisionKey, RevisionThrottler] = {}
+        self._addresses: dict[RevisionKey, tuple[str, ...]] = {}
+
+    def get(self, revision: Revision) -> RevisionThrottler:
+        key = revision.key
+        throttler = self._revisions.get(key)
+        if throttler is None:
+            throttler = RevisionThrottler(
+                key,
+                revision.container_concurrency,
+                rng=self._rng,
+                peers=self._peers,
+                queue_depth=self._queue_depth,
+            )
+            throttler.update_addresses(self._addresses.get(key, ()))
+            self._revisions[key] = throttler
+        return throttler
+
+    def find(self, key: RevisionKey) -> RevisionThrottler | None:
+        return self._revisions.get(key)
+
+    def revisions(self) -> Mapping[RevisionKey, RevisionThrottler]:
+        return self._revisions
+
+    def set_addresses(self, key: RevisionKey, addresses: Iterable[str]) -> None:
+        """The healthy, probed pods of a revision (from the endpoint prober)."""
+        ordered = tuple(sorted(set(addresses)))
+        if ordered:
+            self._addresses[key] = ordered
+        else:
+            self._addresses.pop(key, None)
+        throttler = self._revisions.get(key)
+        if throttler is not None:
+            throttler.update_addresses(ordered)
+
+    def set_peers(self, peers: PeerInfo) -> None:
+        self._peers = peers
+        for throttler in self._revisions.values():
+            throttler.update_peers(peers)
+
+    def forget(self, keep: set[RevisionKey]) -> None:
+        """Drop idle throttlers of revisions no longer routed (after a route change)."""
+        for key, throttler in list(self._revisions.items()):
+            if key not in keep and throttler.in_flight == 0:
+                del self._revisions[key]
