@@ -14,6 +14,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from cluster.annotations import (
+    KPA_CLASS,
+    PANIC_WINDOW_PERCENTAGE_MAX,
+    PANIC_WINDOW_PERCENTAGE_MIN,
+    TARGET_MIN,
+)
 from cluster.goparse import (
     HOUR,
     SECOND,
@@ -24,13 +30,6 @@ from cluster.goparse import (
     parse_int32,
 )
 
-KPA_CLASS: Final = "kpa.autoscaling.knative.dev"
-TARGET_MIN: Final = 0.01
-"""Knative's ``TargetMin``: the smallest target value (concurrency or rps per pod)."""
-WINDOW_MIN_S: Final = 6.0
-WINDOW_MAX_S: Final = 3600.0
-PANIC_WINDOW_PERCENTAGE_MIN: Final = 1.0
-PANIC_WINDOW_PERCENTAGE_MAX: Final = 100.0
 EXAMPLE_KEY: Final = "_example"
 
 
