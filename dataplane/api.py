@@ -6,6 +6,15 @@ answer at once (``respond``), or wait (breaker, buffering, load balancing: as lo
 then ``forward`` to an upstream of its choice, keeping its breaker slot for as long as ``forward``
 runs. Bodies stream both ways; the core drops hop-by-hop headers and maintains
 ``X-Forwarded-For``/``Forwarded``.
+
+The implementation is :func:`dataplane.server.serve` (or :class:`dataplane.server.Server`:
+``start``, ``port``, ``in_flight``, ``close()``, ``wait_closed(timeout_s)``). Its rules beyond
+this contract: if the client disconnects while the handler waits (before ``forward``), the
+handler's task is cancelled, so a breaker slot is given back at once; during ``forward`` the
+result says ``client-disconnected`` (status 499 when no response was sent). A handler that
+returns without answering gets 500. ``Connection: Upgrade`` requests are answered 501 by
+``forward``. A stale pooled upstream connection that fails before any response byte is retried
+once on a fresh one when no body byte was streamed yet (bodies received whole are replayed).
 """
 
 from __future__ import annotations

@@ -1,0 +1,374 @@
+"""One forwarded request: request head and body upstream, response back, timeouts, one retry.
+
+Driven by callbacks from both sides (no per-chunk awaits): the client's body chunks are written
+upstream as they are parsed and the upstream's response chunks are written to the client as they
+are parsed; each side's write back-pressure pauses reading on the other side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from dataplane.api import ForwardResult, Timeouts, UpstreamConnectError
+from dataplane.headers import response_head
+from dataplane.upstream import UpstreamConnection
+
+if TYPE_CHECKING:
+    from dataplane.server import _Exchange
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_TIMEOUT_BODIES = {
+    "total": "request timeout",
+    "response-start": "response start timeout",
+    "idle": "idle timeout",
+}
+_CHUNKED = b"Transfer-Encoding: chunked\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+
+
+class Forward:
+    """The state of one ``Exchange.forward`` call (a :class:`dataplane.upstream.ResponseSink`)."""
+
+    __slots__ = (
+        "_body_sent",
+        "_chunked_in",
+        "_chunked_out",
+        "_close_delimited",
+        "_conn",
+        "_done",
+        "_ex",
+        "_head",
+        "_headers",
+        "_idle_handle",
+        "_informational",
+        "_last_write",
+        "_loop",
+        "_reason",
+        "_replay",
+        "_request_sent",
+        "_start_handle",
+        "_status",
+        "_timeouts",
+        "_total_handle",
+        "streaming_body",
+    )
+
+    def __init__(self, ex: _Exchange, head: bytes, timeouts: Timeouts) -> None:
+        self._ex = ex
+        self._head = head
+        self._timeouts = timeouts
+        self._loop = asyncio.get_running_loop()
+        self._conn: UpstreamConnection | None = None
+        self._done: asyncio.Future[ForwardResult | None] = self._loop.create_future()
+        self._chunked_in = ex._chunked
+        self.streaming_body = False  # client body chunks go straight upstream
+        self._replay: list[bytes] | None = None  # the whole body, kept until a response byte
+        self._body_sent = False  # streamed body bytes went upstream: no retry
+        self._request_sent = False
+        self._status = 0
+        self._reason = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._informational = False
+        self._chunked_out = False
+        self._close_delimited = False
+        self._last_write = 0.0
+        self._total_handle: asyncio.TimerHandle | None = None
+        self._start_handle: asyncio.TimerHandle | None = None
+        self._idle_handle: asyncio.TimerHandle | None = None
+
+    # --- the coroutine the handler awaits ---
+    async def run(self, upstream: str) -> ForwardResult:
+        ex = self._ex
+        pool = ex._conn._server.pool
+        if self._timeouts.total_s > 0:
+            self._total_handle = self._loop.call_at(
+                ex.arrived_at + self._timeouts.total_s, self._on_timeout, "total"
+            )
+        replay: list[bytes] | None = None
+        for attempt in (0, 1):
+            conn = pool.take_idle(upstream, self._loop.time()) if attempt == 0 else None
+            if conn is None:
+                try:
+                    conn = await pool.connect(upstream)
+                except UpstreamConnectError:
+                    if self._done.done():  # the total timeout answered meanwhile
+                        return self._result()
+                    if replay is not None:
+                        ex._restore_body(replay)
+                    raise
+                if self._done.done():
+                    conn.close()
+                    return self._result()
+            self._attach(conn, replay)
+            result = await self._done
+            if result is not None:
+                return result
+            replay = self._replay or []  # a stale pooled connection: once more, on a fresh one
+            self._replay = None
+            self._done = self._loop.create_future()
+        raise AssertionError("unreachable: the second attempt never asks for a retry")
+
+    def _result(self) -> ForwardResult:
+        result = self._done.result()
+        assert result is not None
+        return result
+
+    def _attach(self, conn: UpstreamConnection, replay: list[bytes] | None) -> None:
+        ex = self._ex
+        self._conn = conn
+        conn.sink = self
+        if ex._expect_continue and not ex._continue_sent and ex._body_read == 0:
+            ex._continue_sent = True
+            ex._conn.write(_CONTINUE)
+        chunks = replay if replay is not None else ex._take_body()
+        parts = [self._head]
+        if self._chunked_in:
+            for c in chunks:
+                parts += (b"%x\r\n" % len(c), c, b"\r\n")
+            if ex._body_done:
+                parts.append(_LAST_CHUNK)
+        else:
+            parts += chunks
+        assert conn.transport is not None
+        conn.transport.write(b"".join(parts))
+        if ex._body_done:
+            self._replay = chunks
+            self._request_sent = True
+        else:
+            self._body_sent = bool(chunks)
+            self.streaming_body = True
+        now = self._loop.time()
+        t = self._timeouts
+        if t.response_start_s > 0:
+            self._start_handle = self._loop.call_at(
+                now + t.response_start_s, self._on_timeout, "response-start"
+            )
+        if t.idle_s > 0:
+            self._last_write = now
+            self._idle_handle = self._loop.call_at(now + t.idle_s, self._on_idle)
+        if ex._conn.write_paused:
+            conn.transport.pause_reading()
+
+    # --- request body, from the client connection ---
+    def send_body(self, data: bytes) -> None:
+        conn = self._conn
+        if conn is None or conn.transport is None:
+            return
+        self._body_sent = True
+        if self._chunked_in:
+            conn.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            conn.transport.write(data)
+
+    def end_body(self) -> None:
+        self.streaming_body = False
+        conn = self._conn
+        if conn is None or conn.transport is None:
+            return
+        if self._chunked_in:
+            conn.transport.write(_LAST_CHUNK)
+        self._request_sent = True
+
+    def upstream_pause_writing(self) -> None:
+        self._ex._conn.pause_for_upstream(True)
+
+    def upstream_resume_writing(self) -> None:
+        self._ex._conn.pause_for_upstream(False)
+
+    def client_pause_writing(self) -> None:
+        if self._conn is not None and self._conn.transport is not None:
+            self._conn.transport.pause_reading()
+
+    def client_resume_writing(self) -> None:
+        if self._conn is not None and self._conn.transport is not None:
+            self._conn.transport.resume_reading()
+
+    # --- response, from the upstream connection ---
+    def on_status(self, reason: bytes) -> None:
+        self._reason = reason
+        self._replay = None
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        status = conn.parser.get_status_code()
+        if status < 200:  # 1xx: the core answered Expect itself; drop the upstream's
+            self._informational = True
+            self._headers = []
+            return
+        self._status = status
+        if self._start_handle is not None:
+            self._start_handle.cancel()
+            self._start_handle = None
+        ex = self._ex
+        length = b""
+        chunked = False
+        for name, value in self._headers:
+            ln = len(name)
+            if ln == 14 and name.lower() == b"content-length":
+                length = value
+            elif ln == 17 and name.lower() == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+        head_only = ex._method == "HEAD"
+        if head_only or status in (204, 304):
+            framing = b"Content-Length: " + length + b"\r\n" if length and head_only else b""
+        elif length and not chunked:
+            framing = b"Content-Length: " + length + b"\r\n"
+        elif ex._http10:
+            framing = b""
+            self._close_delimited = True
+            ex._response_close = True
+        else:
+            framing = _CHUNKED
+            self._chunked_out = True
+        if ex._close_after_response():
+            framing += b"Connection: close\r\n"
+        ex._started = True
+        ex._conn.write(response_head(status, self._reason, self._headers, framing))
+        if self._idle_handle is not None:
+            self._last_write = self._loop.time()
+        if head_only:  # httptools cannot skip a HEAD response's body: this connection is done
+            self._detach(reuse=False)
+            self._finish(ForwardResult(status, True))
+
+    def on_body(self, body: bytes) -> None:
+        if self._informational:
+            return
+        if self._chunked_out:
+            self._ex._conn.write(b"%x\r\n%b\r\n" % (len(body), body))
+        else:
+            self._ex._conn.write(body)
+        if self._idle_handle is not None:
+            self._last_write = self._loop.time()
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
+        if self._chunked_out:
+            self._ex._conn.write(_LAST_CHUNK)
+        conn = self._conn
+        reuse = conn is not None and self._request_sent and conn.parser.should_keep_alive()
+        self._detach(reuse=reuse)
+        self._finish(ForwardResult(self._status, True))
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        conn = self._conn
+        self._conn = None
+        self.streaming_body = False
+        self._ex._conn.pause_for_upstream(False)
+        if self._done.done():
+            return
+        if self._status == 0:
+            if (
+                conn is not None
+                and conn.reused
+                and not self._body_sent
+                and (self._reason == b"" and not self._headers)
+            ):
+                self._cancel_timer("start")
+                self._done.set_result(None)  # stale keep-alive connection: retry once
+                return
+            why = f": {exc}" if exc else ""
+            self._fail(f"upstream closed the connection before responding{why}")
+        elif self._close_delimited or (self._chunked_out and not self._has_length()):
+            self.on_message_complete()  # no length: the close ends the body
+        else:
+            self._fail(f"upstream closed the connection mid-response: {exc or 'EOF'}")
+
+    def _has_length(self) -> bool:
+        return any(
+            len(n) == 17 and n.lower() == b"transfer-encoding" for n, _ in self._headers
+        ) or any(len(n) == 14 and n.lower() == b"content-length" for n, _ in self._headers)
+
+    def upstream_error(self, reason: str) -> None:
+        self._conn = None
+        self._ex._conn.pause_for_upstream(False)
+        if not self._done.done():
+            self._fail(reason)
+
+    def _fail(self, reason: str) -> None:
+        ex = self._ex
+        if ex._started:
+            ex._conn.abort()  # the response is cut short: the client must see it fail
+            ex._response_done = True
+            self._finish(ForwardResult(self._status, False, "upstream-error"), answered=False)
+        else:
+            ex.respond_now(502, f"upstream error: {reason}\n".encode("latin-1", "replace"))
+            self._finish(ForwardResult(502, False, "upstream-error"), answered=False)
+
+    # --- timeouts and the client leaving ---
+    def _on_idle(self) -> None:
+        self._idle_handle = None
+        due = self._last_write + self._timeouts.idle_s
+        if self._loop.time() < due:
+            self._idle_handle = self._loop.call_at(due, self._on_idle)
+        else:
+            self._on_timeout("idle")
+
+    def _on_timeout(self, kind: str) -> None:
+        if kind == "total":
+            self._total_handle = None
+        elif kind == "response-start":
+            self._start_handle = None
+        if self._done.done():
+            return
+        self._detach(reuse=False)
+        ex = self._ex
+        reason = "timeout:" + kind
+        if ex._started:
+            ex._conn.abort()
+            ex._response_done = True
+            self._finish(ForwardResult(self._status, False, reason), answered=False)
+        else:
+            body = self._timeouts.body_prefix + _TIMEOUT_BODIES[kind]
+            ex.respond_now(504, body.encode())
+            self._finish(ForwardResult(504, False, reason), answered=False)
+
+    def client_lost(self) -> None:
+        self._detach(reuse=False)
+        if not self._done.done():
+            self._finish(
+                ForwardResult(self._status or 499, False, "client-disconnected"), answered=False
+            )
+
+    # --- ending ---
+    def _detach(self, *, reuse: bool) -> None:
+        conn, self._conn = self._conn, None
+        self.streaming_body = False
+        if conn is None:
+            return
+        conn.sink = None
+        if reuse:
+            self._ex._conn._server.pool.release(conn, self._loop.time())
+        else:
+            conn.abort()
+        self._ex._conn.pause_for_upstream(False)
+
+    def _cancel_timer(self, which: str) -> None:
+        if which == "start" and self._start_handle is not None:
+            self._start_handle.cancel()
+            self._start_handle = None
+
+    def _finish(self, result: ForwardResult, *, answered: bool = True) -> None:
+        self.cleanup_timers()
+        if not self._done.done():
+            self._done.set_result(result)
+        if answered:
+            self._ex._response_finished()
+
+    def cleanup_timers(self) -> None:
+        for h in (self._total_handle, self._start_handle, self._idle_handle):
+            if h is not None:
+                h.cancel()
+        self._total_handle = self._start_handle = self._idle_handle = None
+
+    def cleanup(self) -> None:
+        """After ``run`` returns or is cancelled: no timer left, no connection held."""
+        self.cleanup_timers()
+        if self._conn is not None:
+            self._detach(reuse=False)

@@ -1,0 +1,616 @@
+"""The forwarding core: an HTTP/1.1 server on uvloop protocols with httptools (see ``api.py``).
+
+One :class:`_Connection` per client socket parses requests and runs the component's handler once
+per request, in its own task. Bodies stream both ways with flow control: the client's body goes
+upstream as it arrives (reading pauses while upstream writes are paused, or while more than
+``_BODY_HIGH`` bytes wait for the handler), and the response goes to the client as it arrives
+(upstream reading pauses while client writes are paused). Nothing is buffered whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Iterable, Sequence
+
+import httptools
+
+from dataplane.api import ForwardResult, Handler, Timeouts
+from dataplane.forward import Forward
+from dataplane.headers import REASONS, request_head
+from dataplane.upstream import UpstreamPool
+
+log = logging.getLogger("dataplane.server")
+
+_BODY_HIGH = 256 * 1024  # request-body bytes held for a handler that has not forwarded yet
+_DISCARD_MAX = 256 * 1024  # body left unread after an early answer: read and drop, else close
+_LINGER_S = 2.0  # after an early answer with Connection: close, read (and drop) this long
+_MAX_HEAD = 1024 * 1024  # Go's DefaultMaxHeaderBytes
+_NO_TIMEOUTS = Timeouts()
+_CLIENT_GONE = 499  # status in a ForwardResult when the client left first (nginx's convention)
+
+
+class _Exchange:
+    """One request on a client connection; implements :class:`dataplane.api.Exchange`."""
+
+    __slots__ = (
+        "_body_buf",
+        "_body_bytes",
+        "_body_done",
+        "_body_read",
+        "_chunked",
+        "_conn",
+        "_content_length",
+        "_continue_sent",
+        "_expect_continue",
+        "_forward",
+        "_headers",
+        "_http10",
+        "_keep_alive",
+        "_method",
+        "_response_close",
+        "_response_done",
+        "_started",
+        "_target",
+        "_task",
+        "_upgrade",
+        "arrived_at",
+    )
+
+    def __init__(self, conn: _Connection) -> None:
+        self._conn = conn
+        self._method = ""
+        self._target = ""
+        self._headers: list[tuple[str, str]] = []
+        self._content_length = -1
+        self._chunked = False
+        self._expect_continue = False
+        self._upgrade = False
+        self._http10 = False
+        self._keep_alive = True
+        self.arrived_at = 0.0
+        self._body_buf: list[bytes] = []
+        self._body_bytes = 0  # buffered, not yet taken by a forward
+        self._body_read = 0  # received in all
+        self._body_done = False
+        self._continue_sent = False
+        self._forward: Forward | None = None
+        self._started = False  # a response head went out
+        self._response_done = False
+        self._response_close = False
+        self._task: asyncio.Task[None] | None = None
+
+    # --- api.Exchange ---
+    @property
+    def method(self) -> str:
+        return self._method
+
+    @property
+    def target(self) -> str:
+        return self._target
+
+    @property
+    def headers(self) -> Sequence[tuple[str, str]]:
+        return self._headers
+
+    @property
+    def client(self) -> str:
+        return self._conn.client_ip
+
+    def header(self, name: str) -> str | None:
+        n = len(name)
+        low = name.lower()
+        for k, v in self._headers:
+            if len(k) == n and k.lower() == low:
+                return v
+        return None
+
+    @property
+    def has_body(self) -> bool:
+        return self._chunked or self._content_length > 0
+
+    @property
+    def started(self) -> bool:
+        """A response head has been sent to the client."""
+        return self._started
+
+    async def respond(
+        self, status: int, body: bytes = b"", headers: Iterable[tuple[str, str]] = ()
+    ) -> None:
+        self.respond_now(status, body, headers)
+
+    def respond_now(
+        self, status: int, body: bytes = b"", headers: Iterable[tuple[str, str]] = ()
+    ) -> None:
+        """:meth:`respond` without the await (for callbacks)."""
+        if self._started or self._conn.lost:
+            return
+        self._started = True
+        close = self._close_after_response()
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"Unknown"))]
+        has_type = False
+        for name, value in headers:
+            if name.lower() == "content-type":
+                has_type = True
+            parts.append(f"{name}: {value}\r\n".encode("latin-1"))
+        if not has_type:
+            parts.append(b"Content-Type: text/plain; charset=utf-8\r\n")
+        parts.append(b"Content-Length: %d\r\n" % len(body))
+        if close:
+            parts.append(b"Connection: close\r\n")
+        parts.append(b"\r\n")
+        if self._method != "HEAD" and status >= 200 and status not in (204, 304):
+            parts.append(body)
+        self._conn.write(b"".join(parts))
+        self._response_finished()
+
+    async def forward(
+        self,
+        upstream: str,
+        *,
+        set_headers: Iterable[tuple[str, str]] = (),
+        remove_headers: Iterable[str] = (),
+        remove_prefixes: Iterable[str] = (),
+        timeouts: Timeouts = _NO_TIMEOUTS,
+    ) -> ForwardResult:
+        if self._started:
+            raise RuntimeError("the response has already started")
+        if self._conn.lost:
+            return ForwardResult(_CLIENT_GONE, False, "client-disconnected")
+        if self._upgrade:
+            self.respond_now(501, b"connection upgrade (websocket) is not supported\n")
+            return ForwardResult(501, False, "upgrade-unsupported")
+        if self._chunked:
+            framing = b"Transfer-Encoding: chunked\r\n"
+        elif self._content_length >= 0:
+            framing = b"Content-Length: %d\r\n" % self._content_length
+        else:
+            framing = b""
+        head = request_head(
+            self._method,
+            self._target,
+            self._headers,
+            self._conn.client_ip,
+            framing=framing,
+            set_headers=set_headers,
+            remove_headers=remove_headers,
+            remove_prefixes=remove_prefixes,
+        )
+        fwd = Forward(self, head, timeouts)
+        self._forward = fwd
+        try:
+            return await fwd.run(upstream)
+        finally:
+            fwd.cleanup()
+            self._forward = None
+
+    # --- body plumbing ---
+    def _take_body(self) -> list[bytes]:
+        buf, self._body_buf = self._body_buf, []
+        self._body_bytes = 0
+        self._conn.resume_for_body()
+        return buf
+
+    def _restore_body(self, chunks: list[bytes]) -> None:
+        self._body_buf = chunks + self._body_buf
+        self._body_bytes = sum(len(c) for c in self._body_buf)
+
+    def on_body(self, data: bytes) -> None:
+        self._body_read += len(data)
+        fwd = self._forward
+        if fwd is not None and fwd.streaming_body:
+            fwd.send_body(data)
+        elif self._response_done or self._started:
+            return  # answered already: drop the rest
+        else:
+            self._body_buf.append(data)
+            self._body_bytes += len(data)
+            if self._body_bytes > _BODY_HIGH:
+                self._conn.pause_for_body()
+
+    def on_message_complete(self) -> None:
+        self._body_done = True
+        fwd = self._forward
+        if fwd is not None and fwd.streaming_body:
+            fwd.end_body()
+
+    # --- response end ---
+    def _close_after_response(self) -> bool:
+        if not self._keep_alive or self._conn.closing or self._upgrade:
+            self._response_close = True
+        elif not self._body_done:
+            remaining = self._content_length - self._body_read
+            if self._chunked or remaining > _DISCARD_MAX:
+                self._response_close = True
+        return self._response_close
+
+    def _response_finished(self) -> None:
+        self._response_done = True
+        self._body_buf = []
+        self._body_bytes = 0
+        self._conn.exchange_response_done(self)
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parses requests, runs the handler, keeps the connection alive."""
+
+    __slots__ = (
+        "_current",
+        "_head_bytes",
+        "_idle_handle",
+        "_linger_handle",
+        "_loop",
+        "_parser",
+        "_parsing",
+        "_pause_body",
+        "_pause_pipeline",
+        "_pause_upstream",
+        "_pipeline",
+        "_server",
+        "_url",
+        "_write_paused",
+        "client_ip",
+        "closing",
+        "lost",
+        "transport",
+    )
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self._loop = asyncio.get_running_loop()
+        self._parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.client_ip = ""
+        self._url: list[bytes] = []
+        self._head_bytes = 0
+        self._parsing: _Exchange | None = None  # the request being parsed
+        self._current: _Exchange | None = None  # the request being answered
+        self._pipeline: deque[_Exchange] = deque()
+        self._pause_body = self._pause_upstream = self._pause_pipeline = False
+        self._write_paused = False
+        self._idle_handle: asyncio.TimerHandle | None = None
+        self._linger_handle: asyncio.TimerHandle | None = None
+        self.closing = False
+        self.lost = False
+
+    # --- asyncio.Protocol ---
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
+        self._server.connections.add(self)
+        self._arm_idle()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._pause_reading_all()  # the tunnel is refused (501); ignore what follows
+        except httptools.HttpParserError as exc:
+            self._bad_request(str(exc) or "malformed request")
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._server.connections.discard(self)
+        self._cancel_timers()
+        for ex in (self._current, *self._pipeline):
+            if ex is None:
+                continue
+            if ex._forward is not None:
+                ex._forward.client_lost()
+            elif ex._task is not None and not ex._task.done() and not ex._response_done:
+                ex._task.cancel()  # waiting (breaker, buffering): give the slot back
+        self._pipeline.clear()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        cur = self._current
+        if cur is not None and cur._forward is not None:
+            cur._forward.client_pause_writing()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        cur = self._current
+        if cur is not None and cur._forward is not None:
+            cur._forward.client_resume_writing()
+
+    # --- httptools callbacks ---
+    def on_message_begin(self) -> None:
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+            self._idle_handle = None
+        self._parsing = _Exchange(self)
+        self._url = []
+        self._head_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)
+        self._head_bytes += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        ex = self._parsing
+        assert ex is not None
+        self._head_bytes += len(name) + len(value)
+        if self._head_bytes > _MAX_HEAD:
+            raise ValueError("request head too large")
+        n = name.decode("latin-1")
+        v = value.decode("latin-1")
+        ex._headers.append((n, v))
+        ln = len(n)
+        if ln == 14 and n.lower() == "content-length":
+            ex._content_length = int(v)
+        elif ln == 17 and n.lower() == "transfer-encoding":
+            ex._chunked = "chunked" in v.lower()
+        elif ln == 6 and n.lower() == "expect":
+            ex._expect_continue = v.lower() == "100-continue"
+
+    def on_headers_complete(self) -> None:
+        ex = self._parsing
+        assert ex is not None
+        p = self._parser
+        ex._method = p.get_method().decode("ascii")
+        ex._target = b"".join(self._url).decode("latin-1")
+        ex._http10 = p.get_http_version() == "1.0"
+        ex._keep_alive = p.should_keep_alive()
+        ex._upgrade = p.should_upgrade()
+        ex.arrived_at = self._loop.time()
+        if self._current is None:
+            self._start(ex)
+        else:  # pipelined: answer in order, read no further until its turn
+            self._pipeline.append(ex)
+            self._pause_pipeline = True
+            self._update_reading()
+
+    def on_body(self, body: bytes) -> None:
+        if self._parsing is not None:
+            self._parsing.on_body(body)
+
+    def on_message_complete(self) -> None:
+        ex = self._parsing
+        self._parsing = None
+        if ex is None:
+            return
+        ex.on_message_complete()
+        if ex._response_done and ex is self._current:
+            self._next()
+
+    # --- request lifecycle ---
+    def _start(self, ex: _Exchange) -> None:
+        self._current = ex
+        self._server.in_flight += 1
+        ex._task = self._loop.create_task(self._run(ex))
+
+    async def _run(self, ex: _Exchange) -> None:
+        try:
+            await self._server.handler(ex)
+        except asyncio.CancelledError:
+            if not self.lost:
+                raise
+        except Exception:
+            log.exception("handler failed", extra={"method": ex._method, "target": ex._target})
+            if ex._started:
+                self.abort()
+            else:
+                ex.respond_now(500, b"internal error\n")
+        finally:
+            self._server.request_done()
+        if not ex._started:
+            ex.respond_now(500, b"handler returned without a response\n")
+
+    def exchange_response_done(self, ex: _Exchange) -> None:
+        if ex is not self._current or self.lost:
+            return
+        if ex._response_close:
+            self._close_lingering(ex)
+        elif ex._body_done:
+            self._next()
+        elif self._pause_body:  # drop the unread rest of the body, then go on
+            self._pause_body = False
+            self._update_reading()
+
+    def _next(self) -> None:
+        self._current = None
+        if self._pipeline:
+            ex = self._pipeline.popleft()
+            if not self._pipeline:
+                self._pause_pipeline = False
+                self._update_reading()
+            self._start(ex)
+            if ex._body_done and ex._response_done:
+                self._next()
+            return
+        self._pause_pipeline = False
+        self._update_reading()
+        if self.closing:
+            self.close()
+        else:
+            self._arm_idle()
+
+    def _close_lingering(self, ex: _Exchange) -> None:
+        """Close after the response without a reset losing it: half-close, drain a little."""
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        if ex._body_done and not self._pipeline:
+            t.close()
+            return
+        self._pipeline.clear()
+        self._pause_body = self._pause_upstream = self._pause_pipeline = False
+        self._update_reading()
+        if t.can_write_eof():
+            t.write_eof()
+        self._linger_handle = self._loop.call_later(_LINGER_S, t.close)
+
+    # --- flow control ---
+    def pause_for_body(self) -> None:
+        if not self._pause_body:
+            self._pause_body = True
+            self._update_reading()
+
+    def resume_for_body(self) -> None:
+        if self._pause_body:
+            self._pause_body = False
+            self._update_reading()
+
+    def pause_for_upstream(self, paused: bool) -> None:
+        self._pause_upstream = paused
+        self._update_reading()
+
+    def _pause_reading_all(self) -> None:
+        self._pause_pipeline = True
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        if self._pause_body or self._pause_upstream or self._pause_pipeline:
+            if t.is_reading():
+                t.pause_reading()
+        elif not t.is_reading():
+            t.resume_reading()
+
+    @property
+    def write_paused(self) -> bool:
+        return self._write_paused
+
+    def write(self, data: bytes) -> None:
+        t = self.transport
+        if t is not None and not self.lost:
+            t.write(data)
+
+    # --- closing ---
+    def _bad_request(self, reason: str) -> None:
+        ex = self._current or self._parsing
+        if ex is not None and ex._forward is not None:
+            ex._forward.client_lost()
+        if ex is not None and ex._started:
+            self.abort()
+            return
+        body = f"malformed request: {reason}\n".encode("latin-1", "replace")
+        self.write(
+            b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        self._server.bad_requests += 1
+        if ex is not None:
+            ex._started = True
+            ex._response_done = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _arm_idle(self) -> None:
+        timeout = self._server.keepalive_timeout_s
+        if timeout > 0 and self._idle_handle is None:
+            self._idle_handle = self._loop.call_later(timeout, self.close)
+
+    def _cancel_timers(self) -> None:
+        for h in (self._idle_handle, self._linger_handle):
+            if h is not None:
+                h.cancel()
+        self._idle_handle = self._linger_handle = None
+
+    @property
+    def idle(self) -> bool:
+        return self._current is None and self._parsing is None
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def shutdown(self) -> None:
+        """Close now if idle, else after the current response (``Connection: close``)."""
+        self.closing = True
+        if self.idle:
+            self.close()
+
+
+class Server:
+    """The core's server: one handler for every request on ``host:port``.
+
+    ``close()`` stops accepting and closes idle keep-alive connections (busy ones close after
+    their current response); ``wait_closed(timeout)`` waits for the requests in flight.
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        pool: UpstreamPool | None = None,
+        keepalive_timeout_s: float = 75.0,
+    ) -> None:
+        self.handler = handler
+        self.pool = pool if pool is not None else UpstreamPool()
+        self.keepalive_timeout_s = keepalive_timeout_s
+        self.connections: set[_Connection] = set()
+        self.in_flight = 0
+        self.bad_requests = 0
+        self._server: asyncio.Server | None = None
+        self._idle_event: asyncio.Event | None = None
+
+    async def start(self, host: str, port: int, *, backlog: int = 1024) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self), host, port, backlog=backlog, reuse_address=True
+        )
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        assert self._server.sockets
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def request_done(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0 and self._idle_event is not None:
+            self._idle_event.set()
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.shutdown()
+
+    async def wait_closed(self, timeout_s: float | None = None) -> bool:
+        """Wait until no request is in flight (True), or ``timeout_s`` passes (False); then
+        close every connection left."""
+        ok = True
+        if self.in_flight:
+            self._idle_event = asyncio.Event()
+            try:
+                async with asyncio.timeout(timeout_s):
+                    while self.in_flight:
+                        self._idle_event.clear()
+                        await self._idle_event.wait()
+            except TimeoutError:
+                ok = False
+        for conn in list(self.connections):
+            if conn.idle or not ok:
+                conn.abort() if not ok else conn.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+        self.pool.close()
+        return ok
+
+
+async def serve(
+    handler: Handler,
+    host: str,
+    port: int,
+    *,
+    pool: UpstreamPool | None = None,
+    keepalive_timeout_s: float = 75.0,
+) -> Server:
+    """Start a :class:`Server` on ``host:port`` (0 = an ephemeral port, see ``Server.port``)."""
+    server = Server(handler, pool=pool, keepalive_timeout_s=keepalive_timeout_s)
+    await server.start(host, port)
+    return server

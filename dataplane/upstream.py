@@ -1,0 +1,210 @@
+"""Upstream connections: an HTTP/1.1 response-parsing protocol and a keep-alive pool per host:port.
+
+A connection belongs to at most one forwarded request at a time (its ``sink``); idle ones wait in
+the pool, newest first, and are dropped when the upstream closes them or they idle too long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Protocol
+
+import httptools
+
+from dataplane.api import UpstreamConnectError
+
+log = logging.getLogger("dataplane.upstream")
+
+
+class ResponseSink(Protocol):
+    """What receives one upstream response (the core's forward state)."""
+
+    def on_status(self, reason: bytes) -> None: ...
+    def on_header(self, name: bytes, value: bytes) -> None: ...
+    def on_headers_complete(self) -> None: ...
+    def on_body(self, body: bytes) -> None: ...
+    def on_message_complete(self) -> None: ...
+    def upstream_lost(self, exc: Exception | None) -> None: ...
+    def upstream_error(self, reason: str) -> None: ...
+    def upstream_pause_writing(self) -> None: ...
+    def upstream_resume_writing(self) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One keep-alive connection to an upstream; parses responses and hands them to its sink."""
+
+    __slots__ = (
+        "closed",
+        "hostport",
+        "idle_since",
+        "parser",
+        "reused",
+        "sink",
+        "transport",
+    )
+
+    def __init__(self, hostport: str) -> None:
+        self.hostport = hostport
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.sink: ResponseSink | None = None
+        self.closed = False
+        self.reused = False
+        self.idle_since = 0.0
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        sink = self.sink
+        if sink is None:  # bytes on an idle connection: the upstream is confused, drop it
+            self.close()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self.sink = None
+            self.close()
+            sink.upstream_error(f"malformed response from upstream: {exc}")
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        sink, self.sink = self.sink, None
+        if sink is not None:
+            sink.upstream_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.upstream_pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.upstream_resume_writing()
+
+    # httptools callbacks, delegated to the sink
+    def on_status(self, reason: bytes) -> None:
+        if self.sink is not None:
+            self.sink.on_status(reason)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.sink is not None:
+            self.sink.on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self.sink is not None:
+            self.sink.on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if self.sink is not None:
+            self.sink.on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.sink is not None:
+            self.sink.on_message_complete()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        self.sink = None
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class UpstreamPool:
+    """Keep-alive connections per ``host:port``: at most ``max_idle_per_host`` idle ones.
+
+    Knative's transport keeps CC idle connections per host (1000 when CC = 0), reference §3.2.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_idle_per_host: int = 1000,
+        idle_timeout_s: float = 15.0,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        self.max_idle_per_host = max_idle_per_host
+        self.idle_timeout_s = idle_timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self._idle: dict[str, deque[UpstreamConnection]] = {}
+        self._addr: dict[str, tuple[str, int]] = {}
+        self._closed = False
+
+    def idle_count(self, hostport: str | None = None) -> int:
+        if hostport is not None:
+            return len(self._idle.get(hostport, ()))
+        return sum(len(q) for q in self._idle.values())
+
+    def take_idle(self, hostport: str, now: float) -> UpstreamConnection | None:
+        """The newest idle connection still open, or None."""
+        q = self._idle.get(hostport)
+        while q:
+            conn = q.pop()
+            if conn.closed:
+                continue
+            if now - conn.idle_since > self.idle_timeout_s:
+                conn.close()
+                continue
+            conn.reused = True
+            return conn
+        return None
+
+    def _address(self, hostport: str) -> tuple[str, int]:
+        addr = self._addr.get(hostport)
+        if addr is None:
+            host, sep, port = hostport.rpartition(":")
+            if not sep or not port.isdigit():
+                raise UpstreamConnectError(f"bad upstream address {hostport!r}: want host:port")
+            addr = (host.strip("[]"), int(port))
+            self._addr[hostport] = addr
+        return addr
+
+    async def connect(self, hostport: str, timeout_s: float | None = None) -> UpstreamConnection:
+        """A fresh connection; :class:`UpstreamConnectError` if it cannot be made in time."""
+        host, port = self._address(hostport)
+        loop = asyncio.get_running_loop()
+        timeout = self.connect_timeout_s if timeout_s is None else timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                _, conn = await loop.create_connection(
+                    lambda: UpstreamConnection(hostport), host, port
+                )
+        except TimeoutError as exc:
+            raise UpstreamConnectError(f"timed out dialing {hostport}") from exc
+        except OSError as exc:
+            raise UpstreamConnectError(f"dial {hostport}: {exc.strerror or exc}") from exc
+        return conn
+
+    def release(self, conn: UpstreamConnection, now: float) -> None:
+        """Give a connection back after a complete exchange (closed if the pool is full)."""
+        conn.sink = None
+        if conn.closed or self._closed:
+            conn.close()
+            return
+        q = self._idle.get(conn.hostport)
+        if q is None:
+            q = self._idle[conn.hostport] = deque()
+        if len(q) >= self.max_idle_per_host:
+            conn.close()
+            return
+        conn.idle_since = now
+        q.append(conn)
+
+    def close(self) -> None:
+        """Close every idle connection; connections in use close when their exchange ends."""
+        self._closed = True
+        for q in self._idle.values():
+            while q:
+                q.pop().close()
+        self._idle.clear()

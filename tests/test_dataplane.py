@@ -1,0 +1,381 @@
+"""The forwarding core against a real upstream on loopback: headers, bodies, pool, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from dataplane.api import Exchange, ForwardResult, Timeouts, UpstreamConnectError
+from dataplane.headers import synthesize_forwarded
+from dataplane.server import Server, serve
+from tests.dataplane_fixtures import (
+    GATES,
+    fetch,
+    parse_echo,
+    poll_until,
+    raw_exchange,
+    run_app,
+    upstream_app,
+)
+
+
+@dataclass
+class Proxy:
+    """A core server whose handler forwards everything to one upstream."""
+
+    server: Server
+    upstream_app: web.Application
+    upstream_port: int
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    results: list[ForwardResult] = field(default_factory=list)
+    connect_errors: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.port}"
+
+
+@pytest.fixture
+async def proxy() -> AsyncIterator[Proxy]:
+    async with run_app(upstream_app()) as (app, port):
+        holder: list[Proxy] = []
+
+        async def handler(ex: Exchange) -> None:
+            p = holder[0]
+            try:
+                result = await ex.forward(
+                    f"127.0.0.1:{p.upstream_port}",
+                    set_headers=[("X-Set", "yes")],
+                    remove_prefixes=["knative-serving-"],
+                    timeouts=p.timeouts,
+                )
+            except UpstreamConnectError as exc:
+                p.connect_errors.append(str(exc))
+                await ex.respond(502, f"connect: {exc}\n".encode())
+                return
+            p.results.append(result)
+
+        server = await serve(handler, "127.0.0.1", 0)
+        p = Proxy(server, app, port)
+        holder.append(p)
+        try:
+            yield p
+        finally:
+            server.close()
+            await server.wait_closed(2.0)
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        yield session
+
+
+async def test_get_passes_headers_and_drops_hop_by_hop(
+    proxy: Proxy, client: aiohttp.ClientSession
+) -> None:
+    headers = {
+        "Connection": "keep-alive, X-Hop",
+        "X-Hop": "1",
+        "TE": "trailers",
+        "Proxy-Authorization": "secret",
+        "X-Forwarded-For": "10.0.0.1",
+        "X-Forwarded-Proto": "https",
+        "Knative-Serving-Revision": "r1",
+        "X-Keep": "kept",
+    }
+    async with client.get(proxy.url + "/echo?a=1", headers=headers) as resp:
+        assert resp.status == 200
+        echo = parse_echo(await resp.read())
+    pairs = echo["headers"]
+    assert isinstance(pairs, list)
+    got = {k.lower(): v for k, v in pairs}
+    assert echo["path"] == "/echo?a=1"
+    assert got["x-keep"] == "kept"
+    assert got["x-set"] == "yes"
+    for hop in ("x-hop", "te", "proxy-authorization", "knative-serving-revision"):
+        assert hop not in got
+    assert got["x-forwarded-for"] == "10.0.0.1, 127.0.0.1"
+    assert got["forwarded"] == "for=10.0.0.1;proto=https"
+    assert proxy.results == [ForwardResult(200, True)]
+
+
+@pytest.mark.parametrize(
+    ("xff", "xfh", "xfp", "want"),
+    [
+        pytest.param(
+            ["1.1.1.1, 2.2.2.2"],
+            "h",
+            "http",
+            "for=1.1.1.1;host=h;proto=http, for=2.2.2.2",
+            id="chain",
+        ),
+        pytest.param(["::1"], None, None, 'for="[::1]"', id="ipv6-quoted"),
+        pytest.param([], "h", None, "host=h", id="host-only"),
+    ],
+)
+def test_synthesize_forwarded(xff: list[str], xfh: str | None, xfp: str | None, want: str) -> None:
+    assert synthesize_forwarded(xff, xfh, xfp) == want
+
+
+async def test_keep_alive_reuses_upstream_connection(
+    proxy: Proxy, client: aiohttp.ClientSession
+) -> None:
+    peers = []
+    for _ in range(3):
+        async with client.get(proxy.url + "/echo") as resp:
+            peers.append(parse_echo(await resp.read())["peer"])
+    assert len(set(peers)) == 1
+    assert proxy.server.pool.idle_count() == 1
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_request_body_streams_upstream(
+    proxy: Proxy, client: aiohttp.ClientSession, chunked: bool
+) -> None:
+    payload = bytes(range(256)) * 4096  # 1 MiB
+
+    async def gen() -> AsyncIterator[bytes]:
+        for i in range(0, len(payload), 65536):
+            yield payload[i : i + 65536]
+
+    data: object = gen() if chunked else payload
+    async with client.post(proxy.url + "/count", data=data) as resp:
+        assert resp.status == 200
+        assert int(await resp.text()) == len(payload)
+
+
+async def test_response_streams_as_produced(proxy: Proxy, client: aiohttp.ClientSession) -> None:
+    async with client.get(proxy.url + "/stream?gate=s1") as resp:
+        first = await asyncio.wait_for(resp.content.readline(), 5)
+        assert first == b"first\n"  # arrived while the upstream still waits on its gate
+        proxy.upstream_app[GATES]["s1"].set()
+        assert await resp.content.readline() == b"second\n"
+        assert resp.headers.get("Transfer-Encoding") == "chunked"
+
+
+async def test_compressed_body_passes_untouched(
+    proxy: Proxy, client: aiohttp.ClientSession
+) -> None:
+    async with client.get(proxy.url + "/gzip") as resp:
+        assert resp.headers["Content-Encoding"] == "gzip"
+        assert await resp.read() == b"\x1f\x8b-not-really"
+
+
+async def test_big_download_sha(proxy: Proxy, client: aiohttp.ClientSession) -> None:
+    size = 8 * 1024 * 1024 + 17
+    h = hashlib.sha256()
+    async with client.get(proxy.url + f"/big?size={size}") as resp:
+        assert resp.headers["Content-Length"] == str(size)
+        async for chunk in resp.content.iter_any():
+            h.update(chunk)
+    assert h.hexdigest() == hashlib.sha256((b"x" * 65536 * 129)[:size]).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "body"),
+    [
+        pytest.param("HEAD", "/echo", 200, b"", id="head"),
+        pytest.param("GET", "/status/204", 204, b"", id="204"),
+        pytest.param("GET", "/status/304", 304, b"", id="304"),
+        pytest.param("GET", "/status/404", 404, b"s", id="404-passes"),
+    ],
+)
+async def test_no_body_statuses(
+    proxy: Proxy, client: aiohttp.ClientSession, method: str, path: str, status: int, body: bytes
+) -> None:
+    async with client.request(method, proxy.url + path) as resp:
+        assert resp.status == status
+        assert await resp.read() == body
+    async with client.get(proxy.url + "/echo") as resp:  # the connection is still usable
+        assert resp.status == 200
+
+
+async def test_upstream_refused_raises_connect_error(proxy: Proxy) -> None:
+    proxy.upstream_port = 1  # nothing listens there
+    async with aiohttp.ClientSession() as client, client.get(proxy.url + "/echo") as resp:
+        assert resp.status == 502
+        assert "connect: dial 127.0.0.1:1" in await resp.text()
+    assert len(proxy.connect_errors) == 1
+
+
+async def test_upstream_dies_before_response_is_502(
+    proxy: Proxy, client: aiohttp.ClientSession
+) -> None:
+    async with client.get(proxy.url + "/reset") as resp:
+        assert resp.status == 502
+        assert "upstream error: upstream closed the connection before responding" in (
+            await resp.text()
+        )
+    assert proxy.results[-1] == ForwardResult(502, False, "upstream-error")
+
+
+async def test_upstream_dies_mid_response_cuts_client(
+    proxy: Proxy, client: aiohttp.ClientSession
+) -> None:
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await fetch(client, proxy.url + "/reset?when=mid")
+    assert proxy.results[-1] == ForwardResult(200, False, "upstream-error")
+
+
+@pytest.mark.parametrize(
+    ("timeouts", "path", "body", "reason"),
+    [
+        pytest.param(
+            Timeouts(total_s=0.3), "/sleep?s=5", b"request timeout", "timeout:total", id="total"
+        ),
+        pytest.param(
+            Timeouts(response_start_s=0.3, body_prefix="activator "),
+            "/sleep?s=5",
+            b"activator response start timeout",
+            "timeout:response-start",
+            id="response-start",
+        ),
+    ],
+)
+async def test_timeouts_answer_504(
+    proxy: Proxy,
+    client: aiohttp.ClientSession,
+    timeouts: Timeouts,
+    path: str,
+    body: bytes,
+    reason: str,
+) -> None:
+    proxy.timeouts = timeouts
+    async with client.get(proxy.url + path) as resp:
+        assert resp.status == 504
+        assert await resp.read() == body
+    assert proxy.results[-1] == ForwardResult(504, False, reason)
+
+
+async def test_idle_timeout_after_response_started_cuts_client(
+    proxy: Proxy, client: aiohttp.ClientSession
+) -> None:
+    proxy.timeouts = Timeouts(idle_s=0.3)
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await fetch(client, proxy.url + "/drip?s=5")
+    assert proxy.results[-1] == ForwardResult(200, False, "timeout:idle")
+
+
+async def test_idle_timeout_before_response_is_504(
+    proxy: Proxy, client: aiohttp.ClientSession
+) -> None:
+    proxy.timeouts = Timeouts(idle_s=0.3)
+    async with client.get(proxy.url + "/sleep?s=5") as resp:
+        assert resp.status == 504
+        assert await resp.read() == b"idle timeout"
+
+
+async def test_malformed_request_is_400(proxy: Proxy) -> None:
+    out = await raw_exchange(proxy.server.port, b"GARBAGE\x00 / HTTP/1.1\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"malformed request" in out
+    assert proxy.server.bad_requests == 1
+
+
+async def test_pipelined_requests_answered_in_order(proxy: Proxy) -> None:
+    req = b"GET /echo?n=%d HTTP/1.1\r\nHost: x\r\n\r\n"
+    last = b"GET /echo?n=3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    out = await raw_exchange(proxy.server.port, req % 1 + req % 2 + last)
+    assert out.count(b"HTTP/1.1 200 OK") == 3
+    assert out.index(b"n=1") < out.index(b"n=2") < out.index(b"n=3")
+
+
+async def test_expect_100_continue(proxy: Proxy) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.server.port)
+    writer.write(
+        b"POST /count HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(b"hello")
+    rest = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert rest.startswith(b"HTTP/1.1 200 OK")
+    assert rest.endswith(b"5")
+
+
+async def test_upgrade_is_501(proxy: Proxy) -> None:
+    out = await raw_exchange(
+        proxy.server.port,
+        b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    assert out.startswith(b"HTTP/1.1 501 Not Implemented")
+
+
+async def test_stale_pooled_connection_is_retried() -> None:
+    """An upstream that closes each keep-alive connection right after answering."""
+    served = 0
+
+    async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal served
+        await reader.readuntil(b"\r\n\r\n")
+        served += 1
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()  # without "Connection: close": the proxy pools a dead connection
+
+    upstream = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+    port = upstream.sockets[0].getsockname()[1]
+    results: list[ForwardResult] = []
+
+    async def handler(ex: Exchange) -> None:
+        results.append(await ex.forward(f"127.0.0.1:{port}"))
+
+    server = await serve(handler, "127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession() as client:
+            for _ in range(3):
+                async with client.get(f"http://127.0.0.1:{server.port}/") as resp:
+                    assert resp.status == 200
+                    assert await resp.read() == b"ok"
+        assert results == [ForwardResult(200, True)] * 3
+        assert served == 3
+    finally:
+        server.close()
+        await server.wait_closed(2)
+        upstream.close()
+
+
+async def test_handler_waiting_is_cancelled_when_client_leaves() -> None:
+    entered = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def handler(ex: Exchange) -> None:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    server = await serve(handler, "127.0.0.1", 0)
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.wait_for(entered.wait(), 5)
+        writer.close()
+        await asyncio.wait_for(cancelled.wait(), 5)
+        await poll_until(lambda: server.in_flight == 0)
+    finally:
+        server.close()
+        await server.wait_closed(2)
+
+
+async def test_close_waits_for_in_flight(proxy: Proxy, client: aiohttp.ClientSession) -> None:
+    task = asyncio.create_task(client.get(proxy.url + "/sleep?s=0.3"))
+    await poll_until(lambda: proxy.server.in_flight > 0)
+    proxy.server.close()
+    assert await proxy.server.wait_closed(5)
+    resp = await task
+    assert resp.status == 200
+    assert await resp.text() == "slept"
+    assert resp.headers.get("Connection") == "close"
+    resp.release()
