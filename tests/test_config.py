@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from pathlib import Path
 
 import pytest
+import yaml
 
 from autoscaler.config import (
     DEFAULT,
@@ -462,3 +464,44 @@ def test_parse_numbers() -> None:
     for bad in ("1.0", "2147483648", "", "1e3"):
         with pytest.raises(ValueError, match=r"integer|range"):
             parse_int32(bad)
+
+
+# -- deploy/config-autoscaler.yaml -------------------------------------------------------------
+
+CONFIGMAP = Path(__file__).resolve().parent.parent / "deploy" / "config-autoscaler.yaml"
+
+
+def example_block_data() -> dict[str, str]:
+    """The key/value lines of the ConfigMap's ``_example`` block, as a user would uncomment them."""
+    doc = yaml.safe_load(CONFIGMAP.read_text())
+    assert doc["kind"] == "ConfigMap"
+    assert doc["metadata"] == {
+        "name": "config-autoscaler",
+        "namespace": "zeroserve-system",
+        "labels": doc["metadata"]["labels"],
+    }
+    assert set(doc["data"]) == {"_example"}, "only the _example block: defaults are built in"
+    data: dict[str, str] = {}
+    for line in doc["data"]["_example"].splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.partition(": ")
+        assert key not in data, f"{key} documented twice"
+        data[key] = value.strip('"')
+    return data
+
+
+def test_configmap_example_gives_exactly_the_defaults() -> None:
+    data = example_block_data()
+    assert AutoscalerConfig.from_data(data) == DEFAULT
+    assert unknown_keys(data) == ()
+
+
+def test_configmap_example_documents_every_key() -> None:
+    assert list(example_block_data()) == list(KEYS)
+
+
+def test_configmap_data_as_is_gives_the_defaults() -> None:
+    doc = yaml.safe_load(CONFIGMAP.read_text())
+    assert AutoscalerConfig.from_data(doc["data"]) == DEFAULT
