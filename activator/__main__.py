@@ -1,0 +1,3 @@
+from activator.app import main
+
+raise SystemExit(main())

@@ -1,0 +1,328 @@
+"""Composition root of the activator: ``python -m activator``, and :func:`build_activator` for the
+local runtime, which embeds the activator in its own process from ports."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from activator.handler import ActivatorHandler
+from activator.metrics import ActivatorMetrics
+from activator.peers import ActivatorPeers, StaticPeers
+from activator.prober import EndpointProber
+from activator.reporter import ConcurrencyReporter
+from activator.routing import Router, RouteTable
+from activator.sinks import InProcessStatSink, StatSink, WebsocketStatSink
+from activator.throttler import PeerInfo, Throttler
+from cluster.memory import MemoryEndpoints, MemoryRoutes
+from cluster.ports import EndpointSource, PodEndpoint, RouteSource
+from cluster.spec import RevisionKey
+from dataplane.server import Server
+
+log = logging.getLogger("activator")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActivatorSettings:
+    """How one activator runs (the local runtime passes short periods)."""
+
+    pod_name: str = "activator"
+    """The stat's ``pod_name``: this activator's name."""
+    queue_depth: int = 10_000
+    """Requests that may wait per revision; the next one gets 503 at once."""
+    report_period_s: float = 1.0
+    """Seconds between two stat reports to the autoscaler."""
+    probe_timeout_s: float = 0.3
+    """Timeout of one round of endpoint probes, seconds."""
+    probe_period_s: float = 0.2
+    """Seconds between probe rounds while some pods are not healthy yet."""
+    drain_quiet_period_s: float = 30.0
+    """On drain, seconds with no request before the server closes."""
+    shutdown_timeout_s: float = 300.0
+    """On drain, how long requests in flight may take to finish after the server closes."""
+    keepalive_timeout_s: float = 75.0
+    """Idle client connections close after this many seconds."""
+    seed: int | None = None
+    """Seed of the traffic-split and load-balancing RNG (tests); None = random."""
+
+
+class Activator:
+    """One activator: its server, its probe and report loops, and its metrics."""
+
+    def __init__(
+        self,
+        *,
+        routes: RouteSource,
+        endpoints: EndpointSource,
+        stats: StatSink,
+        peers: ActivatorPeers,
+        settings: ActivatorSettings,
+    ) -> None:
+        self.settings = settings
+        self.stats = stats
+        rng = random.Random(settings.seed)
+        self.metrics = ActivatorMetrics()
+        self.throttler = Throttler(peers=peers.current(), queue_depth=settings.queue_depth, rng=rng)
+        self.router = Router(routes, rng=rng, on_change=self._routes_changed)
+        self.reporter = ConcurrencyReporter(settings.pod_name)
+        self.handler = ActivatorHandler(
+            router=self.router,
+            throttler=self.throttler,
+            reporter=self.reporter,
+            sink=stats,
+            metrics=self.metrics,
+        )
+        self.prober = EndpointProber(
+            endpoints,
+            self.throttler.set_addresses,
+            probe_timeout_s=settings.probe_timeout_s,
+            probe_period_s=settings.probe_period_s,
+        )
+        self._unsubscribe_peers = peers.subscribe(self.throttler.set_peers)
+        self.server: Server | None = None
+        self._metrics_runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.failed = asyncio.Event()  # a background loop died
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self, host: str, port: int, *, metrics_port: int | None = None) -> None:
+        """Serve on ``host:port`` (0 = ephemeral, see :attr:`port`); metrics if a port is given."""
+        self._spawn(self.prober.run(), "prober")
+        self._spawn(self._report_loop(), "reporter")
+        if isinstance(self.stats, WebsocketStatSink):
+            self._spawn(self.stats.run(), "stat-websocket")
+        self.server = Server(self.handler, keepalive_timeout_s=self.settings.keepalive_timeout_s)
+        await self.server.start(host, port)
+        if metrics_port is not None:
+            app = web.Application()
+            app.router.add_get("/metrics", self._metrics)
+            self._metrics_runner = web.AppRunner(app, access_log=None)
+            await self._metrics_runner.setup()
+            await web.TCPSite(self._metrics_runner, host, metrics_port).start()
+        log.info("activator serving", extra={"host": host, "port": self.port})
+
+    @property
+    def port(self) -> int:
+        if self.server is None:
+            raise RuntimeError("not started")
+        return self.server.port
+
+    async def drain(self) -> None:
+        """Health answers 503 from now; once no request came for the quiet period, stop
+        accepting and wait for requests in flight (at most ``shutdown_timeout_s``)."""
+        loop = asyncio.get_running_loop()
+        self.handler.draining = True
+        started = loop.time()
+        quiet = self.settings.drain_quiet_period_s
+        while True:
+            last = max(self.handler.last_request_at, started)
+            left = last + quiet - loop.time()
+            if left <= 0:
+                break
+            await asyncio.sleep(left)
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed(self.settings.shutdown_timeout_s)
+        log.info("activator drained", extra={"pod": self.settings.pod_name})
+
+    async def close(self) -> None:
+        """Stop everything at once (after :meth:`drain`, or in tests)."""
+        self.router.close()
+        self._unsubscribe_peers()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed(0)
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
+        with contextlib.suppress(Exception):  # a final report, so the last period is not lost
+            self.stats.put(self.reporter.report(asyncio.get_running_loop().time()))
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=f"activator-{name}")
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "activator loop died",
+                extra={"task": task.get_name(), "error": repr(task.exception())},
+            )
+            self.failed.set()
+
+    async def _report_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = self.settings.report_period_s
+        next_at = loop.time() + period
+        while True:
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            next_at += period
+            batch = self.reporter.report(loop.time(), time.time())
+            if batch:
+                self.metrics.stat_batches.inc()
+                self.stats.put(batch)
+
+    def _routes_changed(self, table: RouteTable) -> None:
+        self.throttler.forget({rev.key for rev in table.revisions()})
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(self.metrics.registry),
+            headers={"Content-Type": CONTENT_TYPE_LATEST},
+        )
+
+
+def build_activator(
+    routes: RouteSource,
+    endpoints: EndpointSource,
+    stats: StatSink,
+    peers: ActivatorPeers | None = None,
+    settings: ActivatorSettings | None = None,
+) -> Activator:
+    """The activator from its ports; then ``await start(host, port)``, ``drain()``, ``close()``.
+
+    The local runtime passes ``InProcessStatSink(collector_callable)`` as ``stats``.
+    """
+    return Activator(
+        routes=routes,
+        endpoints=endpoints,
+        stats=stats,
+        peers=peers or StaticPeers(),
+        settings=settings or ActivatorSettings(),
+    )
+
+
+# --- the process -----------------------------------------------------------------------------
+
+
+class _JsonFormatter(logging.Formatter):
+    _STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "taskName"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        out.update({k: v for k, v in vars(record).items() if k not in self._STD})
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m activator", description=__doc__)
+    p.add_argument("--host", default=_env("ACTIVATOR_HOST", "0.0.0.0"))
+    p.add_argument("--port", type=int, default=int(_env("ACTIVATOR_PORT", "8080")))
+    p.add_argument("--metrics-port", type=int, default=int(_env("METRICS_PORT", "9090")))
+    p.add_argument(
+        "--autoscaler-url",
+        default=_env("AUTOSCALER_URL", ""),
+        help="ws://<autoscaler>:8080/ (empty: stats are only logged)",
+    )
+    p.add_argument("--pod-name", default=_env("POD_NAME", "activator"))
+    p.add_argument(
+        "--drain-quiet-period",
+        type=float,
+        default=float(_env("DRAIN_QUIET_PERIOD_SECONDS", "30")),
+        help="seconds with no request before a draining activator closes",
+    )
+    p.add_argument("--spec", default=_env("ZEROSERVE_SPEC", ""), help="service spec YAML")
+    p.add_argument(
+        "--endpoint",
+        action="append",
+        default=[],
+        metavar="NS/REVISION=HOST:PORT",
+        help="a static pod of a revision (repeatable), for standalone use",
+    )
+    p.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
+    return p.parse_args(list(argv))
+
+
+def _static_endpoints(specs: Sequence[str]) -> MemoryEndpoints:
+    endpoints = MemoryEndpoints()
+    by_rev: dict[RevisionKey, list[PodEndpoint]] = {}
+    for item in specs:
+        rev, sep, address = item.partition("=")
+        ns, slash, name = rev.partition("/")
+        if not sep or not slash or not address:
+            raise SystemExit(f"--endpoint {item!r}: expected NS/REVISION=HOST:PORT")
+        pods = by_rev.setdefault(RevisionKey(ns, name), [])
+        pods.append(PodEndpoint(name=f"{name}-{len(pods)}", address=address, stats_address=""))
+    for key, pods in by_rev.items():
+        endpoints.set_endpoints(key, pods)
+    return endpoints
+
+
+def _log_stats(batch: list[Any]) -> None:
+    log.debug("stats", extra={"stats": [s.to_dict() for s in batch]})
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    routes = MemoryRoutes()
+    if args.spec:
+        from cluster.spec_loader import load_spec
+
+        routes = MemoryRoutes(load_spec(args.spec).services)
+    endpoints = _static_endpoints(args.endpoint)
+    stats: StatSink = (
+        WebsocketStatSink(args.autoscaler_url)
+        if args.autoscaler_url
+        else InProcessStatSink(_log_stats)
+    )
+    settings = ActivatorSettings(
+        pod_name=args.pod_name, drain_quiet_period_s=args.drain_quiet_period
+    )
+    act = build_activator(routes, endpoints, stats, StaticPeers(PeerInfo()), settings)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await act.start(args.host, args.port, metrics_port=args.metrics_port)
+    waiters = {asyncio.create_task(stop.wait()), asyncio.create_task(act.failed.wait())}
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for w in waiters:
+        w.cancel()
+    if act.failed.is_set():
+        await act.close()
+        return 1
+    log.info("draining", extra={"quiet_period_s": args.drain_quiet_period})
+    await act.drain()
+    await act.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    handler = logging.StreamHandler()
+    handler.setFormatter(_JsonFormatter())
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler], force=True)
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(_serve(args))
