@@ -1,0 +1,3 @@
+from autoscaler.app import main
+
+raise SystemExit(main())

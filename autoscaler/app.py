@@ -1,0 +1,152 @@
+"""The autoscaler's composition root: ``python -m autoscaler``.
+
+Reads flags, configures JSON logging, picks uvloop, and serves the stat websocket (:8080) and the
+status/metrics app (:9090) around one :class:`~autoscaler.engine.Autoscaler`, until SIGTERM/SIGINT.
+
+Until the Kubernetes ports land, the standalone process takes its revisions and
+``config-autoscaler`` from a spec file (``--spec``) and scales an in-memory target that only logs
+what it is asked; the local runtime embeds :func:`autoscaler.engine.build_autoscaler` with its
+supervisor as the scale target instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import uvloop
+from aiohttp import web
+
+from autoscaler.engine import Autoscaler, build_autoscaler
+from autoscaler.statserver import build_stat_app
+from autoscaler.status import build_status_app
+from cluster.memory import MemoryConfig, MemoryEndpoints, MemoryRevisions
+from cluster.spec import RevisionKey
+from cluster.spec_loader import load_spec
+
+log = logging.getLogger("zeroserve.autoscaler")
+
+SHUTDOWN_TIMEOUT_S = 5.0
+_RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and the record's ``extra`` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "time": self.formatTime(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _RESERVED and not key.startswith("_"):
+                data[key] = value
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str)
+
+
+class LoggingScaleTarget:
+    """A scale target that only logs and remembers (standalone mode, before Kubernetes)."""
+
+    def __init__(self) -> None:
+        self.replicas: dict[RevisionKey, int] = {}
+
+    async def set_scale(self, key: RevisionKey, replicas: int) -> None:
+        self.replicas[key] = replicas
+        log.info("scale target asked", extra={"revision": str(key), "replicas": replicas})
+
+    async def ready_pods(self, key: RevisionKey) -> int | None:
+        return 0
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m autoscaler", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--spec", required=True, help="service spec file (revisions and config)")
+    parser.add_argument("--host", default="0.0.0.0", help="listen address (default 0.0.0.0)")
+    parser.add_argument("--stat-port", type=int, default=8080, help="stat websocket port (8080)")
+    parser.add_argument("--status-port", type=int, default=9090, help="status/metrics port (9090)")
+    parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    return parser.parse_args(argv)
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+async def serve(
+    autoscaler: Autoscaler, *, host: str, stat_port: int, status_port: int, stop: asyncio.Event
+) -> None:
+    """Run the autoscaler and its two servers until ``stop`` is set or a loop dies."""
+    stat_runner = web.AppRunner(
+        build_stat_app(autoscaler.record_stats), shutdown_timeout=SHUTDOWN_TIMEOUT_S
+    )
+    status_runner = web.AppRunner(
+        build_status_app(autoscaler.status, autoscaler.metrics), shutdown_timeout=SHUTDOWN_TIMEOUT_S
+    )
+    await autoscaler.start()
+    try:
+        for runner, port in ((stat_runner, stat_port), (status_runner, status_port)):
+            await runner.setup()
+            await web.TCPSite(runner, host, port).start()
+        log.info("autoscaler serving", extra={"stat_port": stat_port, "status_port": status_port})
+        async with asyncio.TaskGroup() as group:
+            loops = group.create_task(autoscaler.wait())
+            await stop.wait()
+            loops.cancel()
+    finally:
+        # Stat sockets are closed with 1012 by the stat app's on_shutdown hook.
+        await stat_runner.cleanup()
+        await status_runner.cleanup()
+        await autoscaler.close()
+
+
+async def _amain(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    autoscaler = build_autoscaler(
+        MemoryRevisions(spec.revisions()),
+        MemoryEndpoints(),
+        LoggingScaleTarget(),
+        MemoryConfig(spec.config),
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await serve(
+        autoscaler,
+        host=args.host,
+        stat_port=args.stat_port,
+        status_port=args.status_port,
+        stop=stop,
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    configure_logging(args.log_level)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        try:
+            return runner.run(_amain(args))
+        except Exception:
+            log.exception("autoscaler failed")
+            return 1
+        finally:
+            with contextlib.suppress(Exception):
+                logging.shutdown()
