@@ -1,0 +1,161 @@
+"""The ``zeroserve`` command: ``up`` runs the local runtime, ``status`` shows its revisions."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from cluster.local.supervisor import SupervisorSettings
+from cluster.spec_loader import SpecError
+from zeroserve.runtime import LocalRuntime, RuntimeSettings
+from zeroserve.status import StatusError, fetch, render
+
+log = logging.getLogger("zeroserve")
+
+
+class _JsonFormatter(logging.Formatter):
+    _STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "taskName"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {"level": record.levelname.lower(), "logger": record.name}
+        out["msg"] = record.getMessage()
+        out.update({k: v for k, v in vars(record).items() if k not in self._STD})
+        return json.dumps(out, default=str)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="zeroserve", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="run the local runtime for a spec file until Ctrl-C")
+    up.add_argument("spec", help="service spec YAML (see docs/configuration.md)")
+    up.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default %(default)s)"
+    )
+    up.add_argument("--port", type=int, default=8080, help="ingress port (default %(default)s)")
+    up.add_argument(
+        "--status-port", type=int, default=9090, help="autoscaler status port (default %(default)s)"
+    )
+    up.add_argument(
+        "--quiet-replicas", action="store_true", help="discard the replicas' own output"
+    )
+    up.add_argument("--log-level", default="info")
+    up.add_argument("--log-format", choices=("text", "json"), default="text")
+    st = sub.add_parser("status", help="a table of revisions from a running runtime")
+    st.add_argument("--url", default="http://127.0.0.1:9090/v1/revisions")
+    st.add_argument("--json", action="store_true", help="print the raw JSON rows")
+    sub.add_parser("validate", help="check a spec file and exit").add_argument("spec")
+    return p
+
+
+def _configure_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(_TextFormatter())
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+class _TextFormatter(logging.Formatter):
+    _STD = _JsonFormatter._STD
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in self._STD)
+        head = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname.lower():7} {record.name}"
+        return f"{head}: {record.getMessage()}" + (f"  {fields}" if fields else "")
+
+
+def _banner(rt: LocalRuntime) -> str:
+    lines = [
+        f"zeroserve is up: ingress {rt.url}",
+        f"  status: zeroserve status --url http://{rt.settings.host}:{rt.status_port}/v1/revisions",
+        "",
+    ]
+    for svc in rt.spec.services:
+        host = f"{svc.name}.{svc.namespace}.{rt.spec.domain}"
+        split = ", ".join(
+            f"{t.revision} {t.percent}%" + (f" (tag {t.tag})" if t.tag else "") for t in svc.traffic
+        )
+        lines.append(f"  service {svc.namespace}/{svc.name}: {split}")
+        lines.append(f"    curl -H 'Host: {host}' {rt.url}/v2/models/{svc.name}")
+        lines.append(
+            f"    curl {rt.url}/v1/models/{svc.name}:predict -d '{{\"instances\": [...]}}'"
+        )
+        for t in svc.traffic:
+            if t.tag:
+                lines.append(f"    tag {t.tag}: Host {t.tag}-{host}")
+    lines.append("")
+    lines.append("Ctrl-C stops it (requests in flight finish, replicas drain).")
+    return "\n".join(lines)
+
+
+async def _up(args: argparse.Namespace) -> int:
+    settings = RuntimeSettings(
+        host=args.host,
+        port=args.port,
+        status_port=args.status_port,
+        supervisor=SupervisorSettings(host=args.host, log_children=not args.quiet_replicas),
+    )
+    rt = LocalRuntime(args.spec, settings)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await rt.start()
+    except OSError as exc:
+        print(f"zeroserve: cannot listen: {exc}", file=sys.stderr)
+        await rt.close()
+        return 1
+    print(_banner(rt), flush=True)
+    stopper = asyncio.create_task(stop.wait())
+    runner = asyncio.create_task(rt.wait())
+    done, _ = await asyncio.wait({stopper, runner}, return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if runner in done:
+        log.error("a runtime loop died", extra={"error": repr(runner.exception())})
+        code = 1
+    runner.cancel()
+    stopper.cancel()
+    print("zeroserve: shutting down (draining replicas)", file=sys.stderr, flush=True)
+    with contextlib.suppress(asyncio.CancelledError):
+        await rt.close()
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "status":
+        try:
+            rows = fetch(args.url)
+        except StatusError as exc:
+            print(f"zeroserve status: {exc}", file=sys.stderr)
+            return 1
+        print(json.dumps(rows, indent=2) if args.json else render(rows))
+        return 0
+    if args.command == "validate":
+        from cluster.spec_loader import load_spec
+
+        try:
+            spec = load_spec(args.spec)
+        except (SpecError, OSError) as exc:
+            print(f"zeroserve validate: {exc}", file=sys.stderr)
+            return 1
+        print(f"{args.spec}: ok ({len(spec.services)} services)")
+        return 0
+    _configure_logging(args.log_level, args.log_format)
+    try:
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(_up(args))
+    except (SpecError, OSError) as exc:
+        print(f"zeroserve up: {exc}", file=sys.stderr)
+        return 1

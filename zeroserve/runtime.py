@@ -1,0 +1,167 @@
+"""The local all-in-one runtime: activator, autoscaler and the process supervisor in one process.
+
+The same parts that run as separate pods on Kubernetes, composed over in-memory ports: the spec
+file gives the routes, the revisions and ``config-autoscaler``; the supervisor is the scale target
+and the endpoint source; the activator's stats go straight to the autoscaler's collector.
+Changing the spec file while it runs applies the change (routes, revisions, config) without a
+restart; an invalid file is rejected with the reason and the last good one stays in force.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from activator.app import Activator, ActivatorSettings, build_activator
+from activator.sinks import InProcessStatSink
+from autoscaler.engine import Autoscaler, build_autoscaler
+from autoscaler.status import build_status_app
+from cluster.local.supervisor import LocalSupervisor, SupervisorSettings
+from cluster.memory import MemoryConfig, MemoryRevisions, MemoryRoutes
+from cluster.spec import Spec
+from cluster.spec_loader import SpecError, load_spec
+
+log = logging.getLogger("zeroserve")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RuntimeSettings:
+    """Where the runtime listens and how it runs replicas."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    """The ingress (activator) port; 0 picks a free one."""
+    status_port: int = 9090
+    """The autoscaler's ``/v1/revisions`` and ``/metrics`` port; 0 picks a free one."""
+    activator_metrics_port: int | None = None
+    """The activator's Prometheus port (None: not served)."""
+    watch_spec_s: float = 1.0
+    """How often the spec file is checked for changes (0: never)."""
+    drain_quiet_period_s: float = 0.5
+    """On shutdown, the activator stops after this many seconds without a new request."""
+    supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
+
+
+class LocalRuntime:
+    """``zeroserve up``: see the module docstring."""
+
+    def __init__(self, spec_path: str | os.PathLike[str], settings: RuntimeSettings) -> None:
+        self.spec_path = Path(spec_path)
+        self.settings = settings
+        self.spec: Spec = load_spec(self.spec_path)
+        self._mtime = self._stat_mtime()
+        self.supervisor = LocalSupervisor(settings.supervisor)
+        self.revisions = MemoryRevisions(self.spec.revisions())
+        self.routes = MemoryRoutes(self.spec.services)
+        self.config = MemoryConfig(self.spec.config)
+        self.supervisor.set_revisions(self.revisions.current())
+        self.revisions.subscribe(self.supervisor.set_revisions)
+        self.autoscaler: Autoscaler = build_autoscaler(
+            self.revisions, self.supervisor, self.supervisor, self.config
+        )
+        self.activator: Activator = build_activator(
+            self.routes,
+            self.supervisor,
+            InProcessStatSink(self.autoscaler.record_stats),
+            settings=ActivatorSettings(
+                pod_name="activator-local", drain_quiet_period_s=settings.drain_quiet_period_s
+            ),
+        )
+        self._status_runner: web.AppRunner | None = None
+        self._status_port = 0
+        self._watch_task: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        return self.activator.port
+
+    @property
+    def status_port(self) -> int:
+        return self._status_port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.host}:{self.port}"
+
+    async def start(self) -> None:
+        await self.autoscaler.start()
+        runner = web.AppRunner(
+            build_status_app(self.autoscaler.status, self.autoscaler.metrics), access_log=None
+        )
+        await runner.setup()
+        self._status_runner = runner
+        sock = socket.create_server((self.settings.host, self.settings.status_port))
+        self._status_port = int(sock.getsockname()[1])
+        await web.SockSite(runner, sock).start()
+        await self.activator.start(
+            self.settings.host,
+            self.settings.port,
+            metrics_port=self.settings.activator_metrics_port,
+        )
+        if self.settings.watch_spec_s > 0:
+            self._watch_task = asyncio.create_task(self._watch_spec(), name="spec-watch")
+
+    async def wait(self) -> None:
+        """Until a component's loop dies (then raises)."""
+        failed = asyncio.create_task(self.activator.failed.wait())
+        scaler = asyncio.create_task(self.autoscaler.wait())
+        done, pending = await asyncio.wait({failed, scaler}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        for task in done:
+            task.result()
+        raise RuntimeError("a runtime loop stopped")
+
+    async def close(self) -> None:
+        """Graceful: stop taking requests (drain), stop scaling, drain and stop every replica."""
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+        with contextlib.suppress(RuntimeError):
+            await self.activator.drain()
+        await self.activator.close()
+        await self.autoscaler.close()
+        await self.supervisor.close()
+        if self._status_runner is not None:
+            await self._status_runner.cleanup()
+
+    # -- the spec file --------------------------------------------------------------------------
+
+    def _stat_mtime(self) -> float:
+        try:
+            return self.spec_path.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    def reload(self) -> bool:
+        """Apply the spec file as it is now; False (and a log line) if it is invalid."""
+        try:
+            spec = load_spec(self.spec_path)
+        except (SpecError, OSError) as exc:
+            log.error(
+                "spec rejected, keeping the last good one",
+                extra={"spec": str(self.spec_path), "error": str(exc)},
+            )
+            return False
+        self.spec = spec
+        self.revisions.set(dict(spec.revisions()))
+        self.routes.set_services(spec.services)
+        self.config.set(dict(spec.config))
+        log.info("spec applied", extra={"spec": str(self.spec_path)})
+        return True
+
+    async def _watch_spec(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.watch_spec_s)
+            mtime = self._stat_mtime()
+            if mtime != self._mtime:
+                self._mtime = mtime
+                self.reload()
