@@ -73,6 +73,8 @@ class ModelState:
     model: SoftmaxModel | None = None
     loaded: asyncio.Event = field(default_factory=asyncio.Event)
     draining: bool = False
+    load_error: str | None = None
+    """Why loading failed; liveness then answers 500, so a supervisor restarts the server."""
 
     @property
     def ready(self) -> bool:
@@ -115,7 +117,12 @@ async def _load_model(config: IrisConfig, state: ModelState) -> None:
     started = loop.time()
     if config.startup_delay_s > 0:
         await asyncio.sleep(config.startup_delay_s)
-    model, accuracy = await asyncio.to_thread(_trained_model, config.data_path)
+    try:
+        model, accuracy = await asyncio.to_thread(_trained_model, config.data_path)
+    except (OSError, ValueError) as exc:
+        state.load_error = f"model {config.model_name!r} failed to load: {exc}"
+        logger.exception("model failed to load", extra={"model": config.model_name})
+        return
     state.model = model
     state.loaded.set()
     logger.info(
@@ -142,12 +149,17 @@ async def root(request: web.Request) -> web.Response:
 
 
 async def live(request: web.Request) -> web.Response:
+    error = request.app[STATE].load_error
+    if error is not None:
+        return web.json_response({"live": False, "error": error}, status=500)
     return web.json_response({"live": True})
 
 
 async def server_ready(request: web.Request) -> web.Response:
-    ready = request.app[STATE].ready
-    return web.json_response({"ready": ready}, status=200 if ready else 503)
+    state = request.app[STATE]
+    if state.load_error is not None:
+        return web.json_response({"ready": False, "error": state.load_error}, status=503)
+    return web.json_response({"ready": state.ready}, status=200 if state.ready else 503)
 
 
 async def server_metadata(request: web.Request) -> web.Response:
@@ -256,8 +268,11 @@ def _unknown_model(request: web.Request) -> web.Response | None:
 
 
 def _not_loaded(request: web.Request) -> web.Response | None:
-    if request.app[STATE].model is not None:
+    state = request.app[STATE]
+    if state.model is not None:
         return None
+    if state.load_error is not None:
+        return json_error(503, state.load_error)
     name = request.app[CONFIG].model_name
     return json_error(503, f"model {name!r} is not loaded yet", **{"Retry-After": "1"})
 

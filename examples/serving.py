@@ -15,6 +15,7 @@ import signal
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
+import uvloop
 from aiohttp import web
 
 logger = logging.getLogger("examples")
@@ -81,8 +82,6 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 
 def run(serve: Callable[[], Coroutine[Any, Any, None]]) -> int:
     """Run ``serve()`` on uvloop until it returns; the exit status of a clean shutdown is 0."""
-    import uvloop  # imported here so the in-process tests run on the default loop
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(serve())

@@ -316,3 +316,17 @@ async def test_gpu_emulator_process(tmp_path: Path) -> None:
         status, body = await in_flight
         assert (status, body["service_time_ms"]) == (200, 600.0)
     assert "shutdown signal received" in server.log()
+
+
+@pytest.mark.e2e
+async def test_sigterm_while_loading_exits_at_once(tmp_path: Path) -> None:
+    env = {"STARTUP_DELAY_SECONDS": "60"}
+    async with start_server_process("examples.gpu_emulator", env, tmp_path / "gpu.log") as server:
+        deadline = time.monotonic() + 10
+        while "before listening" not in server.log():
+            assert time.monotonic() < deadline, server.log()
+            await asyncio.sleep(0.02)
+        started = time.monotonic()
+        assert await server.terminate() == 0, server.log()
+        assert time.monotonic() - started < 5
+    assert "listening on" not in server.log()

@@ -326,6 +326,26 @@ async def test_not_ready_until_the_model_is_loaded() -> None:
         )
 
 
+async def test_a_model_that_fails_to_load_is_not_live(tmp_path: Path) -> None:
+    app = make_app(IrisConfig(data_path=tmp_path / "missing.csv"))
+    async with serve_in_process(app) as (base, session):
+        client = (base, session)
+        status, body = await poll_until_status_json(client, "/v2/health/live", 500)
+        assert "failed to load" in body["error"]
+        assert "missing.csv" in body["error"]
+        status, body = await get(client, "/v2/health/ready")
+        assert (status, body["ready"]) == (503, False)
+        status, body = await post(client, "/v1/models/iris:predict", {"instances": [SETOSA_0]})
+        assert status == 503
+        assert "failed to load" in body["error"]
+
+
+async def poll_until_status_json(client: Client, path: str, status: int) -> tuple[int, Any]:
+    base, session = client
+    await poll_until_status(session, base + path, status, timeout_s=10)
+    return await get(client, path)
+
+
 def test_settings_from_env_defaults() -> None:
     config, server = settings_from_env({})
     assert config == IrisConfig()
