@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import httptools
 
@@ -498,6 +498,8 @@ class _Connection(asyncio.Protocol):
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
         )
         self._server.bad_requests += 1
+        if self._server.on_bad_request is not None:
+            self._server.on_bad_request()
         if ex is not None:
             ex._started = True
             ex._response_done = True
@@ -547,8 +549,10 @@ class Server:
         *,
         pool: UpstreamPool | None = None,
         keepalive_timeout_s: float = 75.0,
+        on_bad_request: Callable[[], None] | None = None,
     ) -> None:
         self.handler = handler
+        self.on_bad_request = on_bad_request
         self.pool = pool if pool is not None else UpstreamPool()
         self.keepalive_timeout_s = keepalive_timeout_s
         self.connections: set[_Connection] = set()
@@ -609,8 +613,11 @@ async def serve(
     *,
     pool: UpstreamPool | None = None,
     keepalive_timeout_s: float = 75.0,
+    on_bad_request: Callable[[], None] | None = None,
 ) -> Server:
     """Start a :class:`Server` on ``host:port`` (0 = an ephemeral port, see ``Server.port``)."""
-    server = Server(handler, pool=pool, keepalive_timeout_s=keepalive_timeout_s)
+    server = Server(
+        handler, pool=pool, keepalive_timeout_s=keepalive_timeout_s, on_bad_request=on_bad_request
+    )
     await server.start(host, port)
     return server

@@ -1,0 +1,166 @@
+"""The queue-proxy's request handler chain on the forwarding core (reference §3.2).
+
+Outermost first: probes (never counted) → drain bookkeeping → stats in/out and metrics →
+breaker (with the total timeout while waiting) → forward to the model server (timeouts, header
+rewrites). :func:`build_handler` builds it innermost first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from dataplane.api import Exchange, Handler, Timeouts, UpstreamConnectError
+from dataplane.breaker import Breaker, QueueFullError
+from metrics.clock import LoopClock
+from queue_proxy.drain import Drainer
+from queue_proxy.metrics import QueueMetrics
+from queue_proxy.probe import Readiness
+from queue_proxy.stats import StatReporter
+
+_KNATIVE_PREFIXES = ("knative-serving-",)
+_REFUSAL_BY_REASON = {
+    "timeout:total": "timeout",
+    "timeout:response-start": "timeout",
+    "timeout:idle": "timeout",
+    "upstream-error": "upstream_error",
+    "client-disconnected": "client_disconnected",
+    "upgrade-unsupported": "upgrade_unsupported",
+}
+
+
+def build_breaker(container_concurrency: int) -> Breaker | None:
+    """Knative's ``buildBreaker``: none when CC < 1, else CC active + 10×CC waiting."""
+    if container_concurrency < 1:
+        return None
+    return Breaker(
+        queue_depth=10 * container_concurrency,
+        max_concurrency=container_concurrency,
+        initial_capacity=container_concurrency,
+    )
+
+
+def build_handler(
+    *,
+    user_port: int,
+    timeouts: Timeouts,
+    breaker: Breaker | None,
+    stats: StatReporter,
+    metrics: QueueMetrics,
+    readiness: Readiness,
+    drainer: Drainer,
+) -> Handler:
+    upstream = f"127.0.0.1:{user_port}"
+    requests = stats.requests
+    refusal = metrics.refusal
+    observe = metrics.observe
+    clock = stats.clock
+    loop_time = asyncio.get_running_loop().time if isinstance(clock, LoopClock) else clock.monotonic
+
+    # Built innermost first: forward ← breaker ← stats ← probes/drain.
+
+    async def forward(ex: Exchange, host: str | None) -> int:
+        """To the model server; ``K-Original-Host`` (from the activator) becomes the Host."""
+        try:
+            if host is None:
+                result = await ex.forward(
+                    upstream, remove_prefixes=_KNATIVE_PREFIXES, timeouts=timeouts
+                )
+            else:
+                result = await ex.forward(
+                    upstream,
+                    set_headers=(("Host", host),),
+                    remove_headers=("k-original-host",),
+                    remove_prefixes=_KNATIVE_PREFIXES,
+                    timeouts=timeouts,
+                )
+        except UpstreamConnectError as exc:
+            refusal["upstream_connect"].inc()
+            await ex.respond(502, f"upstream connect error: {exc}\n".encode())
+            return 502
+        if not result.completed:
+            refusal[_REFUSAL_BY_REASON.get(result.reason, "upstream_error")].inc()
+        return result.status
+
+    with_breaker: Callable[[Exchange, str | None], Awaitable[int]]
+    if breaker is None:
+        with_breaker = forward
+    else:
+        b = breaker
+
+        async def breaker_then_forward(ex: Exchange, host: str | None) -> int:
+            release = b.reserve()  # fast path: a slot is free now
+            if release is not None:
+                try:
+                    return await forward(ex, host)
+                finally:
+                    release()
+            deadline = ex.arrived_at + timeouts.total_s if timeouts.total_s > 0 else None
+            try:
+                async with asyncio.timeout_at(deadline) as waiting:
+                    async with b.maybe():
+                        waiting.reschedule(None)  # the total timeout is forward's from here
+                        return await forward(ex, host)
+            except QueueFullError as exc:
+                refusal["queue_full"].inc()
+                await ex.respond(503, f"{exc}\n".encode())
+                return 503
+            except TimeoutError:
+                refusal["timeout"].inc()
+                await ex.respond(504, f"{timeouts.body_prefix}request timeout".encode())
+                return 504
+
+        with_breaker = breaker_then_forward
+
+    async def with_stats(ex: Exchange, proxied: bool, host: str | None) -> None:
+        # Recorded before the breaker: queued requests count as concurrency (§2.1).
+        requests.request_in(loop_time(), proxied=proxied)
+        status = 499
+        try:
+            status = await with_breaker(ex, host)
+        except asyncio.CancelledError:  # the client left while the request waited
+            refusal["client_disconnected"].inc()
+            raise
+        finally:
+            end = loop_time()
+            requests.request_out(end, proxied=proxied)
+            observe(status, end - ex.arrived_at)
+
+    async def health(ex: Exchange, probe: str | None) -> None:
+        """Knative's health handler (§3.4): ``K-Network-Probe: queue`` or a kubelet probe."""
+        if probe is not None and probe != "queue":
+            await ex.respond(400, f"unexpected probe header value: {probe}\n".encode())
+        elif drainer.draining:
+            await ex.respond(503, b"shutting down\n")
+        elif not readiness.ready:
+            await ex.respond(503, b"model server not ready\n")
+        else:
+            await ex.respond(200, b"queue")
+
+    async def handler(ex: Exchange) -> None:
+        probe: str | None = None
+        kubelet = proxied = False
+        host: str | None = None
+        for name, value in ex.headers:  # one pass; only k-* and user-agent matter here
+            c = name[0]
+            if c not in "kKuU":
+                continue
+            low = name.lower()
+            if low == "k-proxy-request":
+                proxied = value == "activator"
+            elif low == "k-original-host":
+                host = value
+            elif low == "k-network-probe":
+                probe = value
+            elif low == "k-kubelet-probe" or (
+                low == "user-agent" and value.startswith("kube-probe/")
+            ):
+                kubelet = True
+        if probe is not None or kubelet:
+            await health(ex, probe)
+            return
+        if drainer.draining:
+            drainer.touch()  # every request restarts the quiet period
+        await with_stats(ex, proxied, host)
+
+    return handler

@@ -1,0 +1,82 @@
+"""Readiness of the model server (reference §3.4): TCP connect or HTTP GET on 127.0.0.1.
+
+One loop probes for the whole process (so concurrent health checks share it: single flight).
+While not ready it probes aggressively, every 50 ms with 100 ms attempts (Knative's default when
+``periodSeconds`` is 0), so a ready replica is known at once; once ready it re-probes every
+``periodSeconds`` (1 s when 0) and turns unready after ``failureThreshold`` failures in a row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from cluster.spec import ReadinessProbe
+
+log = logging.getLogger("queue_proxy.probe")
+
+AGGRESSIVE_PERIOD_S = 0.05
+AGGRESSIVE_TIMEOUT_S = 0.1
+_USER_AGENT = "kube-probe/1.30"
+
+
+async def probe_once(probe: ReadinessProbe, port: int, timeout_s: float) -> bool:
+    """One attempt: True if the model server answered (TCP connect, or HTTP 200-399)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                if probe.kind == "tcp":
+                    return True
+                writer.write(
+                    f"GET {probe.path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                    f"User-Agent: {_USER_AGENT}\r\nK-Kubelet-Probe: queue\r\n"
+                    "Connection: close\r\n\r\n".encode()
+                )
+                line = await reader.readline()
+                parts = line.split(b" ", 2)
+                return len(parts) >= 2 and parts[1].isdigit() and 200 <= int(parts[1]) < 400
+            finally:
+                writer.close()
+    except (OSError, TimeoutError, ValueError):
+        return False
+
+
+class Readiness:
+    """The model server's readiness as last probed; ``run()`` keeps it current."""
+
+    def __init__(self, probe: ReadinessProbe, user_port: int) -> None:
+        self.probe = probe
+        self.port = probe.port or user_port
+        self.ready = False
+        self.became_ready = asyncio.Event()
+        self._successes = 0
+        self._failures = 0
+
+    def _record(self, ok: bool) -> None:
+        if ok:
+            self._successes += 1
+            self._failures = 0
+            if not self.ready and self._successes >= self.probe.success_threshold:
+                self.ready = True
+                self.became_ready.set()
+                log.info("model server ready", extra={"port": self.port})
+        else:
+            self._failures += 1
+            self._successes = 0
+            if self.ready and self._failures >= self.probe.failure_threshold:
+                self.ready = False
+                self.became_ready.clear()
+                log.warning("model server not ready", extra={"port": self.port})
+
+    async def run(self) -> None:
+        p = self.probe
+        while True:
+            if not self.ready and p.period_s == 0:
+                ok = await probe_once(p, self.port, AGGRESSIVE_TIMEOUT_S)
+                self._record(ok)
+                if not self.ready:
+                    await asyncio.sleep(AGGRESSIVE_PERIOD_S)
+                continue
+            await asyncio.sleep(p.period_s or 1.0)
+            self._record(await probe_once(p, self.port, p.timeout_s))

@@ -1,0 +1,392 @@
+"""The queue-proxy in-process, in front of a real upstream on loopback (reference §3)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from cluster.spec import ReadinessProbe
+from metrics.clock import ManualClock
+from queue_proxy.app import QueueProxy, main
+from queue_proxy.config import ConfigError, Settings, parse_probe
+from tests.dataplane_fixtures import GATES, parse_echo, poll_until, run_app, upstream_app
+
+BASE = Settings(
+    user_port=1,
+    serving_port=0,
+    admin_port=0,
+    metrics_port=0,
+    bind_host="127.0.0.1",
+    drain_quiet_period_s=0.3,
+    pod="pod-1",
+    namespace="default",
+    revision="iris-00001",
+)
+
+
+@dataclasses.dataclass
+class Running:
+    qp: QueueProxy
+    app: Any
+    session: aiohttp.ClientSession
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.qp.serving_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.qp.metrics_port}"
+
+
+@asynccontextmanager
+async def running(
+    *, wait_ready: bool = True, nvml: Any = None, clock: Any = None, **changes: Any
+) -> AsyncIterator[Running]:
+    async with run_app(upstream_app()) as (app, port):
+        settings = dataclasses.replace(BASE, user_port=port, **changes)
+        qp = QueueProxy(
+            settings,
+            nvml=nvml,
+            clock=clock,
+            stats_interval_s=None,
+        )
+        await qp.start()
+        task = asyncio.create_task(qp.run())
+        try:
+            if wait_ready:
+                await asyncio.wait_for(qp.readiness.became_ready.wait(), 5)
+            async with aiohttp.ClientSession() as session:
+                yield Running(qp, app, session)
+        finally:
+            qp.request_shutdown()
+            await asyncio.wait_for(task, 10)
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample in Prometheus text, or None if absent."""
+    for family in text_string_to_metric_families(text):
+        for smp in family.samples:
+            if smp.name == name and all(smp.labels.get(k) == v for k, v in labels.items()):
+                return float(smp.value)
+    return None
+
+
+async def scrape(r: Running) -> str:
+    async with r.session.get(r.metrics_url + "/metrics") as resp:
+        return await resp.text()
+
+
+async def get(r: Running, path: str, **kw: Any) -> tuple[int, bytes]:
+    async with r.session.get(r.url + path, **kw) as resp:
+        return resp.status, await resp.read()
+
+
+async def test_breaker_cc1_serves_eleven_and_refuses_the_twelfth_at_once() -> None:
+    async with running(container_concurrency=1) as r:
+        tasks = [asyncio.create_task(get(r, "/stream?gate=b")) for _ in range(11)]
+        assert r.qp.breaker is not None
+        breaker = r.qp.breaker
+        await poll_until(lambda: breaker.in_flight == 11)
+        t0 = time.monotonic()
+        status, body = await get(r, "/echo")
+        assert (status, body) == (503, b"pending request queue full\n")
+        assert time.monotonic() - t0 < 0.5
+        r.app[GATES]["b"].set()
+        results = await asyncio.gather(*tasks)
+        assert [s for s, _ in results] == [200] * 11
+        metrics = await scrape(r)
+        assert sample(metrics, "queue_proxy_refusals_total", reason="queue_full") == 1.0
+        assert sample(metrics, "queue_proxy_requests_total", code_class="2xx") == 11.0
+
+
+async def test_stats_on_a_known_concurrency_pattern() -> None:
+    clock = ManualClock()
+    async with running(clock=clock) as r:
+        reporter = r.qp.stats
+        reporter.report()  # start a fresh period at t0
+        a = asyncio.create_task(get(r, "/stream?gate=a"))
+        await poll_until(lambda: reporter.requests.concurrency == 1)
+        clock.advance(0.5)
+        b = asyncio.create_task(get(r, "/stream?gate=b", headers={"K-Proxy-Request": "activator"}))
+        await poll_until(lambda: reporter.requests.concurrency == 2)
+        assert (await get(r, "/", headers={"K-Network-Probe": "queue"}))[0] == 200
+        clock.advance(0.5)
+        stat = reporter.report()
+        # A for 1 s, B (proxied) for the last 0.5 s: (1*0.5 + 2*0.5) / 1 = 1.5
+        assert stat.average_concurrent_requests == pytest.approx(1.5)
+        assert stat.average_proxied_concurrent_requests == pytest.approx(0.5)
+        assert (stat.request_count, stat.proxied_request_count) == (2.0, 1.0)
+        r.app[GATES]["a"].set()
+        r.app[GATES]["b"].set()
+        await asyncio.gather(a, b)
+        clock.advance(2.0)
+        stat = reporter.report()
+        assert stat.average_concurrent_requests == 0.0
+        assert stat.request_count == 0.0
+        assert stat.process_uptime == pytest.approx(3.0)
+        async with r.session.get(r.metrics_url + "/stats") as resp:
+            served = json.loads(await resp.read())
+        assert set(served) == {
+            "pod_name",
+            "average_concurrent_requests",
+            "average_proxied_concurrent_requests",
+            "request_count",
+            "proxied_request_count",
+            "process_uptime",
+            "timestamp",
+        }
+        assert served["pod_name"] == "pod-1"
+
+
+async def test_probe_contract() -> None:
+    async with running(wait_ready=False, readiness_probe=ReadinessProbe(port=1)) as r:
+        # port 1: nothing listens, the model server is not ready
+        assert await get(r, "/", headers={"K-Network-Probe": "queue"}) == (
+            503,
+            b"model server not ready\n",
+        )
+    async with running() as r:
+        assert await get(r, "/", headers={"K-Network-Probe": "queue"}) == (200, b"queue")
+        assert await get(r, "/", headers={"User-Agent": "kube-probe/1.30"}) == (200, b"queue")
+        status, body = await get(r, "/", headers={"K-Network-Probe": "nope"})
+        assert (status, body) == (400, b"unexpected probe header value: nope\n")
+        assert r.qp.stats.requests.report(0.0).request_count == 0  # probes are not counted
+        drain = asyncio.create_task(r.qp.drainer.drain())
+        await poll_until(lambda: r.qp.drainer.draining)
+        assert await get(r, "/", headers={"K-Network-Probe": "queue"}) == (503, b"shutting down\n")
+        await drain
+
+
+async def test_http_probe_path() -> None:
+    async with running(readiness_probe=parse_probe('{"httpGet":{"path":"/status/204"}}')) as r:
+        assert r.qp.readiness.ready
+    async with running(
+        wait_ready=False, readiness_probe=parse_probe('{"httpGet":{"path":"/status/500"}}')
+    ) as r:
+        await asyncio.sleep(0.2)  # several aggressive probes have failed by now (every 50 ms)
+        assert not r.qp.readiness.ready
+
+
+async def test_headers_rewritten_for_the_model_server() -> None:
+    async with running() as r:
+        status, body = await get(
+            r,
+            "/echo",
+            headers={
+                "K-Original-Host": "iris.default.example.com",
+                "Knative-Serving-Namespace": "default",
+                "Knative-Serving-Revision": "iris-00001",
+            },
+        )
+        assert status == 200
+        pairs = parse_echo(body)["headers"]
+        assert isinstance(pairs, list)
+        got = {k.lower(): v for k, v in pairs}
+        assert got["host"] == "iris.default.example.com"
+        for gone in ("k-original-host", "knative-serving-namespace", "knative-serving-revision"):
+            assert gone not in got
+        assert got["x-forwarded-for"] == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("changes", "path", "body"),
+    [
+        pytest.param({"timeout_s": 0.3}, "/sleep?s=5", b"request timeout", id="total"),
+        pytest.param(
+            {"response_start_timeout_s": 0.3},
+            "/sleep?s=5",
+            b"response start timeout",
+            id="response-start",
+        ),
+        pytest.param({"idle_timeout_s": 0.3}, "/sleep?s=5", b"idle timeout", id="idle"),
+    ],
+)
+async def test_timeouts(changes: dict[str, float], path: str, body: bytes) -> None:
+    async with running(**changes) as r:
+        assert await get(r, path) == (504, body)
+        metrics = await scrape(r)
+        assert sample(metrics, "queue_proxy_refusals_total", reason="timeout") == 1.0
+
+
+async def test_total_timeout_while_waiting_in_the_breaker() -> None:
+    async with running(container_concurrency=1, timeout_s=0.4) as r:
+        holder = asyncio.create_task(get(r, "/sleep?s=0.35"))
+        assert r.qp.breaker is not None
+        breaker = r.qp.breaker
+        await poll_until(lambda: breaker.active == 1)
+        assert await get(r, "/sleep?s=0.35") == (504, b"request timeout")
+        assert (await holder)[0] == 200
+
+
+async def test_upstream_errors_are_502_and_counted() -> None:
+    async with running() as r:
+        status, body = await get(r, "/reset")
+        assert status == 502
+        assert body.startswith(b"upstream error: ")
+        reader, writer = await asyncio.open_connection("127.0.0.1", r.qp.serving_port)
+        writer.write(b"BAD\x01 request\r\n\r\n")
+        assert (await reader.read()).startswith(b"HTTP/1.1 400")
+        writer.close()
+        metrics = await scrape(r)
+        assert sample(metrics, "queue_proxy_refusals_total", reason="upstream_error") == 1.0
+        assert sample(metrics, "queue_proxy_refusals_total", reason="bad_request") == 1.0
+        assert sample(metrics, "queue_proxy_requests_total", code_class="5xx") == 1.0
+        assert sample(metrics, "queue_proxy_request_duration_seconds_count") == 1.0
+        assert sample(metrics, "queue_proxy_queue_depth") == 0.0
+        assert sample(metrics, "queue_proxy_gpu_memory_used_bytes") is None
+
+
+async def test_upstream_down_is_502_connect_error() -> None:
+    async with run_app(upstream_app()) as (_, port):
+        pass  # the port is closed again
+    qp = QueueProxy(dataclasses.replace(BASE, user_port=port), nvml=None, stats_interval_s=None)
+    await qp.start()
+    task = asyncio.create_task(qp.run())
+    try:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(f"http://127.0.0.1:{qp.serving_port}/") as resp,
+        ):
+            assert resp.status == 502
+            assert (await resp.text()).startswith("upstream connect error: dial 127.0.0.1:")
+    finally:
+        qp.request_shutdown()
+        await asyncio.wait_for(task, 10)
+
+
+class FakeNvml:
+    """The parts of pynvml the monitor calls, for two GPUs."""
+
+    def __init__(self, fail_init: bool = False) -> None:
+        self.fail_init = fail_init
+
+    def nvmlInit(self) -> None:  # noqa: N802 - pynvml's names
+        if self.fail_init:
+            raise RuntimeError("NVML Shared Library Not Found")
+
+    def nvmlDeviceGetCount(self) -> int:  # noqa: N802
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:  # noqa: N802
+        return i
+
+    def nvmlDeviceGetUtilizationRates(self, h: int) -> SimpleNamespace:  # noqa: N802
+        return SimpleNamespace(gpu=40 + h, memory=10)
+
+    def nvmlDeviceGetMemoryInfo(self, h: int) -> SimpleNamespace:  # noqa: N802
+        return SimpleNamespace(used=1024 * (h + 1), total=16 * 1024**3, free=0)
+
+
+async def test_gpu_metrics_with_fake_nvml() -> None:
+    async with running(nvml=FakeNvml(), gpu_interval_s=0.05) as r:
+        await poll_until(lambda: r.qp.gpu.enabled)
+        text = ""
+        async with asyncio.timeout(5):
+            while sample(text, "queue_proxy_gpu_memory_used_bytes", gpu="1") is None:
+                text = await scrape(r)
+        assert sample(text, "queue_proxy_gpu_memory_used_bytes", gpu="1") == 2048.0
+        assert sample(text, "queue_proxy_gpu_utilization_ratio", gpu="1") == pytest.approx(0.41)
+        assert sample(text, "queue_proxy_gpu_memory_total_bytes", gpu="0") == 16 * 1024**3
+
+
+@pytest.mark.parametrize("nvml", [None, FakeNvml(fail_init=True)], ids=["absent", "no-driver"])
+async def test_gpu_metrics_absent_with_one_log_line(
+    nvml: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="queue_proxy.gpu")
+    async with running(nvml=nvml, gpu_interval_s=0.05) as r:
+        await poll_until(lambda: bool(r.qp.gpu.disabled_reason))
+        text = await (await r.session.get(r.metrics_url + "/metrics")).text()
+        assert "queue_proxy_gpu_" not in text.replace("# HELP", "").split("queue_proxy_gpu_")[
+            0
+        ] or ("queue_proxy_gpu_memory_used_bytes{" not in text)
+    lines = [rec for rec in caplog.records if rec.name == "queue_proxy.gpu"]
+    assert len(lines) == 1
+    assert lines[0].getMessage() == "gpu metrics disabled"
+
+
+async def test_drain_serves_in_flight_and_arriving_requests() -> None:
+    async with running(drain_quiet_period_s=0.4) as r:
+        slow = [asyncio.create_task(get(r, "/sleep?s=0.6")) for _ in range(3)]
+        await poll_until(lambda: r.qp.server.in_flight == 3)
+        r.qp.request_shutdown()
+        await poll_until(lambda: r.qp.drainer.draining)
+        arriving = []
+        for _ in range(5):  # keep arriving during the quiet period: each one restarts it
+            arriving.append(await get(r, "/echo"))
+            await asyncio.sleep(0.1)
+        assert [s for s, _ in arriving] == [200] * 5
+        assert [s for s, _ in await asyncio.gather(*slow)] == [200] * 3
+        await asyncio.wait_for(r.qp.stopped.wait(), 5)
+
+
+@pytest.mark.parametrize(
+    ("env", "var"),
+    [
+        pytest.param({}, "USER_PORT", id="missing-user-port"),
+        pytest.param({"USER_PORT": "abc"}, "USER_PORT", id="user-port-not-int"),
+        pytest.param({"USER_PORT": "70000"}, "USER_PORT", id="user-port-range"),
+        pytest.param(
+            {"USER_PORT": "8080", "CONTAINER_CONCURRENCY": "-1"},
+            "CONTAINER_CONCURRENCY",
+            id="negative-cc",
+        ),
+        pytest.param(
+            {"USER_PORT": "8080", "REVISION_TIMEOUT_SECONDS": "soon"},
+            "REVISION_TIMEOUT_SECONDS",
+            id="timeout-not-number",
+        ),
+        pytest.param(
+            {"USER_PORT": "8080", "SERVING_READINESS_PROBE": "{not json"},
+            "SERVING_READINESS_PROBE",
+            id="probe-not-json",
+        ),
+        pytest.param(
+            {"USER_PORT": "8080", "SERVING_READINESS_PROBE": '{"httpGet":{"port":"x"}}'},
+            "SERVING_READINESS_PROBE",
+            id="probe-port",
+        ),
+        pytest.param(
+            {"USER_PORT": "8012"}, "QUEUE_SERVING_PORT", id="serving-port-equals-user-port"
+        ),
+    ],
+)
+def test_bad_environment(env: dict[str, str], var: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ConfigError, match=f"^{var}"):
+        Settings.from_env(env)
+    assert main([], env) == 2
+    assert var in capsys.readouterr().err
+
+
+def test_environment_parsed() -> None:
+    s = Settings.from_env(
+        {
+            "USER_PORT": "8080",
+            "CONTAINER_CONCURRENCY": "4",
+            "REVISION_TIMEOUT_SECONDS": "60",
+            "SERVING_POD": "p",
+            "SERVING_READINESS_PROBE": '{"tcpSocket":{"port":8081,"host":"127.0.0.1"},'
+            '"periodSeconds":2,"failureThreshold":5}',
+        }
+    )
+    assert (s.user_port, s.serving_port, s.container_concurrency, s.timeout_s) == (
+        8080,
+        8012,
+        4,
+        60.0,
+    )
+    assert s.readiness_probe == ReadinessProbe(
+        kind="tcp", port=8081, period_s=2.0, timeout_s=1.0, failure_threshold=5
+    )
