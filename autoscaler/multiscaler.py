@@ -285,6 +285,12 @@ class MultiScaler:
             activity=scaler.activity,
             reachable=scaler.resolved.decider.reachable,
             now=now,
+            # zeroserve's activator is always in the path, so Knative's fast path (proxy_for_s =
+            # inf) would drop the last pod as soon as the revision turns inactive. We count the
+            # grace period from then instead: an idle revision keeps its last pod for the stable
+            # window plus the grace period (window 60 s + grace 30 s → zero ~90 s after the last
+            # request), so a request shortly after the window still finds a warm replica.
+            proxy_for_s=0.0,
         )
         return decision
 

@@ -60,6 +60,8 @@ class IrisConfig:
 
     model_name: str = "iris"
     """The one model this server serves; other names are 404 (KServe: model name = service name)."""
+    model_version: str = MODEL_VERSION
+    """The version V2 metadata and responses report (``MODEL_VERSION``): a canary's v2 says 2."""
     startup_delay_s: float = 0.0
     """Seconds the (background) model load takes before training; readiness is 503 meanwhile."""
     data_path: Path = DATA_PATH
@@ -173,7 +175,7 @@ async def model_metadata(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "name": name,
-            "versions": [MODEL_VERSION],
+            "versions": [request.app[CONFIG].model_version],
             "platform": PLATFORM,
             "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, len(FEATURES)]}],
             "outputs": [
@@ -239,7 +241,7 @@ async def v2_infer(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "model_name": request.app[CONFIG].model_name,
-            "model_version": MODEL_VERSION,
+            "model_version": request.app[CONFIG].model_version,
             "id": parsed.request_id if parsed.request_id is not None else str(uuid.uuid4()),
             "outputs": [tensors[name] for name in wanted],
         }
@@ -296,6 +298,7 @@ def settings_from_env(env: Mapping[str, str]) -> tuple[IrisConfig, ServerSetting
         raise ConfigError(f"MODEL_NAME = {name}: must not contain '/' or ':'")
     config = IrisConfig(
         model_name=name,
+        model_version=env.get("MODEL_VERSION", "").strip() or MODEL_VERSION,
         startup_delay_s=env_float(env, "STARTUP_DELAY_SECONDS", 0.0, low=0.0, high=3600.0),
     )
     server = ServerSettings(

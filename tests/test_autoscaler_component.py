@@ -168,7 +168,9 @@ async def test_no_traffic_scales_to_zero_after_the_stable_window_and_grace() -> 
         h.load(0)
         await h.run(56)
         assert h.applied is None  # one pod kept while active for less than a stable window
-        await h.run(60 + 30 - 56 + 2)
+        await h.run(60 + 30 - 56 - 3)
+        assert h.applied is None  # inactive, but the grace period (30 s) has not passed yet
+        await h.run(3 + 4)
         assert h.applied == 0
         change = h.autoscaler.status()[0].last_change
         assert change is not None
