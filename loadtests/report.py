@@ -268,7 +268,8 @@ def read_users(history_path: Path) -> dict[int, int]:
             t = _float_or_none(row.get("Timestamp", ""))
             n = _float_or_none(row.get("User Count", ""))
             if t is not None and n is not None:
-                users[int(t)] = int(n)
+                # The most users seen in that second: locust may write a row just before a change.
+                users[int(t)] = max(users.get(int(t), 0), int(n))
     return users
 
 
