@@ -17,7 +17,7 @@ def code_class(status: int) -> str:
 class RevisionMetrics:
     """The label children of one revision, resolved once (label lookups cost on the hot path)."""
 
-    __slots__ = ("_m", "cold_start_wait", "in_flight", "labels", "latency", "queued")
+    __slots__ = ("_by_code", "_m", "cold_start_wait", "in_flight", "labels", "latency", "queued")
 
     def __init__(self, m: ActivatorMetrics, revision: Revision) -> None:
         self._m = m
@@ -26,9 +26,15 @@ class RevisionMetrics:
         self.queued = m.queued.labels(*self.labels)
         self.latency = m.latency.labels(*self.labels)
         self.cold_start_wait = m.cold_start_wait.labels(*self.labels)
+        self._by_code: dict[int, Counter] = {}
 
     def request_done(self, status: int, latency_s: float) -> None:
-        self._m.requests.labels(*self.labels, code_class(status)).inc()
+        counter = self._by_code.get(status)
+        if counter is None:
+            counter = self._by_code[status] = self._m.requests.labels(
+                *self.labels, code_class(status)
+            )
+        counter.inc()
         self.latency.observe(latency_s)
 
 
