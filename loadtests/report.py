@@ -315,8 +315,8 @@ def timeline(
 ) -> list[TimelineRow]:
     """One row per whole second from ``started_at`` to ``ended_at``, by completion time.
 
-    ``users`` is keyed by unix second; a second without a locust sample carries the last known
-    user count forward (locust writes its history about once a second, not exactly on the second).
+    ``users`` is keyed by unix second (locust's history); a second without a locust sample
+    carries the last known user count forward.
     """
     n_seconds = max(0, math.ceil(ended_at - started_at))
     latencies: dict[int, list[float]] = defaultdict(list)
@@ -329,11 +329,13 @@ def timeline(
         latencies[sec].append(r.response_time_ms)
         if not r.ok:
             failures[sec] += 1
-    base = math.floor(started_at)
     rows: list[TimelineRow] = []
     last_users = 0
     for sec in range(n_seconds):
-        last_users = users.get(base + sec, last_users)
+        # Locust stamps a history row with the whole second it was written in: the row stamped
+        # with the second in which this one ends saw its users; else the one it starts in.
+        end_key, start_key = math.floor(started_at + sec + 1), math.floor(started_at + sec)
+        last_users = users.get(end_key, users.get(start_key, last_users))
         lat = sorted(latencies.get(sec, []))
         rows.append(
             TimelineRow(

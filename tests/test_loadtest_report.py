@@ -81,7 +81,7 @@ def test_timeline_buckets_by_completion_second_and_carries_users_forward() -> No
     assert [r.second for r in rows] == [0, 1, 2, 3]
     assert [r.requests for r in rows] == [2, 1, 0, 1]
     assert [r.failures for r in rows] == [0, 1, 0, 0]
-    assert [r.users for r in rows] == [2, 2, 5, 5]
+    assert [r.users for r in rows] == [2, 5, 5, 5]
     assert (rows[0].p50_ms, rows[0].p99_ms) == (10, 30)
     assert rows[2].p50_ms is None
 

@@ -55,6 +55,16 @@ def read_replicas(path: Path) -> dict[str, dict[str, list]]:
     return by_rev
 
 
+def rolling_mean(values: list, width: int) -> list:
+    """Mean of the last ``width`` values at each point (fewer at the start): per-second counts
+    of constant-throughput users alternate (2, 3, 2, 3 for 2.5 req/s each), the mean does not."""
+    out = []
+    for i in range(len(values)):
+        window = [v for v in values[max(0, i - width + 1) : i + 1] if v is not None]
+        out.append(sum(window) / len(window) if window else None)
+    return out
+
+
 def panic_periods(summary: dict) -> list[tuple[float, float]]:
     periods: list[tuple[float, float]] = []
     for rev in summary.get("replicas", {}).get("revisions", {}).values():
@@ -75,7 +85,9 @@ def plot(folder: Path, out: Path) -> None:
     t = [s + 0.5 for s in timeline.get("second", [])]  # a second's values at its middle
 
     # 1. Load: completed requests per second, failures per second, users.
-    ax_load.plot(t, timeline.get("requests", []), color="tab:blue", label="requests/s")
+    completed = timeline.get("requests", [])
+    ax_load.plot(t, completed, color="tab:blue", alpha=0.3, lw=1, label="requests/s (each second)")
+    ax_load.plot(t, rolling_mean(completed, 3), color="tab:blue", label="requests/s (3 s mean)")
     ax_load.plot(t, timeline.get("failures", []), color="tab:red", label="errors/s")
     ax_users = ax_load.twinx()
     ax_users.step(
