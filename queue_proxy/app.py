@@ -147,9 +147,9 @@ class QueueProxy:
         return self.server.port
 
     def _site_port(self, i: int) -> int:
-        server = self._sites[i]._server
-        assert isinstance(server, asyncio.Server)
-        return int(server.sockets[0].getsockname()[1])
+        sockets = getattr(self._sites[i]._server, "sockets", None)  # asyncio's or uvloop's
+        assert sockets
+        return int(sockets[0].getsockname()[1])
 
     @property
     def admin_port(self) -> int:

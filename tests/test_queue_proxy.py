@@ -213,7 +213,7 @@ async def test_headers_rewritten_for_the_model_server() -> None:
         pytest.param({"idle_timeout_s": 0.3}, "/sleep?s=5", b"idle timeout", id="idle"),
     ],
 )
-async def test_timeouts(changes: dict[str, float], path: str, body: bytes) -> None:
+async def test_timeouts(changes: dict[str, Any], path: str, body: bytes) -> None:
     async with running(**changes) as r:
         assert await get(r, path) == (504, body)
         metrics = await scrape(r)
