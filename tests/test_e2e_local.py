@@ -1,0 +1,214 @@
+"""End to end: ``zeroserve up`` as a real process, real replicas, real HTTP on loopback.
+
+Windows are shortened by the spec (stable window 6 s, grace 2 s) so each scenario takes seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.e2e_support import (
+    ROOT,
+    child_pids,
+    emulator_spec,
+    tagged_pids,
+    wait_for,
+    zeroserve_up,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+
+HOST = {"Host": "gpu.default.example.com"}
+
+
+class Load:
+    """``concurrency`` clients sending back-to-back requests until stopped; counts outcomes."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, concurrency: int) -> None:
+        self.session, self.url, self.concurrency = session, url, concurrency
+        self.codes: Counter[int] = Counter()
+        self.errors: list[str] = []
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def _client(self) -> None:
+        while not self._stop.is_set():
+            try:
+                async with self.session.get(self.url, headers=HOST) as resp:
+                    await resp.read()
+                    self.codes[resp.status] += 1
+                    if resp.status != 200:
+                        self.errors.append(f"{resp.status}: {(await resp.text())[:200]}")
+            except aiohttp.ClientError as exc:
+                self.errors.append(repr(exc))
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._client()) for _ in range(self.concurrency)]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+    @property
+    def failed(self) -> int:
+        return len(self.errors)
+
+
+def write_spec(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    return path
+
+
+async def test_cold_start_scale_up_settle_and_back_to_zero(tmp_path: Path) -> None:
+    # Target 2 concurrent requests per replica at 100 % utilisation: T = 2. Six clients → C = 6:
+    # ceil(6/2) = 3 replicas; Knative's e2e bound is [3 - 1, ceil(3 * 1.1)] = [2, 4].
+    c, t = 6, 2.0
+    spec = emulator_spec(
+        config={"allow-zero-initial-scale": "true", "initial-scale": "0"},
+        annotations={
+            "autoscaling.knative.dev/target": "2",
+            "autoscaling.knative.dev/target-utilization-percentage": "100",
+            "autoscaling.knative.dev/max-scale": "6",
+        },
+    )
+    async with (
+        zeroserve_up(write_spec(tmp_path, spec), tmp_path / "up.log") as rt,
+        aiohttp.ClientSession() as session,
+    ):
+        await wait_for(lambda: rt.revisions(session), within=10, what="the status endpoint")
+        assert (
+            await rt.ready(session, "gpu-v1") == 0
+        )  # initial scale 0: the revision starts at zero
+
+        # The cold start: the first request waits in the activator while a replica starts.
+        started = time.monotonic()
+        async with session.get(f"{rt.url}/?sleep=10", headers=HOST) as resp:
+            assert resp.status == 200, await resp.text()
+        cold = time.monotonic() - started
+        print(f"\ncold start (first request at zero → response): {cold * 1000:.0f} ms")
+
+        load = Load(session, f"{rt.url}/?sleep=300", c)
+        load.start()
+        lo, hi = math.ceil(c / t) - 1, math.ceil(math.ceil(c / t) * 1.1)
+
+        async def settled() -> bool:
+            return lo <= await rt.ready(session, "gpu-v1") <= hi
+
+        await wait_for(settled, within=60, interval=0.5, what=f"ready within [{lo}, {hi}]")
+        # … and stays there (sampled for 8 s, more than a stable window).
+        samples = []
+        for _ in range(16):
+            samples.append(await rt.ready(session, "gpu-v1"))
+            await asyncio.sleep(0.5)
+        await load.stop()
+        assert all(lo <= s <= hi for s in samples), (samples, rt.log()[-3000:])
+        assert load.codes[200] > 0
+
+        # No traffic: back to zero after the stable window (6 s) plus the grace period (2 s).
+        stopped = time.monotonic()
+
+        async def at_zero() -> bool:
+            return await rt.ready(session, "gpu-v1") == 0
+
+        await wait_for(at_zero, within=40, interval=0.5, what="scale to zero")
+        to_zero = time.monotonic() - stopped
+        assert to_zero >= 6 + 2 - 1, f"at zero after only {to_zero:.1f}s"
+        print(f"back to zero {to_zero:.1f} s after the load stopped")
+
+        # Zero failed requests across the cold start, scale up, scale down (drain) and to zero.
+        assert load.failed == 0, load.errors[:5]
+
+
+async def test_replica_killed_under_load_is_replaced(tmp_path: Path) -> None:
+    c = 4
+    spec = emulator_spec(annotations={"autoscaling.knative.dev/min-scale": "2"})
+    async with (
+        zeroserve_up(write_spec(tmp_path, spec), tmp_path / "up.log") as rt,
+        aiohttp.ClientSession() as session,
+    ):
+
+        async def two_ready() -> bool:
+            return await rt.ready(session, "gpu-v1") == 2
+
+        await wait_for(two_ready, within=60, interval=0.3, what="two ready replicas")
+        load = Load(session, f"{rt.url}/?sleep=200", c)
+        load.start()
+        await wait_for(lambda: load.codes[200] >= 8, within=20, what="load flowing")
+        victims = child_pids(rt.tag, rt.proc.pid, "examples.gpu_emulator")
+        assert len(victims) == 2, victims
+        os.kill(victims[0], signal.SIGKILL)
+
+        def replaced() -> bool:
+            now = child_pids(rt.tag, rt.proc.pid, "examples.gpu_emulator")
+            return victims[0] not in now and len(now) == 2
+
+        await wait_for(replaced, within=30, what="a replacement model server")
+        await wait_for(two_ready, within=60, interval=0.3, what="two ready replicas again")
+        before = load.codes[200]
+        await wait_for(lambda: load.codes[200] >= before + 8, within=20, what="load after")
+        await load.stop()
+        # At most the requests in flight on the killed replica fail (c clients, so at most c).
+        assert load.failed <= c, load.errors
+        assert "replica failed" in rt.log()
+
+
+async def test_canary_split_and_tag_routes(tmp_path: Path) -> None:
+    spec_path = ROOT / "examples" / "canary.yaml"
+    body = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP32",
+                        "data": [5.1, 3.5, 1.4, 0.2]}]}  # fmt: skip
+    async with (
+        zeroserve_up(spec_path, tmp_path / "up.log") as rt,
+        aiohttp.ClientSession() as session,
+    ):
+
+        async def version(host: str) -> str:
+            async with session.post(
+                f"{rt.url}/v2/models/iris/infer", json=body, headers={"Host": host}
+            ) as resp:
+                assert resp.status == 200, await resp.text()
+                return str((await resp.json())["model_version"])
+
+        # Tags pin a revision, whatever the split says.
+        assert await version("v2-iris.default.example.com") == "2"
+        assert await version("v1-iris.default.example.com") == "1"
+        # The 90/10 split over 1,000 requests (binomial sd ≈ 0.95 %: ±4 % is over 4 sd).
+        sem = asyncio.Semaphore(16)
+
+        async def one() -> str:
+            async with sem:
+                return await version("iris.default.example.com")
+
+        seen = Counter(await asyncio.gather(*(one() for _ in range(1000))))
+        share = seen["1"] / 1000
+        assert 0.86 <= share <= 0.94, seen
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+async def test_stopping_zeroserve_leaves_no_child(tmp_path: Path, sig: signal.Signals) -> None:
+    spec = emulator_spec(annotations={"autoscaling.knative.dev/min-scale": "2"})
+    async with (
+        zeroserve_up(write_spec(tmp_path, spec), tmp_path / "up.log") as rt,
+        aiohttp.ClientSession() as session,
+    ):
+
+        async def two_ready() -> bool:
+            return await rt.ready(session, "gpu-v1") == 2
+
+        await wait_for(two_ready, within=60, interval=0.3, what="two ready replicas")
+        assert len(tagged_pids(rt.tag)) >= 5  # the runtime + 2 × (model server, queue-proxy)
+        rt.proc.send_signal(sig)
+        code = await asyncio.to_thread(rt.proc.wait, 60)
+        if sig != signal.SIGKILL:
+            assert code == 0, rt.log()[-2000:]
+        # SIGKILL gives the runtime no chance: PR_SET_PDEATHSIG must take the children down.
+        await wait_for(lambda: not tagged_pids(rt.tag), within=15, what="no child left")
