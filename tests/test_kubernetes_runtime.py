@@ -1,0 +1,88 @@
+"""cluster.kubernetes.runtime: what the composition roots wire, against the in-repo API server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from kubernetes.aio import client
+
+from cluster.kubernetes.api import CONFIGMAPS, DEPLOYMENTS, ENDPOINTSLICES, PODS, AioKubeApi
+from cluster.kubernetes.leader import LEADER_LABEL
+from cluster.kubernetes.runtime import KubeWiring, LeaderScaleTarget, autoscaler_elector
+from cluster.spec import RevisionKey
+from tests.k8s.fakeapi import FakeApiServer
+from tests.test_kubernetes_api import configmap, deployment, endpoint_slice, eventually
+
+NS = "zeroserve-system"
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeApiServer]:
+    srv = FakeApiServer(bookmark_interval_s=0.05)
+    await srv.start()
+    yield srv
+    await srv.close()
+
+
+@pytest.fixture
+async def wiring(server: FakeApiServer) -> AsyncIterator[KubeWiring]:
+    cfg = client.Configuration(host=server.url)
+    w = KubeWiring(AioKubeApi(client.ApiClient(cfg)))
+    yield w
+    await w.close()
+
+
+async def test_activator_wiring(wiring: KubeWiring) -> None:
+    api = wiring.api
+    await api.create(DEPLOYMENTS, "default", deployment("iris-1"))
+    labels = {"serving.knative.dev/revision": "iris-1"}
+    await api.create(
+        ENDPOINTSLICES, "default", endpoint_slice("iris-1-x", labels, [("10.1.0.1", True)])
+    )
+    activators = {"kubernetes.io/service-name": "activator"}
+    await api.create(
+        ENDPOINTSLICES,
+        NS,
+        endpoint_slice("activator-x", activators, [("10.2.0.1", True), ("10.2.0.2", True)]),
+    )
+    routes, endpoints = wiring.routes(), wiring.endpoints()
+    peers = wiring.activator_peers(NS, "10.2.0.2", lambda c, i: (c, i))
+    assert wiring.routes() is routes  # made once
+    await wiring.start(timeout_s=5)
+    assert routes.current()[("default", "iris")].revisions[0].name == "iris-1"
+    assert [p.address for p in endpoints.current()[RevisionKey("default", "iris-1")]] == [
+        "10.1.0.1:8012"
+    ]
+    assert peers.current() == (2, 1)
+
+
+async def test_autoscaler_wiring_scales_only_while_leading(
+    wiring: KubeWiring, server: FakeApiServer
+) -> None:
+    api = wiring.api
+    await api.create(DEPLOYMENTS, "default", deployment("iris-1", replicas=0))
+    await api.create(CONFIGMAPS, NS, configmap("config-autoscaler", {"stable-window": "60s"}))
+    await api.create(PODS, NS, {"metadata": {"name": "autoscaler-a"}, "spec": {}})
+    revisions, config = wiring.revisions(), wiring.config(NS)
+    elector = autoscaler_elector(wiring, NS, "autoscaler-a")
+    scale = LeaderScaleTarget(wiring.scale_target(), elector)
+    await wiring.start(timeout_s=5)
+    assert set(revisions.current()) == {RevisionKey("default", "iris-1")}
+    assert config.current() == {"stable-window": "60s"}
+
+    key = RevisionKey("default", "iris-1")
+    await scale.set_scale(key, 2)  # a standby does not write
+    assert server.get("deployments", "default", "iris-1")["spec"]["replicas"] == 0  # type: ignore[index]
+    wiring.spawn(elector.run(), "elector")
+    await eventually(lambda: elector.is_leader)
+    await scale.set_scale(key, 2)
+    assert server.get("deployments", "default", "iris-1")["spec"]["replicas"] == 2  # type: ignore[index]
+    await eventually(
+        lambda: (
+            (server.get("pods", NS, "autoscaler-a") or {}).get("metadata", {}).get("labels")
+            == {LEADER_LABEL: "true"}
+        )
+    )
+    await asyncio.sleep(0)
