@@ -261,6 +261,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="a static pod of a revision (repeatable), for standalone use",
     )
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
+    p.add_argument(
+        "--kubernetes",
+        action="store_true",
+        default=bool(_env("ZEROSERVE_KUBERNETES", "")),
+        help="routes, endpoints and peers from the Kubernetes API (in-cluster or --kubeconfig)",
+    )
+    p.add_argument("--kubeconfig", default=_env("KUBECONFIG", "") or None)
+    p.add_argument("--pod-ip", default=_env("POD_IP", ""), help="own IP, for the peer index")
     return p.parse_args(list(argv))
 
 
@@ -284,12 +292,33 @@ def _log_stats(batch: list[Any]) -> None:
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    if args.kubernetes:
+        from cluster.kubernetes.runtime import KubeWiring, system_namespace
+
+        kube = await KubeWiring.connect(args.kubeconfig)
+        try:
+            peers = kube.activator_peers(
+                system_namespace(), args.pod_ip, lambda count, index: PeerInfo(count, index)
+            )
+            routes_, endpoints_ = kube.routes(), kube.endpoints()
+            await kube.start()
+            return await _run(args, routes_, endpoints_, peers)
+        finally:
+            await kube.close()
     routes = MemoryRoutes()
     if args.spec:
         from cluster.spec_loader import load_spec
 
         routes = MemoryRoutes(load_spec(args.spec).services)
-    endpoints = _static_endpoints(args.endpoint)
+    return await _run(args, routes, _static_endpoints(args.endpoint), StaticPeers(PeerInfo()))
+
+
+async def _run(
+    args: argparse.Namespace,
+    routes: RouteSource,
+    endpoints: EndpointSource,
+    peers: ActivatorPeers,
+) -> int:
     stats: StatSink = (
         WebsocketStatSink(args.autoscaler_url)
         if args.autoscaler_url
@@ -298,7 +327,7 @@ async def _serve(args: argparse.Namespace) -> int:
     settings = ActivatorSettings(
         pod_name=args.pod_name, drain_quiet_period_s=args.drain_quiet_period
     )
-    act = build_activator(routes, endpoints, stats, StaticPeers(PeerInfo()), settings)
+    act = build_activator(routes, endpoints, stats, peers, settings)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

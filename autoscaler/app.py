@@ -16,7 +16,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -73,12 +75,27 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m autoscaler", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--spec", required=True, help="service spec file (revisions and config)")
+    parser.add_argument("--spec", help="service spec file (revisions and config)")
+    parser.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help="revisions, pods, config-autoscaler and scaling through the Kubernetes API, "
+        "with leader election (in-cluster, or --kubeconfig)",
+    )
+    parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG") or None)
+    parser.add_argument(
+        "--pod-name",
+        default=os.environ.get("POD_NAME") or socket.gethostname(),
+        help="this replica's identity in the leader Lease (POD_NAME)",
+    )
     parser.add_argument("--host", default="0.0.0.0", help="listen address (default 0.0.0.0)")
     parser.add_argument("--stat-port", type=int, default=8080, help="stat websocket port (8080)")
     parser.add_argument("--status-port", type=int, default=9090, help="status/metrics port (9090)")
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.spec and not args.kubernetes:
+        parser.error("one of --spec or --kubernetes is required")
+    return args
 
 
 def configure_logging(level: str) -> None:
@@ -116,7 +133,46 @@ async def serve(
         await autoscaler.close()
 
 
+async def _amain_kubernetes(args: argparse.Namespace) -> int:
+    """Every replica keeps its metrics warm; only the Lease holder scales (LeaderScaleTarget)."""
+    from cluster.kubernetes.runtime import (
+        KubeWiring,
+        LeaderScaleTarget,
+        autoscaler_elector,
+        system_namespace,
+    )
+
+    kube = await KubeWiring.connect(args.kubeconfig)
+    try:
+        namespace = system_namespace()
+        elector = autoscaler_elector(kube, namespace, args.pod_name)
+        autoscaler = build_autoscaler(
+            kube.revisions(),
+            kube.endpoints(),
+            LeaderScaleTarget(kube.scale_target(), elector),
+            kube.config(namespace),
+        )
+        await kube.start()
+        kube.spawn(elector.run(), "leader-election")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(
+            autoscaler,
+            host=args.host,
+            stat_port=args.stat_port,
+            status_port=args.status_port,
+            stop=stop,
+        )
+        return 0
+    finally:
+        await kube.close()
+
+
 async def _amain(args: argparse.Namespace) -> int:
+    if args.kubernetes:
+        return await _amain_kubernetes(args)
     spec = load_spec(args.spec)
     autoscaler = build_autoscaler(
         MemoryRevisions(spec.revisions()),
