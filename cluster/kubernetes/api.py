@@ -297,8 +297,14 @@ class AioKubeApi:
         *,
         patch_type: PatchType = "merge",
         subresource: str = "",
+        field_manager: str = "zeroserve",
+        dry_run: bool = False,
     ) -> Obj:
-        query = _query(fieldManager="zeroserve") if patch_type == "apply" else []
+        query = _query(fieldManager=field_manager) if patch_type == "apply" else []
+        if patch_type == "apply":
+            query.append(("force", "true"))
+        if dry_run:
+            query.append(("dryRun", "All"))
         return await self._json(
             "PATCH",
             resource.path(namespace, name, subresource),
@@ -306,6 +312,13 @@ class AioKubeApi:
             body=body,
             content_type=_PATCH_CONTENT_TYPES[patch_type],
         )
+
+    async def delete(
+        self, resource: Resource, namespace: str, name: str, *, grace_period_s: int | None = None
+    ) -> Obj:
+        """Not part of :class:`KubeApi` (zeroserve deletes nothing); for tests and tools."""
+        query = _query(gracePeriodSeconds=grace_period_s) if grace_period_s is not None else []
+        return await self._json("DELETE", resource.path(namespace, name), query=query)
 
 
 def _in_cluster() -> bool:

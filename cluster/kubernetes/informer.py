@@ -114,10 +114,12 @@ class Informer:
 
     # -- running -----------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, *, resume: bool = False) -> None:
+        """Run in the background. ``resume``: after a :meth:`stop`, watch on from the last
+        version seen instead of listing first (a 410 then re-lists)."""
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(
-                self.run(), name=f"informer-{self.resource}"
+                self.run(resume=resume), name=f"informer-{self.resource}"
             )
 
     async def stop(self) -> None:
@@ -127,10 +129,10 @@ class Informer:
                 await self._task
             self._task = None
 
-    async def run(self) -> None:
+    async def run(self, *, resume: bool = False) -> None:
         """List and watch until cancelled."""
         delay = self._backoff.initial_s
-        need_list = True
+        need_list = not (resume and self._synced.is_set())
         while True:
             try:
                 if need_list:
