@@ -447,3 +447,15 @@ def test_plan_passes_the_shape_parameters_to_locust(tmp_path: Path) -> None:
     assert plan.users == run.SCENARIOS["tagged"]
     assert plan.port != plan.status_port
     assert math.isclose(plan.duration_s, 30)
+
+
+def test_bench_entry_point_refuses_an_absent_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run.main(["--bench", "no-such-bench"]) == run.EXIT_RUN_FAILED
+    assert "bench_no-such-bench.py is not in this checkout" in capsys.readouterr().out
+
+
+def test_bench_entry_point_runs_a_present_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
+    assert "decider" in run.available_benches()
+    rc = run.main(["--bench", "decider", "--bench-args", "--revisions 50 --rounds 1"])
+    assert rc == run.EXIT_PASSED
+    assert "loadtests.bench_decider --revisions 50 --rounds 1" in capsys.readouterr().out
