@@ -535,3 +535,26 @@ async def test_leader_labels_its_pod(api: AioKubeApi, server: FakeApiServer) -> 
     assert pod is not None
     assert pod["metadata"]["labels"] == {}
     assert LEASES.plural == "leases"
+
+
+async def test_resumed_informer_relists_on_410(api: AioKubeApi, server: FakeApiServer) -> None:
+    server.bookmarks = False
+    await api.create(CONFIGMAPS, "default", configmap("a", {}))
+    inf = Informer(api, CONFIGMAPS, "default", backoff=FAST)
+    rec = Recorder()
+    inf.add_handler(rec)
+    async with running(inf):
+        pass
+    await api.create(CONFIGMAPS, "default", configmap("b", {}))
+    server.compact()
+    inf.start(resume=True)
+    try:
+        await eventually(lambda: inf.lists == 2)
+        await eventually(lambda: len(rec.changes) == 2)
+    finally:
+        await inf.stop()
+    assert rec.kinds() == [("added", "a"), ("added", "b")]
+    # The resumed watch asked from version 1 (compacted: 410), then it listed again.
+    watches = [p for _, p in server.requests if "watch=true" in p]
+    assert any("resourceVersion=1&" in p for p in watches)
+    assert inf.lists == 2
