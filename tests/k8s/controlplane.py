@@ -7,8 +7,10 @@ its Roles allow. The service-account key is made with openssl. The controller ma
 the controllers zeroserve relies on: Deployments → ReplicaSets → Pods, and Services → EndpointSlices.
 
 There is no kubelet and no scheduler: :class:`NodeAgent` plays both for one fake node. It binds
-pending pods to it and marks them Running and Ready with a loopback address, so EndpointSlices
-fill as they would in a cluster.
+pending pods to it and marks them Running and Ready with an address in 10.244.0.0/24 (the API
+server rejects loopback addresses in EndpointSlices), so EndpointSlices fill as in a cluster.
+The controller manager also runs the serviceaccount controller: without a ``default``
+ServiceAccount the ReplicaSet controller cannot create pods.
 """
 
 from __future__ import annotations
@@ -136,6 +138,7 @@ def control_plane() -> Iterator[ControlPlane]:
                         "--service-account-issuer=https://kubernetes.default.svc",
                         "--service-cluster-ip-range=10.96.0.0/16",
                         "--advertise-address=127.0.0.1",
+                        "--endpoint-reconciler-type=none",  # a loopback address may not be reconciled
                         "--enable-priority-and-fairness=false",
                         # so that a test sees 410 Gone within seconds
                         "--etcd-compaction-interval=2s",
@@ -146,7 +149,12 @@ def control_plane() -> Iterator[ControlPlane]:
                 )
             )
             url = f"https://127.0.0.1:{api_port}"
-            _wait_http(f"{url}/readyz", 120)
+            try:
+                _wait_http(f"{url}/readyz", 90)
+            except TimeoutError as exc:
+                log.flush()
+                tail = (work / "control-plane.log").read_text(errors="replace")[-3000:]
+                raise TimeoutError(f"{exc}; log:\n{tail}") from exc
             kubeconfig = work / "admin.kubeconfig"
             kubeconfig.write_text(
                 "apiVersion: v1\nkind: Config\n"
@@ -161,7 +169,7 @@ def control_plane() -> Iterator[ControlPlane]:
                         str(bins / "kube-controller-manager"),
                         f"--kubeconfig={kubeconfig}",
                         "--leader-elect=false",
-                        "--controllers=deployment,replicaset,endpointslice,serviceaccount-token",
+                        "--controllers=deployment,replicaset,endpointslice,serviceaccount,serviceaccount-token",
                         f"--service-account-private-key-file={work / 'sa.key'}",
                         "--bind-address=127.0.0.1",
                         f"--secure-port={_free_port()}",
@@ -189,7 +197,7 @@ def _now() -> str:
 
 
 class NodeAgent:
-    """Kubelet and scheduler for one fake node: pods become Running and Ready on 127.0.0.x."""
+    """Kubelet and scheduler for one fake node: pods become Running and Ready on 10.244.0.x."""
 
     def __init__(self, api: AioKubeApi, node: str = "agent") -> None:
         self.api = api
@@ -233,7 +241,9 @@ class NodeAgent:
             return
         if (pod.get("status") or {}).get("phase") == "Running":
             return
-        ip = self._ips.setdefault(key, f"127.0.0.{self._next_ip}")
+        # Not loopback: EndpointSlice validation rejects 127.0.0.0/8 ("may not be in the loopback
+        # range"), so the agent hands out pod-CIDR-like addresses; tests read them, never dial them.
+        ip = self._ips.setdefault(key, f"10.244.0.{self._next_ip}")
         self._next_ip += 1
         status = {
             "phase": "Running",

@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 tests/k8s/build-control-plane.sh >&2
-exec .venv/bin/pytest -q -p no:cacheprovider tests/k8s/real_control_plane.py "$@"
+exec .venv/bin/pytest -q -p no:cacheprovider --timeout 300 tests/k8s/real_control_plane.py "$@"
