@@ -26,6 +26,7 @@ from cluster.kubernetes.api import (
 )
 from cluster.kubernetes.informer import Informer
 from cluster.kubernetes.leader import LeaderElector
+from cluster.kubernetes.runtime import LEASE_NAME, KubeWiring
 from cluster.kubernetes.scheme import REVISION_LABEL
 from cluster.spec import RevisionKey
 from tests.k8s.controlplane import ControlPlane, NodeAgent, built, control_plane
@@ -256,3 +257,36 @@ async def test_rbac_by_impersonation(
             assert info.value.status == 403, (verb, resource, info.value)
     finally:
         await api.close()
+
+
+async def test_components_run_as_their_service_accounts(
+    plane: ControlPlane, admin: AioKubeApi
+) -> None:
+    """Everything each component's wiring does succeeds under its own ServiceAccount."""
+    await apply_all(admin, render(DEPLOY) + render(DEPLOY / "examples" / "iris"), dry_run=False)
+    activator = KubeWiring(plane.api(impersonate=f"system:serviceaccount:{NS}:activator"))
+    autoscaler = KubeWiring(plane.api(impersonate=f"system:serviceaccount:{NS}:autoscaler"))
+    try:
+        routes = activator.routes()
+        activator.endpoints()
+        activator.activator_peers(NS, "10.0.0.1", lambda c, i: (c, i))
+        await activator.start(timeout_s=20)
+        assert ("default", "iris") in routes.current()
+
+        revisions = autoscaler.revisions()
+        autoscaler.endpoints()
+        config = autoscaler.config(NS)
+        elector = LeaderElector(
+            autoscaler.api, NS, LEASE_NAME, "autoscaler-test", retry_period_s=0.2
+        )
+        await autoscaler.start(timeout_s=20)
+        assert RevisionKey("default", "iris-00001") in revisions.current()
+        assert "_example" in config.current()
+        autoscaler.spawn(elector.run(), "elector")
+        await eventually(lambda: elector.is_leader, 10)
+        await autoscaler.scale_target().set_scale(RevisionKey("default", "iris-00001"), 1)
+    finally:
+        await activator.close()
+        await autoscaler.close()
+    lease = await admin.get(Resource("coordination.k8s.io", "v1", "leases"), NS, LEASE_NAME)
+    assert lease["spec"]["holderIdentity"] == ""  # released on close
