@@ -11,7 +11,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
-.PHONY: install run test lint typecheck unit
+.PHONY: install run test lint typecheck unit k8s
 install: $(BIN)/.installed
 
 run: $(BIN)/.installed
@@ -27,4 +27,9 @@ typecheck: $(BIN)/.installed
 unit: $(BIN)/.installed
 	$(BIN)/pytest -q
 
-test: lint typecheck unit
+# The Kubernetes tests against a real etcd + kube-apiserver + kube-controller-manager, built
+# from their Go modules once and cached in ~/.cache/zeroserve/k8s (about 17 minutes the first time).
+k8s: $(BIN)/.installed
+	bash tests/k8s/run-real.sh
+
+test: lint typecheck unit k8s
