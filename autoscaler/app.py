@@ -3,10 +3,12 @@
 Reads flags, configures JSON logging, picks uvloop, and serves the stat websocket (:8080) and the
 status/metrics app (:9090) around one :class:`~autoscaler.engine.Autoscaler`, until SIGTERM/SIGINT.
 
-Until the Kubernetes ports land, the standalone process takes its revisions and
-``config-autoscaler`` from a spec file (``--spec``) and scales an in-memory target that only logs
-what it is asked; the local runtime embeds :func:`autoscaler.engine.build_autoscaler` with its
-supervisor as the scale target instead.
+With ``--kubernetes`` it watches the cluster (revision Deployments, EndpointSlices,
+``config-autoscaler``), campaigns for the leader Lease and scales only while it leads; a replica
+that stops leading closes its activators' stat sockets (1012) so they reconnect to the new leader.
+With ``--spec FILE`` it takes revisions and config from a spec file and scales an in-memory target
+that only logs what it is asked. The local runtime embeds :func:`autoscaler.engine.build_autoscaler`
+with its supervisor as the scale target instead.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import uvloop
 from aiohttp import web
 
 from autoscaler.engine import Autoscaler, build_autoscaler
-from autoscaler.statserver import build_stat_app
+from autoscaler.statserver import build_stat_app, close_sockets
 from autoscaler.status import build_status_app
 from cluster.memory import MemoryConfig, MemoryEndpoints, MemoryRevisions
 from cluster.spec import RevisionKey
@@ -107,11 +109,17 @@ def configure_logging(level: str) -> None:
 
 
 async def serve(
-    autoscaler: Autoscaler, *, host: str, stat_port: int, status_port: int, stop: asyncio.Event
+    autoscaler: Autoscaler,
+    *,
+    host: str,
+    stat_port: int,
+    status_port: int,
+    stop: asyncio.Event,
+    stat_app: web.Application | None = None,
 ) -> None:
     """Run the autoscaler and its two servers until ``stop`` is set or a loop dies."""
     stat_runner = web.AppRunner(
-        build_stat_app(autoscaler.record_stats), shutdown_timeout=SHUTDOWN_TIMEOUT_S
+        stat_app or build_stat_app(autoscaler.record_stats), shutdown_timeout=SHUTDOWN_TIMEOUT_S
     )
     status_runner = web.AppRunner(
         build_status_app(autoscaler.status, autoscaler.metrics), shutdown_timeout=SHUTDOWN_TIMEOUT_S
@@ -145,13 +153,22 @@ async def _amain_kubernetes(args: argparse.Namespace) -> int:
     kube = await KubeWiring.connect(args.kubeconfig)
     try:
         namespace = system_namespace()
-        elector = autoscaler_elector(kube, namespace, args.pod_name)
+        stat_app: web.Application | None = None
+
+        def hand_over() -> None:
+            # A replica that stops leading closes its activators' sockets (1012): they reconnect
+            # through the Service, which selects the leader's label, so stats reach the new leader.
+            if stat_app is not None:
+                kube.spawn(close_sockets(stat_app, "not the leader any more"), "stat-handover")
+
+        elector = autoscaler_elector(kube, namespace, args.pod_name, on_stopped_leading=hand_over)
         autoscaler = build_autoscaler(
             kube.revisions(),
             kube.endpoints(),
             LeaderScaleTarget(kube.scale_target(), elector),
             kube.config(namespace),
         )
+        stat_app = build_stat_app(autoscaler.record_stats)
         await kube.start()
         kube.spawn(elector.run(), "leader-election")
         stop = asyncio.Event()
@@ -164,6 +181,7 @@ async def _amain_kubernetes(args: argparse.Namespace) -> int:
             stat_port=args.stat_port,
             status_port=args.status_port,
             stop=stop,
+            stat_app=stat_app,
         )
         return 0
     finally:

@@ -58,10 +58,19 @@ async def handle_stats(request: web.Request) -> web.StreamResponse:
     return ws
 
 
+async def close_sockets(app: web.Application, reason: str = "autoscaler shutting down") -> int:
+    """Close every activator socket with 1012 (service restart) so the activators reconnect:
+    on shutdown, and when this replica stops leading (the Service then routes to the new leader).
+    Returns how many sockets were closed."""
+    live = app[SOCKETS_KEY]
+    sockets = tuple(live)
+    for ws in sockets:
+        await ws.close(code=WSCloseCode.SERVICE_RESTART, message=reason.encode())
+    return len(sockets)
+
+
 async def _close_sockets(app: web.Application) -> None:
-    sockets = app[SOCKETS_KEY]
-    for ws in tuple(sockets):
-        await ws.close(code=WSCloseCode.SERVICE_RESTART, message=b"autoscaler shutting down")
+    await close_sockets(app)
 
 
 def build_stat_app(sink: StatSink) -> web.Application:

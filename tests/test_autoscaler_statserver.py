@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from autoscaler.statserver import build_stat_app
+from autoscaler.statserver import build_stat_app, close_sockets
 from metrics.stat import Stat, WireStat, encode_batch
 
 
@@ -80,3 +80,23 @@ async def test_shutdown_closes_with_1012(server: tuple[str, Sink, web.AppRunner]
         msg = await asyncio.wait_for(ws.receive(), 5)
         assert msg.type == aiohttp.WSMsgType.CLOSE
         assert msg.data == aiohttp.WSCloseCode.SERVICE_RESTART
+
+
+async def test_losing_leadership_closes_sockets_so_activators_reconnect(
+    server: tuple[str, Sink, web.AppRunner],
+) -> None:
+    url, sink, runner = server
+    app = runner.app
+    async with aiohttp.ClientSession() as session, session.ws_connect(url + "/") as ws:
+        await ws.send_str(encode_batch([wire("a", 1.0)]))
+        await sink.next()
+        assert await close_sockets(app, "not the leader any more") == 1
+        msg = await asyncio.wait_for(ws.receive(), 5)
+        assert msg.type == aiohttp.WSMsgType.CLOSE
+        assert msg.data == aiohttp.WSCloseCode.SERVICE_RESTART
+        assert msg.extra == "not the leader any more"
+        # The server still serves: a reconnecting activator is accepted (here: not the leader's
+        # Service any more, but the same app stands in for it).
+        async with session.ws_connect(url + "/") as again:
+            await again.send_str(encode_batch([wire("b", 2.0)]))
+            assert await sink.next() == [wire("b", 2.0)]

@@ -86,3 +86,25 @@ async def test_autoscaler_wiring_scales_only_while_leading(
         )
     )
     await asyncio.sleep(0)
+
+
+async def test_stepping_down_unlabels_the_pod_and_hands_the_stat_sockets_over(
+    wiring: KubeWiring, server: FakeApiServer
+) -> None:
+    await wiring.api.create(PODS, NS, {"metadata": {"name": "autoscaler-a"}, "spec": {}})
+    handed_over: list[bool] = []
+    elector = autoscaler_elector(
+        wiring, NS, "autoscaler-a", on_stopped_leading=lambda: handed_over.append(True)
+    )
+    await wiring.start(timeout_s=5)
+    wiring.spawn(elector.run(), "elector")
+
+    def labels() -> dict[str, str]:
+        pod = server.get("pods", NS, "autoscaler-a") or {}
+        return dict(pod.get("metadata", {}).get("labels") or {})
+
+    await eventually(lambda: labels() == {LEADER_LABEL: "true"})
+    assert handed_over == []
+    elector._step_down()  # what a failed renewal past the deadline does
+    assert handed_over == [True]
+    await eventually(lambda: labels().get(LEADER_LABEL) != "true")

@@ -179,8 +179,23 @@ class LeaderScaleTarget:
         return await self._inner.ready_pods(key)
 
 
-def autoscaler_elector(wiring: KubeWiring, namespace: str, pod: str) -> LeaderElector:
-    """The autoscaler's elector: Lease ``zeroserve-autoscaler``; the leader labels its pod."""
+def autoscaler_elector(
+    wiring: KubeWiring,
+    namespace: str,
+    pod: str,
+    *,
+    on_stopped_leading: Callable[[], None] | None = None,
+) -> LeaderElector:
+    """The autoscaler's elector: Lease ``zeroserve-autoscaler``; the leader labels its pod.
+
+    ``on_stopped_leading`` runs after the label is being removed: the autoscaler closes its
+    activators' stat sockets there, so they reconnect through the Service to the new leader.
+    """
+
+    def stopped() -> None:
+        label(False)
+        if on_stopped_leading is not None:
+            on_stopped_leading()
 
     def label(leading: bool) -> None:
         async def patch() -> None:
@@ -197,5 +212,5 @@ def autoscaler_elector(wiring: KubeWiring, namespace: str, pod: str) -> LeaderEl
         LEASE_NAME,
         pod,
         on_started_leading=lambda: label(True),
-        on_stopped_leading=lambda: label(False),
+        on_stopped_leading=stopped,
     )
