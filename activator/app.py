@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import random
@@ -32,6 +31,7 @@ from cluster.memory import MemoryEndpoints, MemoryRoutes
 from cluster.ports import EndpointSource, PodEndpoint, RouteSource
 from cluster.spec import RevisionKey
 from dataplane.server import Server
+from metrics.logs import configure_logging
 
 log = logging.getLogger("activator")
 
@@ -216,21 +216,6 @@ def build_activator(
 # --- the process -----------------------------------------------------------------------------
 
 
-class _JsonFormatter(logging.Formatter):
-    _STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "taskName"}
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        out.update({k: v for k, v in vars(record).items() if k not in self._STD})
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
-
-
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
@@ -348,9 +333,7 @@ async def _run(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    handler = logging.StreamHandler()
-    handler.setFormatter(_JsonFormatter())
-    logging.basicConfig(level=args.log_level.upper(), handlers=[handler], force=True)
+    configure_logging(args.log_level)
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

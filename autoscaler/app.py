@@ -16,14 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
 import socket
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 import uvloop
 from aiohttp import web
@@ -34,29 +32,11 @@ from autoscaler.status import build_status_app
 from cluster.memory import MemoryConfig, MemoryEndpoints, MemoryRevisions
 from cluster.spec import RevisionKey
 from cluster.spec_loader import load_spec
+from metrics.logs import configure_logging
 
 log = logging.getLogger("zeroserve.autoscaler")
 
 SHUTDOWN_TIMEOUT_S = 5.0
-_RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, and the record's ``extra`` fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        data: dict[str, Any] = {
-            "time": self.formatTime(record),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for key, value in vars(record).items():
-            if key not in _RESERVED and not key.startswith("_"):
-                data[key] = value
-        if record.exc_info:
-            data["exception"] = self.formatException(record.exc_info)
-        return json.dumps(data, default=str)
 
 
 class LoggingScaleTarget:
@@ -100,24 +80,22 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-
-
 async def serve(
     autoscaler: Autoscaler,
     *,
     host: str,
     stat_port: int,
     status_port: int,
-    stop: asyncio.Event,
+    stop: asyncio.Event | None = None,
     stat_app: web.Application | None = None,
 ) -> None:
-    """Run the autoscaler and its two servers until ``stop`` is set or a loop dies."""
+    """Run the autoscaler and its two servers until ``stop`` is set (by default: on SIGTERM or
+    SIGINT) or a loop dies."""
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
     stat_runner = web.AppRunner(
         stat_app or build_stat_app(autoscaler.record_stats), shutdown_timeout=SHUTDOWN_TIMEOUT_S
     )
@@ -171,16 +149,11 @@ async def _amain_kubernetes(args: argparse.Namespace) -> int:
         stat_app = build_stat_app(autoscaler.record_stats)
         await kube.start()
         kube.spawn(elector.run(), "leader-election")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         await serve(
             autoscaler,
             host=args.host,
             stat_port=args.stat_port,
             status_port=args.status_port,
-            stop=stop,
             stat_app=stat_app,
         )
         return 0
@@ -198,16 +171,11 @@ async def _amain(args: argparse.Namespace) -> int:
         LoggingScaleTarget(),
         MemoryConfig(spec.config),
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await serve(
         autoscaler,
         host=args.host,
         stat_port=args.stat_port,
         status_port=args.status_port,
-        stop=stop,
     )
     return 0
 

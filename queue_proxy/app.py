@@ -9,7 +9,6 @@ revision timeout) → exit 0. A background loop that dies makes the process exit
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -25,6 +24,7 @@ from dataplane.api import Timeouts
 from dataplane.server import Server
 from dataplane.upstream import UpstreamPool
 from metrics.clock import Clock, LoopClock
+from metrics.logs import configure_logging
 from queue_proxy.config import ConfigError, Settings
 from queue_proxy.drain import Drainer
 from queue_proxy.gpu import GpuMonitor, load_nvml
@@ -36,29 +36,6 @@ from queue_proxy.stats import StatReporter
 log = logging.getLogger("queue_proxy")
 
 _NVML_DEFAULT: Any = object()
-_LOG_RECORD_FIELDS = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
-    "message",
-    "asctime",
-    "taskName",
-}
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message and the ``extra`` fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        data: dict[str, Any] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for key, value in record.__dict__.items():
-            if key not in _LOG_RECORD_FIELDS:
-                data[key] = value
-        if record.exc_info:
-            data["exc"] = self.formatException(record.exc_info)
-        return json.dumps(data, default=str)
 
 
 class QueueProxy:
@@ -220,14 +197,6 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, qp.request_shutdown)
     await qp.run()
-
-
-def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:

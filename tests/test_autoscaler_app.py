@@ -75,7 +75,7 @@ async def test_main_serves_status_and_stats_and_stops_on_sigterm() -> None:
         assert proc.stderr is not None
         lines = (await proc.stderr.read()).decode().splitlines()
         records = [json.loads(line) for line in lines if line.startswith("{")]
-        serving = [r for r in records if r["message"] == "autoscaler serving"]
+        serving = [r for r in records if r["msg"] == "autoscaler serving"]
         assert serving
         assert serving[0]["logger"] == "zeroserve.autoscaler"
         assert serving[0]["stat_port"] == stat_port

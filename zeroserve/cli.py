@@ -10,24 +10,14 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from cluster.local.supervisor import SupervisorSettings
 from cluster.spec_loader import SpecError
+from metrics.logs import configure_logging
 from zeroserve.runtime import LocalRuntime, RuntimeSettings
 from zeroserve.status import StatusError, fetch, render
 
 log = logging.getLogger("zeroserve")
-
-
-class _JsonFormatter(logging.Formatter):
-    _STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "taskName"}
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {"level": record.levelname.lower(), "logger": record.name}
-        out["msg"] = record.getMessage()
-        out.update({k: v for k, v in vars(record).items() if k not in self._STD})
-        return json.dumps(out, default=str)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,24 +42,6 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="print the raw JSON rows")
     sub.add_parser("validate", help="check a spec file and exit").add_argument("spec")
     return p
-
-
-def _configure_logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler()
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(_TextFormatter())
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
-
-
-class _TextFormatter(logging.Formatter):
-    _STD = _JsonFormatter._STD
-
-    def format(self, record: logging.LogRecord) -> str:
-        fields = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in self._STD)
-        head = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname.lower():7} {record.name}"
-        return f"{head}: {record.getMessage()}" + (f"  {fields}" if fields else "")
 
 
 def _banner(rt: LocalRuntime) -> str:
@@ -150,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         print(f"{args.spec}: ok ({len(spec.services)} services)")
         return 0
-    _configure_logging(args.log_level, args.log_format)
+    configure_logging(args.log_level, args.log_format)
     try:
         import uvloop
 
