@@ -35,12 +35,14 @@ from aiohttp import web
 
 from examples.serving import (
     ConfigError,
+    ServerSettings,
     env_float,
     env_int,
     json_error,
     json_errors,
     run,
     serve_until_signal,
+    server_settings_from_env,
 )
 
 MAX_SLEEP_MS = 600_000.0
@@ -310,16 +312,6 @@ async def reset_concurrency(request: web.Request) -> web.Response:
 # --- composition root ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ServerSettings:
-    """Where to listen, how long the start-up takes, and how long shutdown waits for requests."""
-
-    host: str = "127.0.0.1"
-    port: int = 8080
-    startup_delay_s: float = 2.0
-    shutdown_timeout_s: float = 30.0
-
-
 def settings_from_env(env: Mapping[str, str]) -> tuple[EmulatorConfig, ServerSettings]:
     """Read the environment; a bad value is a :class:`ConfigError` naming the variable."""
     name = env.get("MODEL_NAME", "").strip()
@@ -330,12 +322,7 @@ def settings_from_env(env: Mapping[str, str]) -> tuple[EmulatorConfig, ServerSet
         slots=env_int(env, "SLOTS", 1, low=1, high=100_000),
         model_name=name,
     )
-    server = ServerSettings(
-        host=env.get("HOST", "").strip() or "127.0.0.1",
-        port=env_int(env, "PORT", 8080, low=0, high=65535),
-        startup_delay_s=env_float(env, "STARTUP_DELAY_SECONDS", 2.0, low=0.0, high=3600.0),
-        shutdown_timeout_s=env_float(env, "SHUTDOWN_TIMEOUT_SECONDS", 30.0, low=0.0, high=3600.0),
-    )
+    server = server_settings_from_env(env, startup_delay_default=2.0)
     return config, server
 
 

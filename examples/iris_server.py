@@ -37,12 +37,13 @@ from examples.inference_requests import (
 from examples.iris_model import CLASSES, DATA_PATH, FEATURES, SoftmaxModel, load_iris, train
 from examples.serving import (
     ConfigError,
+    ServerSettings,
     env_float,
-    env_int,
     json_error,
     json_errors,
     run,
     serve_until_signal,
+    server_settings_from_env,
 )
 
 logger = logging.getLogger("examples.iris_server")
@@ -282,15 +283,6 @@ def _not_loaded(request: web.Request) -> web.Response | None:
 # --- composition root ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ServerSettings:
-    """Where to listen and how long to wait for in-flight requests at shutdown."""
-
-    host: str = "127.0.0.1"
-    port: int = 8080
-    shutdown_timeout_s: float = 30.0
-
-
 def settings_from_env(env: Mapping[str, str]) -> tuple[IrisConfig, ServerSettings]:
     """Read the environment; a bad value is a :class:`ConfigError` naming the variable."""
     name = env.get("MODEL_NAME", "").strip() or "iris"
@@ -301,11 +293,7 @@ def settings_from_env(env: Mapping[str, str]) -> tuple[IrisConfig, ServerSetting
         model_version=env.get("MODEL_VERSION", "").strip() or MODEL_VERSION,
         startup_delay_s=env_float(env, "STARTUP_DELAY_SECONDS", 0.0, low=0.0, high=3600.0),
     )
-    server = ServerSettings(
-        host=env.get("HOST", "").strip() or "127.0.0.1",
-        port=env_int(env, "PORT", 8080, low=0, high=65535),
-        shutdown_timeout_s=env_float(env, "SHUTDOWN_TIMEOUT_SECONDS", 30.0, low=0.0, high=3600.0),
-    )
+    server = server_settings_from_env(env)  # iris loads while listening (readiness 503)
     return config, server
 
 

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import uvloop
@@ -25,6 +26,35 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 class ConfigError(ValueError):
     """An environment variable has a value the server cannot use; the message names it."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerSettings:
+    """Where to listen, how long the start-up takes before listening, and how long shutdown
+    waits for requests in flight."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    startup_delay_s: float = 0.0
+    shutdown_timeout_s: float = 30.0
+
+
+def server_settings_from_env(
+    env: Mapping[str, str], *, startup_delay_default: float | None = None
+) -> ServerSettings:
+    """``HOST``, ``PORT``, ``SHUTDOWN_TIMEOUT_SECONDS`` and, when ``startup_delay_default`` is
+    given, ``STARTUP_DELAY_SECONDS`` (waited before listening)."""
+    delay = (
+        0.0
+        if startup_delay_default is None
+        else env_float(env, "STARTUP_DELAY_SECONDS", startup_delay_default, low=0.0, high=3600.0)
+    )
+    return ServerSettings(
+        host=env.get("HOST", "").strip() or "127.0.0.1",
+        port=env_int(env, "PORT", 8080, low=0, high=65535),
+        startup_delay_s=delay,
+        shutdown_timeout_s=env_float(env, "SHUTDOWN_TIMEOUT_SECONDS", 30.0, low=0.0, high=3600.0),
+    )
 
 
 def env_int(env: Mapping[str, str], key: str, default: int, *, low: int, high: int) -> int:

@@ -15,12 +15,11 @@ import pytest
 
 from examples.gpu_emulator import (
     EmulatorConfig,
-    ServerSettings,
     make_app,
     parse_sleep_ms,
     settings_from_env,
 )
-from examples.serving import ConfigError
+from examples.serving import ConfigError, ServerSettings
 from tests.examples_support import poll_until_status, serve_in_process, start_server_process
 
 Client = tuple[str, aiohttp.ClientSession]
@@ -261,7 +260,7 @@ async def test_stream_refuses_bad_parameters(query: str, words: str) -> None:
 
 
 def test_settings_from_env() -> None:
-    assert settings_from_env({}) == (EmulatorConfig(), ServerSettings())
+    assert settings_from_env({}) == (EmulatorConfig(), ServerSettings(startup_delay_s=2.0))
     config, server = settings_from_env(
         {"SERVICE_TIME_MS": "250", "SLOTS": "4", "STARTUP_DELAY_SECONDS": "0", "PORT": "9000"}
     )
