@@ -17,9 +17,9 @@ KPA, which is what it is).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 from cluster.goparse import (
     HOUR,
@@ -165,6 +165,24 @@ class _Errors:
         self.items.append(f"{key} = {value}: {problem}")
 
 
+_T = TypeVar("_T")
+
+
+def _parsed(
+    ann: Mapping[str, str], which: AnnotationKey, errs: _Errors, parse: Callable[[str], _T]
+) -> tuple[str, str, _T] | None:
+    """The annotation's (key, raw value, parsed value); None if absent or (an error) unparsable."""
+    found = which.get(ann)
+    if found is None:
+        return None
+    key, raw = found
+    try:
+        return key, raw, parse(raw)
+    except ValueError as exc:
+        errs.add(key, raw, str(exc))
+        return None
+
+
 def _float(
     ann: Mapping[str, str],
     which: AnnotationKey,
@@ -175,15 +193,10 @@ def _float(
     also: float | None = None,
     describe: str,
 ) -> float | None:
-    found = which.get(ann)
-    if found is None:
+    got = _parsed(ann, which, errs, parse_float)
+    if got is None:
         return None
-    key, raw = found
-    try:
-        value = parse_float(raw)
-    except ValueError as exc:
-        errs.add(key, raw, str(exc))
-        return None
+    key, raw, value = got
     if (value < lo or (hi is not None and value > hi)) and value != also:
         errs.add(key, raw, describe)
         return None
@@ -191,15 +204,10 @@ def _float(
 
 
 def _int_ge0(ann: Mapping[str, str], which: AnnotationKey, errs: _Errors) -> tuple[str, int] | None:
-    found = which.get(ann)
-    if found is None:
+    got = _parsed(ann, which, errs, parse_int32)
+    if got is None:
         return None
-    key, raw = found
-    try:
-        value = parse_int32(raw)
-    except ValueError as exc:
-        errs.add(key, raw, str(exc))
-        return None
+    key, raw, value = got
     if value < 0:
         errs.add(key, raw, "must be at least 0")
         return None
@@ -216,15 +224,10 @@ def _duration(
     describe: str,
     whole: bool,
 ) -> float | None:
-    found = which.get(ann)
-    if found is None:
+    got = _parsed(ann, which, errs, parse_duration)
+    if got is None:
         return None
-    key, raw = found
-    try:
-        ns = parse_duration(raw)
-    except ValueError as exc:
-        errs.add(key, raw, str(exc))
-        return None
+    key, raw, ns = got
     if not lo_ns <= ns <= hi_ns:
         errs.add(key, raw, describe)
         return None
