@@ -92,6 +92,12 @@ class Exchange(Protocol):
         """Answer at once (content-type text/plain unless given); the request body is discarded."""
         ...
 
+    def respond_now(
+        self, status: int, body: bytes = b"", headers: Iterable[tuple[str, str]] = ()
+    ) -> None:
+        """:meth:`respond` without the await."""
+        ...
+
     async def forward(
         self,
         upstream: str,
@@ -111,5 +117,29 @@ class Exchange(Protocol):
         """
         ...
 
+    def forward_now(
+        self,
+        upstream: str,
+        on_done: Callable[[ForwardResult], None],
+        *,
+        set_headers: Iterable[tuple[str, str]] = (),
+        remove_headers: Iterable[str] = (),
+        remove_prefixes: Iterable[str] = (),
+        timeouts: Timeouts = Timeouts(),
+    ) -> bool:
+        """:meth:`forward` without a task: the hot path of a handler that need not wait.
 
-Handler = Callable[[Exchange], Awaitable[None]]
+        Returns False, having done nothing, when no idle pooled connection to ``upstream`` is
+        at hand (the handler then goes the async way and awaits :meth:`forward`). Otherwise
+        the request goes out at once and ``on_done`` is called exactly once with the result
+        (at once if the client has already left); the request ends after ``on_done`` returns.
+        A stale pooled connection is retried once on a fresh one; if that connection is
+        refused, the core answers 502 (the result's reason is ``upstream-connect``).
+        """
+        ...
+
+
+Handler = Callable[[Exchange], Awaitable[None] | None]
+"""Called once per request. It returns an awaitable (a coroutine) when it must wait, which
+the core runs in a task; or None when it has already answered (``respond_now``) or handed the
+request to :meth:`Exchange.forward_now`."""

@@ -8,6 +8,8 @@ are parsed; each side's write back-pressure pauses reading on the other side.
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from dataplane.api import ForwardResult, Timeouts, UpstreamConnectError
@@ -16,6 +18,8 @@ from dataplane.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
     from dataplane.server import _Exchange
+
+log = logging.getLogger("dataplane.forward")
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _TIMEOUT_BODIES = {
@@ -28,7 +32,12 @@ _LAST_CHUNK = b"0\r\n\r\n"
 
 
 class Forward:
-    """The state of one ``Exchange.forward`` call (a :class:`dataplane.upstream.ResponseSink`)."""
+    """The state of one forwarded request (a :class:`dataplane.upstream.ResponseSink`).
+
+    Two ways to drive it, one state machine: :meth:`run` is awaited by ``Exchange.forward``;
+    :meth:`start` (``Exchange.forward_now``) takes a pooled connection and calls ``on_done``
+    with the result instead, without a task or a future on the way (the hot path).
+    """
 
     __slots__ = (
         "_body_sent",
@@ -44,23 +53,36 @@ class Forward:
         "_informational",
         "_last_write",
         "_loop",
+        "_on_done",
+        "_out",
         "_reason",
         "_replay",
         "_request_sent",
+        "_resolved",
         "_start_handle",
         "_status",
         "_timeouts",
         "_total_handle",
+        "_upstream",
         "streaming_body",
     )
 
-    def __init__(self, ex: _Exchange, head: bytes, timeouts: Timeouts) -> None:
+    def __init__(
+        self,
+        ex: _Exchange,
+        head: bytes,
+        timeouts: Timeouts,
+        on_done: Callable[[ForwardResult], None] | None = None,
+    ) -> None:
         self._ex = ex
         self._head = head
         self._timeouts = timeouts
-        self._loop = asyncio.get_running_loop()
+        self._loop = ex._conn._loop
         self._conn: UpstreamConnection | None = None
-        self._done: asyncio.Future[ForwardResult | None] = self._loop.create_future()
+        self._on_done = on_done
+        self._upstream = ""
+        self._done: asyncio.Future[ForwardResult | None] | None = None
+        self._resolved = False
         self._chunked_in = ex._chunked
         self.streaming_body = False  # client body chunks go straight upstream
         self._replay: list[bytes] | None = None  # the whole body, kept until a response byte
@@ -72,6 +94,7 @@ class Forward:
         self._informational = False
         self._chunked_out = False
         self._close_delimited = False
+        self._out: list[bytes] = []  # response bytes parsed from one upstream read, not yet written
         self._last_write = 0.0
         self._total_handle: asyncio.TimerHandle | None = None
         self._start_handle: asyncio.TimerHandle | None = None
@@ -81,10 +104,8 @@ class Forward:
     async def run(self, upstream: str) -> ForwardResult:
         ex = self._ex
         pool = ex._conn._server.pool
-        if self._timeouts.total_s > 0:
-            self._total_handle = self._loop.call_at(
-                ex.arrived_at + self._timeouts.total_s, self._on_timeout, "total"
-            )
+        self._done = self._loop.create_future()
+        self._arm_total()
         replay: list[bytes] | None = None
         for attempt in (0, 1):
             conn = pool.take_idle(upstream, self._loop.time()) if attempt == 0 else None
@@ -92,12 +113,12 @@ class Forward:
                 try:
                     conn = await pool.connect(upstream)
                 except UpstreamConnectError:
-                    if self._done.done():  # the total timeout answered meanwhile
+                    if self._resolved:  # the total timeout answered meanwhile
                         return self._result()
                     if replay is not None:
                         ex._restore_body(replay)
                     raise
-                if self._done.done():
+                if self._resolved:
                     conn.close()
                     return self._result()
             self._attach(conn, replay)
@@ -107,12 +128,56 @@ class Forward:
             replay = self._replay or []  # a stale pooled connection: once more, on a fresh one
             self._replay = None
             self._done = self._loop.create_future()
+            self._resolved = False
         raise AssertionError("unreachable: the second attempt never asks for a retry")
 
+    def start(self, conn: UpstreamConnection) -> None:
+        """Callback mode: forward on ``conn`` (taken from the pool); ``on_done`` gets the result."""
+        self._upstream = conn.hostport
+        self._arm_total()
+        self._attach(conn, None)
+
+    async def _retry(self, upstream: str, replay: list[bytes]) -> None:
+        """Callback mode, stale pooled connection: once more on a fresh one (502 if refused)."""
+        try:
+            conn = await self._ex._conn._server.pool.connect(upstream)
+        except UpstreamConnectError as exc:
+            if not self._resolved:
+                self._ex.respond_now(502, f"upstream connect error: {exc}\n".encode())
+                self._finish(ForwardResult(502, False, "upstream-connect"), answered=False)
+            return
+        if self._resolved:  # the total timeout or the client's leaving ended it meanwhile
+            conn.close()
+            return
+        self._attach(conn, replay)
+
+    def _arm_total(self) -> None:
+        if self._timeouts.total_s > 0:
+            self._total_handle = self._loop.call_at(
+                self._ex.arrived_at + self._timeouts.total_s, self._on_timeout, "total"
+            )
+
     def _result(self) -> ForwardResult:
+        assert self._done is not None
         result = self._done.result()
         assert result is not None
         return result
+
+    def _resolve(self, result: ForwardResult | None) -> None:
+        """The single exit: a result, or None to retry once on a fresh connection."""
+        self._resolved = True
+        if self._on_done is None:
+            assert self._done is not None
+            self._done.set_result(result)
+            return
+        if result is None:
+            replay = self._replay or []
+            self._replay = None
+            self._resolved = False
+            self._ex._conn._server.spawn(self._retry(self._upstream, replay))
+            return
+        self.cleanup()
+        self._ex._forward_done(self, result)
 
     def _attach(self, conn: UpstreamConnection, replay: list[bytes] | None) -> None:
         ex = self._ex
@@ -185,22 +250,17 @@ class Forward:
             self._conn.transport.resume_reading()
 
     # --- response, from the upstream connection ---
-    def on_status(self, reason: bytes) -> None:
-        self._reason = reason
-        self._replay = None
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
-
     def on_headers_complete(self) -> None:
         conn = self._conn
         assert conn is not None
         status = conn.parser.get_status_code()
         if status < 200:  # 1xx: the core answered Expect itself; drop the upstream's
             self._informational = True
-            self._headers = []
             return
+        self._replay = None
         self._status = status
+        self._reason = conn.reason
+        self._headers = conn.headers
         if self._start_handle is not None:
             self._start_handle.cancel()
             self._start_handle = None
@@ -228,10 +288,11 @@ class Forward:
         if ex._close_after_response():
             framing += b"Connection: close\r\n"
         ex._started = True
-        ex._conn.write(response_head(status, self._reason, self._headers, framing))
+        self._out.append(response_head(status, self._reason, self._headers, framing))
         if self._idle_handle is not None:
             self._last_write = self._loop.time()
         if head_only:  # httptools cannot skip a HEAD response's body: this connection is done
+            self.flush()
             self._detach(reuse=False)
             self._finish(ForwardResult(status, True))
 
@@ -239,18 +300,27 @@ class Forward:
         if self._informational:
             return
         if self._chunked_out:
-            self._ex._conn.write(b"%x\r\n%b\r\n" % (len(body), body))
+            self._out.append(b"%x\r\n%b\r\n" % (len(body), body))
         else:
-            self._ex._conn.write(body)
+            self._out.append(body)
         if self._idle_handle is not None:
             self._last_write = self._loop.time()
+
+    def flush(self) -> None:
+        """Write what one upstream read produced to the client in one write (head and body
+        of a small response go out together; a streamed response goes out read by read)."""
+        out = self._out
+        if out:
+            self._ex._conn.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
 
     def on_message_complete(self) -> None:
         if self._informational:
             self._informational = False
             return
         if self._chunked_out:
-            self._ex._conn.write(_LAST_CHUNK)
+            self._out.append(_LAST_CHUNK)
+        self.flush()
         conn = self._conn
         reuse = conn is not None and self._request_sent and conn.parser.should_keep_alive()
         self._detach(reuse=reuse)
@@ -261,17 +331,17 @@ class Forward:
         self._conn = None
         self.streaming_body = False
         self._ex._conn.pause_for_upstream(False)
-        if self._done.done():
+        if self._resolved:
             return
         if self._status == 0:
             if (
                 conn is not None
                 and conn.reused
                 and not self._body_sent
-                and (self._reason == b"" and not self._headers)
+                and (conn.reason == b"" and not conn.headers)
             ):
                 self._cancel_timer("start")
-                self._done.set_result(None)  # stale keep-alive connection: retry once
+                self._resolve(None)  # stale keep-alive connection: retry once
                 return
             why = f": {exc}" if exc else ""
             self._fail(f"upstream closed the connection before responding{why}")
@@ -288,7 +358,7 @@ class Forward:
     def upstream_error(self, reason: str) -> None:
         self._conn = None
         self._ex._conn.pause_for_upstream(False)
-        if not self._done.done():
+        if not self._resolved:
             self._fail(reason)
 
     def _fail(self, reason: str) -> None:
@@ -315,7 +385,7 @@ class Forward:
             self._total_handle = None
         elif kind == "response-start":
             self._start_handle = None
-        if self._done.done():
+        if self._resolved:
             return
         self._detach(reuse=False)
         ex = self._ex
@@ -331,7 +401,7 @@ class Forward:
 
     def client_lost(self) -> None:
         self._detach(reuse=False)
-        if not self._done.done():
+        if not self._resolved:
             self._finish(
                 ForwardResult(self._status or 499, False, "client-disconnected"), answered=False
             )
@@ -356,10 +426,10 @@ class Forward:
 
     def _finish(self, result: ForwardResult, *, answered: bool = True) -> None:
         self.cleanup_timers()
-        if not self._done.done():
-            self._done.set_result(result)
         if answered:
             self._ex._response_finished()
+        if not self._resolved:
+            self._resolve(result)
 
     def cleanup_timers(self) -> None:
         for h in (self._total_handle, self._start_handle, self._idle_handle):

@@ -60,6 +60,11 @@ def synthesize_forwarded(xff: Sequence[str], xfh: str | None, xfp: str | None) -
     return ", ".join(elements)
 
 
+_XFF, _XFH, _XFP, _FWD = "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "forwarded"
+_REQUEST_SPECIAL = _REQUEST_DROP | {_XFF, _XFH, _XFP, _FWD}
+_RESPONSE_DROP_B = frozenset(n.encode() for n in _RESPONSE_DROP)
+
+
 def request_head(
     method: str,
     target: str,
@@ -72,39 +77,61 @@ def request_head(
     remove_prefixes: Iterable[str] = (),
 ) -> bytes:
     """The head sent upstream: hop-by-hop dropped, edits applied, XFF appended, ``framing``
-    (``b"Content-Length: n\\r\\n"``, ``b"Transfer-Encoding: chunked\\r\\n"`` or ``b""``) added."""
-    drop = connection_tokens(headers)
-    sets = list(set_headers)
-    removed = {h.lower() for h in remove_headers}
-    removed.update(name.lower() for name, _ in sets)
-    prefixes = tuple(p.lower() for p in remove_prefixes)
-    out: list[str] = [f"{method} {target} HTTP/1.1\r\n"]
+    (``b"Content-Length: n\\r\\n"``, ``b"Transfer-Encoding: chunked\\r\\n"`` or ``b""``) added.
+
+    One pass over the headers; names listed in ``Connection`` beyond the fixed hop-by-hop set
+    (rare) are dropped by a second pass.
+    """
+    sets = set_headers if isinstance(set_headers, tuple) else tuple(set_headers)
+    removed: frozenset[str] | set[str] = frozenset()
+    if remove_headers or sets:
+        removed = {h.lower() for h in remove_headers}
+        removed.update(name.lower() for name, _ in sets)
+    prefixes = tuple(p.lower() for p in remove_prefixes) if remove_prefixes else ()
+    out: list[str] = [method, " ", target, " HTTP/1.1\r\n"]
     xff: list[str] = []
     xfh = xfp = None
     has_forwarded = False
+    tokens: frozenset[str] = frozenset()
     for name, value in headers:
         low = name.lower()
-        if low in _REQUEST_DROP or low in drop or low.startswith("proxy-"):
+        if low in _REQUEST_SPECIAL:
+            if low == _XFF:
+                xff.append(value)
+                continue
+            if low == _XFH:
+                xfh = value
+            elif low == _XFP:
+                xfp = value
+            elif low == _FWD:
+                has_forwarded = True
+            else:
+                if low == "connection" and value.lower() not in ("keep-alive", "close"):
+                    tokens = tokens | connection_tokens(((name, value),))
+                continue
+        elif low.startswith("proxy-"):
             continue
-        if low == "x-forwarded-for":
-            xff.append(value)
+        if (removed and low in removed) or (prefixes and low.startswith(prefixes)):
             continue
-        if low == "x-forwarded-host":
-            xfh = value
-        elif low == "x-forwarded-proto":
-            xfp = value
-        elif low == "forwarded":
-            has_forwarded = True
-        if low in removed or (prefixes and low.startswith(prefixes)):
-            continue
-        out.append(f"{name}: {value}\r\n")
-    if not has_forwarded and (xff or xfh or xfp) and "forwarded" not in removed:
-        out.append(f"Forwarded: {synthesize_forwarded(xff, xfh, xfp)}\r\n")
-    if "x-forwarded-for" not in removed:
+        out += (name, ": ", value, "\r\n")
+    if tokens - _REQUEST_DROP:
+        return request_head(
+            method,
+            target,
+            [(n, v) for n, v in headers if n.lower() not in tokens and n.lower() != "connection"],
+            client,
+            framing=framing,
+            set_headers=sets,
+            remove_headers=removed,
+            remove_prefixes=prefixes,
+        )
+    if not has_forwarded and (xff or xfh or xfp) and _FWD not in removed:
+        out += ("Forwarded: ", synthesize_forwarded(xff, xfh, xfp), "\r\n")
+    if _XFF not in removed:
         xff.append(client)
-        out.append(f"X-Forwarded-For: {', '.join(xff)}\r\n")
+        out += ("X-Forwarded-For: ", ", ".join(xff), "\r\n")
     for name, value in sets:
-        out.append(f"{name}: {value}\r\n")
+        out += (name, ": ", value, "\r\n")
     return "".join(out).encode("latin-1") + framing + b"\r\n"
 
 
@@ -112,16 +139,23 @@ def response_head(
     status: int, reason: bytes, headers: Sequence[tuple[bytes, bytes]], framing: bytes
 ) -> bytes:
     """The head sent to the client: hop-by-hop dropped (raw bytes in, raw bytes out)."""
-    drop: frozenset[str] = frozenset()
-    for name, value in headers:
-        if len(name) == 10 and name.lower() == b"connection":
-            drop = drop | connection_tokens([("connection", value.decode("latin-1"))])
     parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason or REASONS.get(status, b"Unknown"))]
+    tokens: frozenset[str] = frozenset()
     for name, value in headers:
-        low = name.lower().decode("latin-1")
-        if low in _RESPONSE_DROP or low in drop or low.startswith("proxy-"):
+        low = name.lower()
+        if low in _RESPONSE_DROP_B:
+            if low == b"connection" and value.lower() not in (b"keep-alive", b"close"):
+                tokens = tokens | connection_tokens((("connection", value.decode("latin-1")),))
             continue
-        parts.append(name + b": " + value + b"\r\n")
-    parts.append(framing)
-    parts.append(b"\r\n")
+        if low.startswith(b"proxy-"):
+            continue
+        parts += (name, b": ", value, b"\r\n")
+    if tokens - _RESPONSE_DROP:
+        kept = [
+            (n, v)
+            for n, v in headers
+            if n.lower() != b"connection" and n.lower().decode("latin-1") not in tokens
+        ]
+        return response_head(status, reason, kept, framing)
+    parts += (framing, b"\r\n")
     return b"".join(parts)

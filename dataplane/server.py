@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from typing import cast
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from typing import Any, cast
 
 import httptools
 
@@ -146,29 +146,19 @@ class _Exchange:
         self._conn.write(b"".join(parts))
         self._response_finished()
 
-    async def forward(
+    def _request_head(
         self,
-        upstream: str,
-        *,
-        set_headers: Iterable[tuple[str, str]] = (),
-        remove_headers: Iterable[str] = (),
-        remove_prefixes: Iterable[str] = (),
-        timeouts: Timeouts = _NO_TIMEOUTS,
-    ) -> ForwardResult:
-        if self._started:
-            raise RuntimeError("the response has already started")
-        if self._conn.lost:
-            return ForwardResult(_CLIENT_GONE, False, "client-disconnected")
-        if self._upgrade:
-            self.respond_now(501, b"connection upgrade (websocket) is not supported\n")
-            return ForwardResult(501, False, "upgrade-unsupported")
+        set_headers: Iterable[tuple[str, str]],
+        remove_headers: Iterable[str],
+        remove_prefixes: Iterable[str],
+    ) -> bytes:
         if self._chunked:
             framing = b"Transfer-Encoding: chunked\r\n"
         elif self._content_length >= 0:
             framing = b"Content-Length: %d\r\n" % self._content_length
         else:
             framing = b""
-        head = request_head(
+        return request_head(
             self._method,
             self._target,
             self._headers,
@@ -178,6 +168,31 @@ class _Exchange:
             remove_headers=remove_headers,
             remove_prefixes=remove_prefixes,
         )
+
+    def _refusal(self) -> ForwardResult | None:
+        """Why this request cannot be forwarded at all (answered here), or None."""
+        if self._started:
+            raise RuntimeError("the response has already started")
+        if self._conn.lost:
+            return ForwardResult(_CLIENT_GONE, False, "client-disconnected")
+        if self._upgrade:
+            self.respond_now(501, b"connection upgrade (websocket) is not supported\n")
+            return ForwardResult(501, False, "upgrade-unsupported")
+        return None
+
+    async def forward(
+        self,
+        upstream: str,
+        *,
+        set_headers: Iterable[tuple[str, str]] = (),
+        remove_headers: Iterable[str] = (),
+        remove_prefixes: Iterable[str] = (),
+        timeouts: Timeouts = _NO_TIMEOUTS,
+    ) -> ForwardResult:
+        refused = self._refusal()
+        if refused is not None:
+            return refused
+        head = self._request_head(set_headers, remove_headers, remove_prefixes)
         fwd = Forward(self, head, timeouts)
         self._forward = fwd
         try:
@@ -185,6 +200,44 @@ class _Exchange:
         finally:
             fwd.cleanup()
             self._forward = None
+
+    def forward_now(
+        self,
+        upstream: str,
+        on_done: Callable[[ForwardResult], None],
+        *,
+        set_headers: Iterable[tuple[str, str]] = (),
+        remove_headers: Iterable[str] = (),
+        remove_prefixes: Iterable[str] = (),
+        timeouts: Timeouts = _NO_TIMEOUTS,
+    ) -> bool:
+        refused = self._refusal()
+        if refused is not None:
+            self._call_done(on_done, refused)
+            return True
+        conn = self._conn._server.pool.take_idle(upstream, self._conn._loop.time())
+        if conn is None:
+            return False
+        head = self._request_head(set_headers, remove_headers, remove_prefixes)
+        fwd = Forward(self, head, timeouts, on_done)
+        self._forward = fwd
+        fwd.start(conn)
+        return True
+
+    def _forward_done(self, fwd: Forward, result: ForwardResult) -> None:
+        """A ``forward_now`` ended: tell the handler, then end the request."""
+        if self._forward is fwd:
+            self._forward = None
+        assert fwd._on_done is not None
+        self._call_done(fwd._on_done, result)
+        if self._task is None:  # a synchronous handler: this ends its request
+            self._conn.sync_request_done(self)
+
+    def _call_done(self, on_done: Callable[[ForwardResult], None], result: ForwardResult) -> None:
+        try:
+            on_done(result)
+        except Exception:
+            log.exception("forward callback failed", extra={"target": self._target})
 
     # --- body plumbing ---
     def _take_body(self) -> list[bytes]:
@@ -239,7 +292,6 @@ class _Connection(asyncio.Protocol):
     __slots__ = (
         "_current",
         "_head_bytes",
-        "_idle_handle",
         "_linger_handle",
         "_loop",
         "_parser",
@@ -253,6 +305,7 @@ class _Connection(asyncio.Protocol):
         "_write_paused",
         "client_ip",
         "closing",
+        "idle_since",
         "lost",
         "transport",
     )
@@ -270,7 +323,7 @@ class _Connection(asyncio.Protocol):
         self._pipeline: deque[_Exchange] = deque()
         self._pause_body = self._pause_upstream = self._pause_pipeline = False
         self._write_paused = False
-        self._idle_handle: asyncio.TimerHandle | None = None
+        self.idle_since = self._loop.time()  # when the last response ended (the keep-alive sweep)
         self._linger_handle: asyncio.TimerHandle | None = None
         self.closing = False
         self.lost = False
@@ -282,7 +335,6 @@ class _Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
         self._server.connections.add(self)
-        self._arm_idle()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -322,9 +374,6 @@ class _Connection(asyncio.Protocol):
 
     # --- httptools callbacks ---
     def on_message_begin(self) -> None:
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
-            self._idle_handle = None
         self._parsing = _Exchange(self)
         self._url = []
         self._head_bytes = 0
@@ -384,11 +433,28 @@ class _Connection(asyncio.Protocol):
     def _start(self, ex: _Exchange) -> None:
         self._current = ex
         self._server.in_flight += 1
-        ex._task = self._loop.create_task(self._run(ex))
-
-    async def _run(self, ex: _Exchange) -> None:
         try:
-            await self._server.handler(ex)
+            pending = self._server.handler(ex)
+        except Exception:
+            log.exception("handler failed", extra={"method": ex._method, "target": ex._target})
+            pending = None
+            if ex._forward is None and not ex._started:
+                ex.respond_now(500, b"internal error\n")
+        if pending is not None:
+            ex._task = self._loop.create_task(self._run(ex, pending))
+        elif ex._forward is None:  # answered synchronously (or forward_now already ended)
+            self.sync_request_done(ex)
+
+    def sync_request_done(self, ex: _Exchange) -> None:
+        """A request its handler took without a task has ended."""
+        self._server.request_done()
+        if not ex._started:
+            ex.respond_now(500, b"handler returned without a response\n")
+
+    async def _run(self, ex: _Exchange, pending: Awaitable[None]) -> None:
+        handed_over = False
+        try:
+            await pending
         except asyncio.CancelledError:
             if not self.lost:
                 raise
@@ -396,11 +462,16 @@ class _Connection(asyncio.Protocol):
             log.exception("handler failed", extra={"method": ex._method, "target": ex._target})
             if ex._started:
                 self.abort()
-            else:
+            elif ex._forward is None:
                 ex.respond_now(500, b"internal error\n")
         finally:
-            self._server.request_done()
-        if not ex._started:
+            fwd = ex._forward
+            if fwd is not None and fwd._on_done is not None:
+                ex._task = None  # a forward_now still runs: its callback ends the request
+                handed_over = True
+            else:
+                self._server.request_done()
+        if not handed_over and not ex._started:
             ex.respond_now(500, b"handler returned without a response\n")
 
     def exchange_response_done(self, ex: _Exchange) -> None:
@@ -430,7 +501,7 @@ class _Connection(asyncio.Protocol):
         if self.closing:
             self.close()
         else:
-            self._arm_idle()
+            self.idle_since = self._loop.time()
 
     def _close_lingering(self, ex: _Exchange) -> None:
         """Close after the response without a reset losing it: half-close, drain a little."""
@@ -507,16 +578,10 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def _arm_idle(self) -> None:
-        timeout = self._server.keepalive_timeout_s
-        if timeout > 0 and self._idle_handle is None:
-            self._idle_handle = self._loop.call_later(timeout, self.close)
-
     def _cancel_timers(self) -> None:
-        for h in (self._idle_handle, self._linger_handle):
-            if h is not None:
-                h.cancel()
-        self._idle_handle = self._linger_handle = None
+        if self._linger_handle is not None:
+            self._linger_handle.cancel()
+            self._linger_handle = None
 
     @property
     def idle(self) -> bool:
@@ -561,12 +626,29 @@ class Server:
         self.bad_requests = 0
         self._server: asyncio.Server | None = None
         self._idle_event: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sweep_handle: asyncio.TimerHandle | None = None
 
     async def start(self, host: str, port: int, *, backlog: int = 1024) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: _Connection(self), host, port, backlog=backlog, reuse_address=True
         )
+        if self.keepalive_timeout_s > 0:
+            self._sweep(loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Close keep-alive connections idle for longer than the timeout.
+
+        One timer for the server instead of one per request: a connection closes between
+        ``keepalive_timeout_s`` and ``keepalive_timeout_s + period`` after its last response.
+        """
+        timeout = self.keepalive_timeout_s
+        cutoff = loop.time() - timeout
+        for conn in [c for c in self.connections if c.idle and c.idle_since <= cutoff]:
+            conn.close()
+        period = min(max(timeout / 4, 0.05), 1.0)
+        self._sweep_handle = loop.call_later(period, self._sweep, loop)
 
     @property
     def port(self) -> int:
@@ -574,12 +656,21 @@ class Server:
         assert self._server.sockets
         return int(self._server.sockets[0].getsockname()[1])
 
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` in a task the server keeps a reference to until it ends."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def request_done(self) -> None:
         self.in_flight -= 1
         if self.in_flight == 0 and self._idle_event is not None:
             self._idle_event.set()
 
     def close(self) -> None:
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):

@@ -21,11 +21,10 @@ log = logging.getLogger("dataplane.upstream")
 class ResponseSink(Protocol):
     """What receives one upstream response (the core's forward state)."""
 
-    def on_status(self, reason: bytes) -> None: ...
-    def on_header(self, name: bytes, value: bytes) -> None: ...
     def on_headers_complete(self) -> None: ...
     def on_body(self, body: bytes) -> None: ...
     def on_message_complete(self) -> None: ...
+    def flush(self) -> None: ...
     def upstream_lost(self, exc: Exception | None) -> None: ...
     def upstream_error(self, reason: str) -> None: ...
     def upstream_pause_writing(self) -> None: ...
@@ -33,13 +32,19 @@ class ResponseSink(Protocol):
 
 
 class UpstreamConnection(asyncio.Protocol):
-    """One keep-alive connection to an upstream; parses responses and hands them to its sink."""
+    """One keep-alive connection to an upstream; parses responses and hands them to its sink.
+
+    The status reason and the headers of the response being parsed collect here
+    (``reason``, ``headers``); the sink reads them when the head is complete.
+    """
 
     __slots__ = (
         "closed",
+        "headers",
         "hostport",
         "idle_since",
         "parser",
+        "reason",
         "reused",
         "sink",
         "transport",
@@ -53,6 +58,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.reused = False
         self.idle_since = 0.0
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -70,6 +77,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.sink = None
             self.close()
             sink.upstream_error(f"malformed response from upstream: {exc}")
+            return
+        sink.flush()  # what this read produced, in one client write
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost follows
@@ -88,14 +97,16 @@ class UpstreamConnection(asyncio.Protocol):
         if self.sink is not None:
             self.sink.upstream_resume_writing()
 
-    # httptools callbacks, delegated to the sink
+    # httptools callbacks: the head collects here, the rest goes to the sink
+    def on_message_begin(self) -> None:
+        self.reason = b""
+        self.headers = []
+
     def on_status(self, reason: bytes) -> None:
-        if self.sink is not None:
-            self.sink.on_status(reason)
+        self.reason = reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.sink is not None:
-            self.sink.on_header(name, value)
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         if self.sink is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from dataplane.api import Exchange, Handler, Timeouts, UpstreamConnectError
+from dataplane.api import Exchange, ForwardResult, Handler, Timeouts, UpstreamConnectError
 from dataplane.breaker import Breaker, QueueFullError
 from metrics.clock import LoopClock
 from queue_proxy.drain import Drainer
@@ -50,6 +50,9 @@ def build_handler(
     readiness: Readiness,
     drainer: Drainer,
 ) -> Handler:
+    """The handler. Its hot path (a breaker slot free now, an idle pooled connection to the
+    model server) runs without a task: :meth:`Exchange.forward_now` with a callback that ends the
+    request's accounting. Everything else (waiting in the breaker, dialing) is a coroutine."""
     upstream = f"127.0.0.1:{user_port}"
     requests = stats.requests
     refusal = metrics.refusal
@@ -57,7 +60,14 @@ def build_handler(
     clock = stats.clock
     loop_time = asyncio.get_running_loop().time if isinstance(clock, LoopClock) else clock.monotonic
 
-    # Built innermost first: forward ← breaker ← stats ← probes/drain.
+    def finish(ex: Exchange, proxied: bool, status: int) -> None:
+        end = loop_time()
+        requests.request_out(end, proxied=proxied)
+        observe(status, end - ex.arrived_at)
+
+    def count_failure(result: ForwardResult) -> None:
+        if not result.completed:
+            refusal[_REFUSAL_BY_REASON.get(result.reason, "upstream_error")].inc()
 
     async def forward(ex: Exchange, host: str | None) -> int:
         """To the model server; ``K-Original-Host`` (from the activator) becomes the Host."""
@@ -78,66 +88,57 @@ def build_handler(
             refusal["upstream_connect"].inc()
             await ex.respond(502, f"upstream connect error: {exc}\n".encode())
             return 502
-        if not result.completed:
-            refusal[_REFUSAL_BY_REASON.get(result.reason, "upstream_error")].inc()
+        count_failure(result)
         return result.status
 
-    with_breaker: Callable[[Exchange, str | None], Awaitable[int]]
-    if breaker is None:
-        with_breaker = forward
-    else:
-        b = breaker
-
-        async def breaker_then_forward(ex: Exchange, host: str | None) -> int:
-            release = b.reserve()  # fast path: a slot is free now
-            if release is not None:
-                try:
+    async def wait_then_forward(ex: Exchange, host: str | None) -> int:
+        """The breaker is busy: wait in its queue (bounded by the total timeout)."""
+        assert breaker is not None
+        deadline = ex.arrived_at + timeouts.total_s if timeouts.total_s > 0 else None
+        try:
+            async with asyncio.timeout_at(deadline) as waiting:
+                async with breaker.maybe():
+                    waiting.reschedule(None)  # the total timeout is forward's from here
                     return await forward(ex, host)
-                finally:
-                    release()
-            deadline = ex.arrived_at + timeouts.total_s if timeouts.total_s > 0 else None
-            try:
-                async with asyncio.timeout_at(deadline) as waiting:
-                    async with b.maybe():
-                        waiting.reschedule(None)  # the total timeout is forward's from here
-                        return await forward(ex, host)
-            except QueueFullError as exc:
-                refusal["queue_full"].inc()
-                await ex.respond(503, f"{exc}\n".encode())
-                return 503
-            except TimeoutError:
-                refusal["timeout"].inc()
-                await ex.respond(504, f"{timeouts.body_prefix}request timeout".encode())
-                return 504
+        except QueueFullError as exc:
+            refusal["queue_full"].inc()
+            await ex.respond(503, f"{exc}\n".encode())
+            return 503
+        except TimeoutError:
+            refusal["timeout"].inc()
+            await ex.respond(504, f"{timeouts.body_prefix}request timeout".encode())
+            return 504
 
-        with_breaker = breaker_then_forward
-
-    async def with_stats(ex: Exchange, proxied: bool, host: str | None) -> None:
-        # Recorded before the breaker: queued requests count as concurrency (§2.1).
-        requests.request_in(loop_time(), proxied=proxied)
+    async def slow_path(
+        ex: Exchange, proxied: bool, host: str | None, release: Callable[[], None] | None
+    ) -> None:
+        """The request was counted in; ``release`` is its breaker slot if it holds one."""
         status = 499
         try:
-            status = await with_breaker(ex, host)
+            if release is not None or breaker is None:
+                status = await forward(ex, host)
+            else:
+                status = await wait_then_forward(ex, host)
         except asyncio.CancelledError:  # the client left while the request waited
             refusal["client_disconnected"].inc()
             raise
         finally:
-            end = loop_time()
-            requests.request_out(end, proxied=proxied)
-            observe(status, end - ex.arrived_at)
+            if release is not None:
+                release()
+            finish(ex, proxied, status)
 
-    async def health(ex: Exchange, probe: str | None) -> None:
+    def health(ex: Exchange, probe: str | None) -> None:
         """Knative's health handler (§3.4): ``K-Network-Probe: queue`` or a kubelet probe."""
         if probe is not None and probe != "queue":
-            await ex.respond(400, f"unexpected probe header value: {probe}\n".encode())
+            ex.respond_now(400, f"unexpected probe header value: {probe}\n".encode())
         elif drainer.draining:
-            await ex.respond(503, b"shutting down\n")
+            ex.respond_now(503, b"shutting down\n")
         elif not readiness.ready:
-            await ex.respond(503, b"model server not ready\n")
+            ex.respond_now(503, b"model server not ready\n")
         else:
-            await ex.respond(200, b"queue")
+            ex.respond_now(200, b"queue")
 
-    async def handler(ex: Exchange) -> None:
+    def handler(ex: Exchange) -> Awaitable[None] | None:
         probe: str | None = None
         kubelet = proxied = False
         host: str | None = None
@@ -157,10 +158,39 @@ def build_handler(
             ):
                 kubelet = True
         if probe is not None or kubelet:
-            await health(ex, probe)
-            return
+            health(ex, probe)
+            return None
         if drainer.draining:
             drainer.touch()  # every request restarts the quiet period
-        await with_stats(ex, proxied, host)
+        # Recorded before the breaker: queued requests count as concurrency (§2.1).
+        requests.request_in(loop_time(), proxied=proxied)
+        release: Callable[[], None] | None = None
+        if breaker is not None:
+            release = breaker.reserve()  # a slot free now, or None: wait in the slow path
+            if release is None:
+                return slow_path(ex, proxied, host, None)
+
+        def done(result: ForwardResult) -> None:
+            if release is not None:
+                release()
+            count_failure(result)
+            finish(ex, proxied, result.status)
+
+        if host is None:
+            sent = ex.forward_now(
+                upstream, done, remove_prefixes=_KNATIVE_PREFIXES, timeouts=timeouts
+            )
+        else:
+            sent = ex.forward_now(
+                upstream,
+                done,
+                set_headers=(("Host", host),),
+                remove_headers=("k-original-host",),
+                remove_prefixes=_KNATIVE_PREFIXES,
+                timeouts=timeouts,
+            )
+        if sent:
+            return None
+        return slow_path(ex, proxied, host, release)  # no idle connection: dial
 
     return handler

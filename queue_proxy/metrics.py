@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 REFUSAL_REASONS = (
     "queue_full",
@@ -18,27 +21,53 @@ REFUSAL_REASONS = (
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
+class _RequestCollector(Collector):
+    """Exports the per-request counts that :meth:`QueueMetrics.observe` keeps in plain lists."""
+
+    def __init__(self, owner: QueueMetrics, labels: tuple[str, ...], values: tuple[str, ...]):
+        self._owner = owner
+        self._labels = labels
+        self._values = values
+
+    def collect(self) -> Iterator[Metric]:
+        o = self._owner
+        requests = CounterMetricFamily(
+            "queue_proxy_requests",
+            "Requests answered, by status class (probes excluded).",
+            labels=[*self._labels, "code_class"],
+        )
+        for c in range(1, 6):
+            requests.add_metric([*self._values, f"{c}xx"], o.by_class[c])
+        yield requests
+        latency = HistogramMetricFamily(
+            "queue_proxy_request_duration_seconds",
+            "Time from request arrival to the end of its response (kn.serving.invocation.duration).",
+            labels=list(self._labels),
+        )
+        cumulative, buckets = 0, []
+        edges = (*(str(float(b)) for b in _BUCKETS), "+Inf")
+        for le, n in zip(edges, o.latency_counts, strict=True):
+            cumulative += n
+            buckets.append((le, cumulative))
+        latency.add_metric(list(self._values), buckets, o.latency_sum)
+        yield latency
+
+
 class QueueMetrics:
-    """The queue-proxy's instruments; label children are bound once (hot path: one call each)."""
+    """The queue-proxy's instruments.
+
+    The per-request ones (requests by class, the latency histogram) are plain counters that a
+    collector exports at scrape time: ``observe`` costs a few list updates, no locks.
+    """
 
     def __init__(self, *, namespace: str, revision: str, pod: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         labels = ("namespace", "revision", "pod")
         values = (namespace, revision, pod)
-        requests = Counter(
-            "queue_proxy_requests",
-            "Requests answered, by status class (probes excluded).",
-            [*labels, "code_class"],
-            registry=self.registry,
-        )
-        self._by_class = {c: requests.labels(*values, f"{c}xx") for c in (1, 2, 3, 4, 5)}
-        self.latency = Histogram(
-            "queue_proxy_request_duration_seconds",
-            "Time from request arrival to the end of its response (kn.serving.invocation.duration).",
-            labels,
-            buckets=_BUCKETS,
-            registry=self.registry,
-        ).labels(*values)
+        self.by_class = [0] * 6  # index = status // 100
+        self.latency_counts = [0] * (len(_BUCKETS) + 1)  # per bucket, not cumulative; +Inf last
+        self.latency_sum = 0.0
+        self.registry.register(_RequestCollector(self, labels, values))
         refusals = Counter(
             "queue_proxy_refusals",
             "Requests the queue-proxy answered itself with an error, by reason.",
@@ -79,8 +108,9 @@ class QueueMetrics:
         self.gpu_labels = values
 
     def observe(self, status: int, seconds: float) -> None:
-        self._by_class[min(max(status // 100, 1), 5)].inc()
-        self.latency.observe(seconds)
+        self.by_class[min(max(status // 100, 1), 5)] += 1
+        self.latency_counts[bisect_left(_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
 
     def track(self, queue_depth: Callable[[], float], in_flight: Callable[[], float]) -> None:
         """Read the gauges from the live objects at scrape time (no per-request cost)."""

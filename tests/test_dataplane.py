@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -41,8 +41,10 @@ class Proxy:
         return f"http://127.0.0.1:{self.server.port}"
 
 
-@pytest.fixture
-async def proxy() -> AsyncIterator[Proxy]:
+@pytest.fixture(params=["await", "now"])
+async def proxy(request: pytest.FixtureRequest) -> AsyncIterator[Proxy]:
+    """Every forwarding test runs twice: the handler awaits ``forward``, or it is synchronous
+    and uses ``forward_now`` (falling back to ``forward`` when no pooled connection is idle)."""
     async with run_app(upstream_app()) as (app, port):
         holder: list[Proxy] = []
 
@@ -61,7 +63,19 @@ async def proxy() -> AsyncIterator[Proxy]:
                 return
             p.results.append(result)
 
-        server = await serve(handler, "127.0.0.1", 0)
+        def handler_now(ex: Exchange) -> Awaitable[None] | None:
+            p = holder[0]
+            if ex.forward_now(
+                f"127.0.0.1:{p.upstream_port}",
+                p.results.append,
+                set_headers=[("X-Set", "yes")],
+                remove_prefixes=["knative-serving-"],
+                timeouts=p.timeouts,
+            ):
+                return None
+            return handler(ex)
+
+        server = await serve(handler if request.param == "await" else handler_now, "127.0.0.1", 0)
         p = Proxy(server, app, port)
         holder.append(p)
         try:
@@ -379,3 +393,158 @@ async def test_close_waits_for_in_flight(proxy: Proxy, client: aiohttp.ClientSes
     assert await resp.text() == "slept"
     assert resp.headers.get("Connection") == "close"
     resp.release()
+
+
+async def _stale_upstream() -> tuple[asyncio.Server, list[int]]:
+    """An upstream whose first connection goes stale: it reads the request head and closes
+    without answering (a keep-alive connection the server dropped as the request arrived).
+    Later connections answer ``ok``. The list holds the requests answered and the connections
+    still open."""
+    conns = 0
+    served = [0, 0]
+
+    async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal conns
+        conns += 1
+        served[1] += 1
+        first = conns == 1
+        while True:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            if first:
+                break
+            served[0] += 1
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        served[1] -= 1
+
+    return await asyncio.start_server(on_conn, "127.0.0.1", 0), served
+
+
+async def _pool_stale_connection(server: Server, port: int) -> None:
+    conn = await server.pool.connect(f"127.0.0.1:{port}")
+    conn.reused = True
+    server.pool.release(conn, asyncio.get_running_loop().time())
+
+
+async def test_forward_now_retries_a_stale_pooled_connection() -> None:
+    upstream, served = await _stale_upstream()
+    port = upstream.sockets[0].getsockname()[1]
+    results: list[ForwardResult] = []
+
+    def handler(ex: Exchange) -> Awaitable[None] | None:
+        assert ex.forward_now(f"127.0.0.1:{port}", results.append)
+        return None
+
+    server = await serve(handler, "127.0.0.1", 0)
+    try:
+        await _pool_stale_connection(server, port)
+        async with aiohttp.ClientSession() as client:
+            status, body = await fetch(client, f"http://127.0.0.1:{server.port}/")
+        assert (status, body) == (200, b"ok")
+        assert results == [ForwardResult(200, True)]
+        assert served[0] == 1
+        await poll_until(lambda: server.in_flight == 0)
+    finally:
+        server.close()
+        await server.wait_closed(2)
+        upstream.close()
+        await poll_until(lambda: served[1] == 0)
+
+
+async def test_forward_now_stale_then_refused_is_502() -> None:
+    """The pooled connection is stale and the upstream no longer listens: the core answers 502."""
+    upstream, served = await _stale_upstream()
+    port = upstream.sockets[0].getsockname()[1]
+    results: list[ForwardResult] = []
+
+    def handler(ex: Exchange) -> Awaitable[None] | None:
+        assert ex.forward_now(f"127.0.0.1:{port}", results.append)
+        return None
+
+    server = await serve(handler, "127.0.0.1", 0)
+    try:
+        await _pool_stale_connection(server, port)
+        upstream.close()  # stops listening; the pooled connection stays open until used
+        async with aiohttp.ClientSession() as client:
+            status, body = await fetch(client, f"http://127.0.0.1:{server.port}/")
+        assert status == 502
+        assert body.startswith(b"upstream connect error: dial 127.0.0.1:")
+        assert [(r.status, r.completed, r.reason) for r in results] == [
+            (502, False, "upstream-connect")
+        ]
+        assert served[0] == 0
+        await poll_until(lambda: server.in_flight == 0)
+    finally:
+        server.close()
+        await server.wait_closed(2)
+        await poll_until(lambda: served[1] == 0)
+
+
+async def test_sync_handler_answers_or_gets_500() -> None:
+    def handler(ex: Exchange) -> Awaitable[None] | None:
+        if ex.target == "/ok":
+            ex.respond_now(201, b"made")
+        elif ex.target == "/boom":
+            raise RuntimeError("boom")
+        return None  # "/silent": returns without an answer
+
+    server = await serve(handler, "127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession() as client:
+            assert await fetch(client, f"http://127.0.0.1:{server.port}/ok") == (201, b"made")
+            status, body = await fetch(client, f"http://127.0.0.1:{server.port}/boom")
+            assert (status, body) == (500, b"internal error\n")
+            status, body = await fetch(client, f"http://127.0.0.1:{server.port}/silent")
+            assert (status, body) == (500, b"handler returned without a response\n")
+        assert server.in_flight == 0
+    finally:
+        server.close()
+        await server.wait_closed(2)
+
+
+async def test_async_handler_may_hand_over_to_forward_now(proxy: Proxy) -> None:
+    """An async handler that waited, then used forward_now and returned: the callback ends it."""
+    results: list[ForwardResult] = []
+    upstream = f"127.0.0.1:{proxy.upstream_port}"
+
+    async def handler(ex: Exchange) -> None:
+        await asyncio.sleep(0)
+        if not ex.forward_now(upstream, results.append):
+            results.append(await ex.forward(upstream))
+
+    server = await serve(handler, "127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession() as client:
+            for _ in range(3):
+                status, _ = await fetch(client, f"http://127.0.0.1:{server.port}/sleep?s=0.05")
+                assert status == 200
+        assert results == [ForwardResult(200, True)] * 3
+        assert server.in_flight == 0
+    finally:
+        server.close()
+        await server.wait_closed(2)
+
+
+async def test_idle_keep_alive_connections_are_closed() -> None:
+    async def handler(ex: Exchange) -> None:
+        await ex.respond(200, b"hi")
+
+    server = await serve(handler, "127.0.0.1", 0, keepalive_timeout_s=0.2)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await reader.readuntil(b"hi")
+        assert head.startswith(b"HTTP/1.1 200")
+        start = asyncio.get_running_loop().time()
+        assert await asyncio.wait_for(reader.read(), 3) == b""  # closed by the server
+        waited = asyncio.get_running_loop().time() - start
+        assert 0.15 <= waited < 1.5
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed(2)

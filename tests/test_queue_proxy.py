@@ -390,3 +390,31 @@ def test_environment_parsed() -> None:
     assert s.readiness_probe == ReadinessProbe(
         kind="tcp", port=8081, period_s=2.0, timeout_s=1.0, failure_threshold=5
     )
+
+
+def test_request_metrics_exposition() -> None:
+    """observe() keeps plain counts; the scrape shows Prometheus counters and a cumulative
+    histogram with the usual names and labels."""
+    from prometheus_client import generate_latest
+
+    from queue_proxy.metrics import QueueMetrics
+
+    m = QueueMetrics(namespace="ns", revision="r-1", pod="p")
+    for status, seconds in ((200, 0.0005), (204, 0.003), (503, 0.003), (404, 2.0), (200, 999.0)):
+        m.observe(status, seconds)
+    text = generate_latest(m.registry).decode()
+    labels = {"namespace": "ns", "revision": "r-1", "pod": "p"}
+    assert sample(text, "queue_proxy_requests_total", code_class="2xx", **labels) == 3.0
+    assert sample(text, "queue_proxy_requests_total", code_class="4xx", **labels) == 1.0
+    assert sample(text, "queue_proxy_requests_total", code_class="5xx", **labels) == 1.0
+    assert sample(text, "queue_proxy_requests_total", code_class="1xx", **labels) == 0.0
+    hist = "queue_proxy_request_duration_seconds_bucket"
+    assert sample(text, hist, le="0.001", **labels) == 1.0
+    assert sample(text, hist, le="0.0025", **labels) == 1.0
+    assert sample(text, hist, le="0.005", **labels) == 3.0
+    assert sample(text, hist, le="2.5", **labels) == 4.0
+    assert sample(text, hist, le="300.0", **labels) == 4.0
+    assert sample(text, hist, le="+Inf", **labels) == 5.0
+    assert sample(text, "queue_proxy_request_duration_seconds_count", **labels) == 5.0
+    total = sample(text, "queue_proxy_request_duration_seconds_sum", **labels)
+    assert total == pytest.approx(1001.0065)
