@@ -1,8 +1,9 @@
 """The queue-proxy's request handler chain on the forwarding core (reference §3.2).
 
-Outermost first: probes (never counted) → drain bookkeeping → stats in/out and metrics →
-breaker (with the total timeout while waiting) → forward to the model server (timeouts, header
-rewrites). :func:`build_handler` builds it innermost first.
+Outermost first: probes (never counted: ``K-Network-Probe: queue`` and health-check user agents
+get the health answer, ``K-Network-Probe: probe`` gets its ``K-Network-Hash`` echoed) → drain
+bookkeeping → stats in/out and metrics → breaker (with the total timeout while waiting) →
+forward to the model server (timeouts, header rewrites).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from queue_proxy.probe import Readiness
 from queue_proxy.stats import StatReporter
 
 _KNATIVE_PREFIXES = ("knative-serving-",)
+# User agents of health checks (Knative's drainer): the kubelet, the activator, the autoscaler.
+_HEALTH_AGENTS = ("kube-probe/", "Knative-Activator-Probe", "Knative-Autoscaling-Probe")
 _REFUSAL_BY_REASON = {
     "timeout:total": "timeout",
     "timeout:response-start": "timeout",
@@ -138,6 +141,16 @@ def build_handler(
         else:
             ex.respond_now(200, b"queue")
 
+    def kingress_probe(ex: Exchange) -> None:
+        """The KIngress prober's ``K-Network-Probe: probe``: echo ``K-Network-Hash``."""
+        probe_hash = ex.header("K-Network-Hash")
+        if drainer.draining:
+            ex.respond_now(503, b"shutting down\n")
+        elif not probe_hash:
+            ex.respond_now(400, b"no K-Network-Hash header\n")
+        else:
+            ex.respond_now(200, b"", (("K-Network-Hash", probe_hash),))
+
     def handler(ex: Exchange) -> Awaitable[None] | None:
         probe: str | None = None
         kubelet = proxied = False
@@ -154,9 +167,12 @@ def build_handler(
             elif low == "k-network-probe":
                 probe = value
             elif low == "k-kubelet-probe" or (
-                low == "user-agent" and value.startswith("kube-probe/")
+                low == "user-agent" and value.startswith(_HEALTH_AGENTS)
             ):
                 kubelet = True
+        if probe == "probe":
+            kingress_probe(ex)
+            return None
         if probe is not None or kubelet:
             health(ex, probe)
             return None

@@ -160,12 +160,23 @@ async def test_probe_contract() -> None:
     async with running() as r:
         assert await get(r, "/", headers={"K-Network-Probe": "queue"}) == (200, b"queue")
         assert await get(r, "/", headers={"User-Agent": "kube-probe/1.30"}) == (200, b"queue")
+        for agent in ("Knative-Activator-Probe", "Knative-Autoscaling-Probe/1"):
+            assert await get(r, "/", headers={"User-Agent": agent}) == (200, b"queue")
+        # The KIngress prober: its hash is echoed; 400 without one.
+        async with r.session.get(
+            r.url + "/", headers={"K-Network-Probe": "probe", "K-Network-Hash": "abc123"}
+        ) as resp:
+            assert (resp.status, resp.headers.get("K-Network-Hash")) == (200, "abc123")
+        status, body = await get(r, "/", headers={"K-Network-Probe": "probe"})
+        assert (status, body) == (400, b"no K-Network-Hash header\n")
         status, body = await get(r, "/", headers={"K-Network-Probe": "nope"})
         assert (status, body) == (400, b"unexpected probe header value: nope\n")
         assert r.qp.stats.requests.report(0.0).request_count == 0  # probes are not counted
         drain = asyncio.create_task(r.qp.drainer.drain())
         await poll_until(lambda: r.qp.drainer.draining)
         assert await get(r, "/", headers={"K-Network-Probe": "queue"}) == (503, b"shutting down\n")
+        probe_headers = {"K-Network-Probe": "probe", "K-Network-Hash": "abc123"}
+        assert await get(r, "/", headers=probe_headers) == (503, b"shutting down\n")
         await drain
 
 
