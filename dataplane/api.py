@@ -12,9 +12,13 @@ The implementation is :func:`dataplane.server.serve` (or :class:`dataplane.serve
 this contract: if the client disconnects while the handler waits (before ``forward``), the
 handler's task is cancelled, so a breaker slot is given back at once; during ``forward`` the
 result says ``client-disconnected`` (status 499 when no response was sent). A handler that
-returns without answering gets 500. ``Connection: Upgrade`` requests are answered 501 by
-``forward``. A stale pooled upstream connection that fails before any response byte is retried
-once on a fresh one when no body byte was streamed yet (bodies received whole are replayed).
+returns without answering gets 500. A ``Connection: Upgrade`` request (a websocket) is
+forwarded with its ``Upgrade``; if the upstream answers 101 the two connections become one
+byte tunnel, with flow control and no timeout, until either side closes; the request then ends
+as ``ForwardResult(101, True)`` (its breaker slot is held as long). Any other answer is passed
+on and the client connection closes after it. A stale pooled upstream connection that fails
+before any response byte is retried once on a fresh one when no body byte was streamed yet
+(bodies received whole are replayed).
 """
 
 from __future__ import annotations

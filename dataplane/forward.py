@@ -63,6 +63,7 @@ class Forward:
         "_status",
         "_timeouts",
         "_total_handle",
+        "_tunnel",
         "_upstream",
         "streaming_body",
     )
@@ -92,6 +93,7 @@ class Forward:
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._informational = False
+        self._tunnel = False  # the upstream answered 101 to an upgrade: bytes flow both ways
         self._chunked_out = False
         self._close_delimited = False
         self._out: list[bytes] = []  # response bytes parsed from one upstream read, not yet written
@@ -254,6 +256,9 @@ class Forward:
         conn = self._conn
         assert conn is not None
         status = conn.parser.get_status_code()
+        if status == 101 and self._ex._upgrade:
+            self._switch_protocols(conn)
+            return
         if status < 200:  # 1xx: the core answered Expect itself; drop the upstream's
             self._informational = True
             return
@@ -315,6 +320,8 @@ class Forward:
             out.clear()
 
     def on_message_complete(self) -> None:
+        if self._tunnel:
+            return  # the 101 head ended; the tunnel opens in on_upgraded
         if self._informational:
             self._informational = False
             return
@@ -326,7 +333,48 @@ class Forward:
         self._detach(reuse=reuse)
         self._finish(ForwardResult(self._status, True))
 
+    # --- a tunnel (``Connection: Upgrade`` answered 101, e.g. a websocket) ---
+    def _switch_protocols(self, conn: UpstreamConnection) -> None:
+        """The 101 head goes to the client; no timeout applies to the tunnel (as Knative's
+        timeout handler after a hijack); the client connection closes when the tunnel ends."""
+        self._tunnel = True
+        self._status = 101
+        self._replay = None
+        self.cleanup_timers()
+        ex = self._ex
+        upgrade = next((v for n, v in conn.headers if n.lower() == b"upgrade"), b"")
+        ex._started = True
+        ex._response_close = True
+        framing = b"Connection: Upgrade\r\nUpgrade: " + upgrade + b"\r\n"
+        self._out.append(response_head(101, conn.reason, conn.headers, framing))
+
+    def on_upgraded(self, rest: bytes) -> None:
+        """The upstream parser stopped after a 101: ``rest`` is the tunnel's first bytes."""
+        if not self._tunnel:
+            self.upstream_error("upstream switched protocols without being asked to")
+            return
+        if rest:
+            self._out.append(rest)
+        self.flush()
+        self._ex._conn.start_tunnel(self)
+
+    def on_tunnel_data(self, data: bytes) -> None:
+        """Bytes from the upstream, through the tunnel."""
+        self._ex._conn.write(data)
+
+    def tunnel_to_upstream(self, data: bytes) -> None:
+        """Bytes from the client, through the tunnel."""
+        conn = self._conn
+        if conn is not None and conn.transport is not None:
+            conn.transport.write(data)
+
     def upstream_lost(self, exc: Exception | None) -> None:
+        if self._tunnel:  # the upstream ended the tunnel: so does the client connection
+            self._conn = None
+            self._ex._conn.pause_for_upstream(False)
+            if not self._resolved:
+                self._finish(ForwardResult(101, True))
+            return
         conn = self._conn
         self._conn = None
         self.streaming_body = False
@@ -400,6 +448,14 @@ class Forward:
             self._finish(ForwardResult(504, False, reason), answered=False)
 
     def client_lost(self) -> None:
+        if self._tunnel:  # the client ended the tunnel: close upstream after what is queued
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.sink = None
+                conn.close()
+            if not self._resolved:
+                self._finish(ForwardResult(101, True), answered=False)
+            return
         self._detach(reuse=False)
         if not self._resolved:
             self._finish(

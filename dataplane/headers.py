@@ -75,12 +75,14 @@ def request_head(
     set_headers: Iterable[tuple[str, str]] = (),
     remove_headers: Iterable[str] = (),
     remove_prefixes: Iterable[str] = (),
+    upgrade: str | None = None,
 ) -> bytes:
     """The head sent upstream: hop-by-hop dropped, edits applied, XFF appended, ``framing``
     (``b"Content-Length: n\\r\\n"``, ``b"Transfer-Encoding: chunked\\r\\n"`` or ``b""``) added.
 
     One pass over the headers; names listed in ``Connection`` beyond the fixed hop-by-hop set
-    (rare) are dropped by a second pass.
+    (rare) are dropped by a second pass. ``upgrade`` (the client's ``Upgrade`` value) asks the
+    upstream to switch protocols: ``Connection: Upgrade`` and ``Upgrade`` are sent.
     """
     sets = set_headers if isinstance(set_headers, tuple) else tuple(set_headers)
     removed: frozenset[str] | set[str] = frozenset()
@@ -124,6 +126,7 @@ def request_head(
             set_headers=sets,
             remove_headers=removed,
             remove_prefixes=prefixes,
+            upgrade=upgrade,
         )
     if not has_forwarded and (xff or xfh or xfp) and _FWD not in removed:
         out += ("Forwarded: ", synthesize_forwarded(xff, xfh, xfp), "\r\n")
@@ -132,6 +135,8 @@ def request_head(
         out += ("X-Forwarded-For: ", ", ".join(xff), "\r\n")
     for name, value in sets:
         out += (name, ": ", value, "\r\n")
+    if upgrade is not None:
+        out += ("Connection: Upgrade\r\nUpgrade: ", upgrade, "\r\n")
     return "".join(out).encode("latin-1") + framing + b"\r\n"
 
 

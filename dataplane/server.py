@@ -167,6 +167,7 @@ class _Exchange:
             set_headers=set_headers,
             remove_headers=remove_headers,
             remove_prefixes=remove_prefixes,
+            upgrade=self.header("Upgrade") if self._upgrade else None,
         )
 
     def _refusal(self) -> ForwardResult | None:
@@ -175,9 +176,6 @@ class _Exchange:
             raise RuntimeError("the response has already started")
         if self._conn.lost:
             return ForwardResult(_CLIENT_GONE, False, "client-disconnected")
-        if self._upgrade:
-            self.respond_now(501, b"connection upgrade (websocket) is not supported\n")
-            return ForwardResult(501, False, "upgrade-unsupported")
         return None
 
     async def forward(
@@ -301,6 +299,8 @@ class _Connection(asyncio.Protocol):
         "_pause_upstream",
         "_pipeline",
         "_server",
+        "_tunnel",
+        "_tunnel_early",
         "_url",
         "_write_paused",
         "client_ip",
@@ -323,6 +323,8 @@ class _Connection(asyncio.Protocol):
         self._pipeline: deque[_Exchange] = deque()
         self._pause_body = self._pause_upstream = self._pause_pipeline = False
         self._write_paused = False
+        self._tunnel: Forward | None = None  # after a 101: bytes go straight upstream
+        self._tunnel_early = b""  # bytes after an upgrade request's head, before the 101
         self.idle_since = self._loop.time()  # when the last response ended (the keep-alive sweep)
         self._linger_handle: asyncio.TimerHandle | None = None
         self.closing = False
@@ -337,10 +339,16 @@ class _Connection(asyncio.Protocol):
         self._server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            self._tunnel.tunnel_to_upstream(data)
+            return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._pause_reading_all()  # the tunnel is refused (501); ignore what follows
+        except httptools.HttpParserUpgrade as exc:
+            # What follows the head belongs to the tunnel, if the upstream opens one (101);
+            # else the connection closes after the response.
+            self._tunnel_early += data[exc.args[0] :]
+            self._pause_reading_all()
         except httptools.HttpParserError as exc:
             self._bad_request(str(exc) or "malformed request")
 
@@ -517,6 +525,15 @@ class _Connection(asyncio.Protocol):
         if t.can_write_eof():
             t.write_eof()
         self._linger_handle = self._loop.call_later(_LINGER_S, t.close)
+
+    def start_tunnel(self, fwd: Forward) -> None:
+        """The upstream answered 101: from now on this connection is a byte pipe to it."""
+        self._tunnel = fwd
+        early, self._tunnel_early = self._tunnel_early, b""
+        if early:
+            fwd.tunnel_to_upstream(early)
+        self._pause_pipeline = False
+        self._update_reading()
 
     # --- flow control ---
     def pause_for_body(self) -> None:

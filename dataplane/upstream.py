@@ -24,6 +24,8 @@ class ResponseSink(Protocol):
     def on_headers_complete(self) -> None: ...
     def on_body(self, body: bytes) -> None: ...
     def on_message_complete(self) -> None: ...
+    def on_upgraded(self, rest: bytes) -> None: ...
+    def on_tunnel_data(self, data: bytes) -> None: ...
     def flush(self) -> None: ...
     def upstream_lost(self, exc: Exception | None) -> None: ...
     def upstream_error(self, reason: str) -> None: ...
@@ -48,6 +50,7 @@ class UpstreamConnection(asyncio.Protocol):
         "reused",
         "sink",
         "transport",
+        "tunnel",
     )
 
     def __init__(self, hostport: str) -> None:
@@ -60,6 +63,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        self.tunnel = False  # after a 101: raw bytes to the sink, no more HTTP
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -71,8 +75,15 @@ class UpstreamConnection(asyncio.Protocol):
         if sink is None:  # bytes on an idle connection: the upstream is confused, drop it
             self.close()
             return
+        if self.tunnel:
+            sink.on_tunnel_data(data)
+            return
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self.tunnel = True
+            sink.on_upgraded(data[exc.args[0] :])
+            return
         except httptools.HttpParserError as exc:
             self.sink = None
             self.close()

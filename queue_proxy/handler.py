@@ -28,7 +28,6 @@ _REFUSAL_BY_REASON = {
     "timeout:idle": "timeout",
     "upstream-error": "upstream_error",
     "client-disconnected": "client_disconnected",
-    "upgrade-unsupported": "upgrade_unsupported",
 }
 
 

@@ -16,7 +16,6 @@ REFUSAL_REASONS = (
     "upstream_error",
     "bad_request",
     "client_disconnected",
-    "upgrade_unsupported",
 )
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 

@@ -92,6 +92,21 @@ def upstream_app() -> web.Application:
     async def gzipped(request: web.Request) -> web.Response:
         return web.Response(body=b"\x1f\x8b-not-really", headers={"Content-Encoding": "gzip"})
 
+    async def ws(request: web.Request) -> web.WebSocketResponse:
+        """A websocket that echoes text with a prefix; ``bye`` makes the server close."""
+        sock = web.WebSocketResponse()
+        await sock.prepare(request)
+        async for msg in sock:
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                if msg.data == "bye":
+                    await sock.close()
+                    break
+                await sock.send_str("echo:" + msg.data)
+            elif msg.type is aiohttp.WSMsgType.BINARY:
+                await sock.send_bytes(msg.data)
+        return sock
+
+    app.router.add_get("/ws", ws)
     app.router.add_route("*", "/echo", echo)
     app.router.add_route("*", "/count", count)
     app.router.add_get("/stream", stream)

@@ -316,12 +316,83 @@ async def test_expect_100_continue(proxy: Proxy) -> None:
     assert rest.endswith(b"5")
 
 
-async def test_upgrade_is_501(proxy: Proxy) -> None:
+async def test_websocket_tunnel_both_ways(proxy: Proxy, client: aiohttp.ClientSession) -> None:
+    """``Connection: Upgrade`` answered 101: messages flow both ways, big ones too, until the
+    client closes; the request then ends as a completed 101."""
+    async with client.ws_connect(proxy.url + "/ws") as sock:
+        for i in range(20):
+            await sock.send_str(f"m{i}")
+            assert await sock.receive_str() == f"echo:m{i}"
+        big = bytes(range(256)) * 8192  # 2 MiB through the tunnel, with flow control
+        await sock.send_bytes(big)
+        assert await sock.receive_bytes() == big
+    await poll_until(lambda: proxy.server.in_flight == 0)
+    assert proxy.results == [ForwardResult(101, True)]
+
+
+async def test_websocket_closed_by_upstream(proxy: Proxy, client: aiohttp.ClientSession) -> None:
+    async with client.ws_connect(proxy.url + "/ws") as sock:
+        await sock.send_str("bye")
+        msg = await sock.receive()
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    await poll_until(lambda: proxy.server.in_flight == 0)
+    assert proxy.results == [ForwardResult(101, True)]
+
+
+async def test_upgrade_refused_by_upstream_is_its_answer(proxy: Proxy) -> None:
+    """An upstream that does not switch protocols answers as usual; the connection then closes
+    (what the client sent after the head is not HTTP)."""
     out = await raw_exchange(
         proxy.server.port,
-        b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        b"GET /status/426 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"\r\nnot-http",
     )
-    assert out.startswith(b"HTTP/1.1 501 Not Implemented")
+    assert out.startswith(b"HTTP/1.1 426 Upgrade Required")
+    assert b"Connection: close" in out
+    assert out.endswith(b"s")
+
+
+async def test_tunnel_carries_bytes_sent_before_the_101() -> None:
+    """A raw upstream that switches protocols and echoes; the client's first tunnel bytes go in
+    the same packet as its request head."""
+    heads: list[bytes] = []
+
+    async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\nhi:"
+        )
+        while data := await reader.read(65536):
+            writer.write(data.upper())
+        writer.close()
+
+    upstream = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+    port = upstream.sockets[0].getsockname()[1]
+    results: list[ForwardResult] = []
+
+    async def handler(ex: Exchange) -> None:
+        results.append(await ex.forward(f"127.0.0.1:{port}"))
+
+    server = await serve(handler, "127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\nearly")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+        assert b"Connection: Upgrade\r\n" in head
+        assert b"Upgrade: x\r\n" in head
+        assert await asyncio.wait_for(reader.readexactly(8), 5) == b"hi:EARLY"
+        writer.write(b"later")
+        assert await asyncio.wait_for(reader.readexactly(5), 5) == b"LATER"
+        writer.close()
+        await poll_until(lambda: server.in_flight == 0)
+        assert results == [ForwardResult(101, True)]
+        assert b"Connection: Upgrade\r\n" in heads[0]
+        assert b"Upgrade: x\r\n" in heads[0]
+    finally:
+        server.close()
+        await server.wait_closed(2)
+        upstream.close()
 
 
 async def test_stale_pooled_connection_is_retried() -> None:
