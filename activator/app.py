@@ -185,6 +185,7 @@ class Activator:
 
     def _routes_changed(self, table: RouteTable) -> None:
         self.throttler.forget({rev.key for rev in table.revisions()})
+        self.handler.routes_changed()
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         return web.Response(

@@ -4,6 +4,12 @@ Order, outermost first (as Knative's chain): health and probe answers; routing (
 concurrency reporter (a request counts from arrival, queued time included); the throttler
 (503 when the queue is full or the revision timeout passes while waiting); the proxy (one retry
 on another pod when the connection was refused before any byte went out, else 502).
+
+Two paths through the same steps. The hot path runs in the core's callback, with no task: a
+revision slot and a pod slot free now (:meth:`RevisionThrottler.try_admit`) and an idle pooled
+connection to that pod (:meth:`Exchange.forward_now`); its ``on_done`` callback gives the slots
+back and ends the accounting. Everything that waits (buffering at zero, the breaker queue,
+dialing a new connection, the retry on another pod) is a coroutine, the slow path.
 """
 
 from __future__ import annotations
@@ -11,20 +17,47 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 
-from activator.metrics import ActivatorMetrics
+from activator.metrics import ActivatorMetrics, RevisionMetrics
 from activator.reporter import ConcurrencyReporter
 from activator.routing import RouteNotFoundError, Router
 from activator.sinks import StatSink
-from activator.throttler import Admission, QueueFullError, Throttler, WaitTimeoutError
-from cluster.spec import Revision
-from dataplane.api import Exchange, Timeouts, UpstreamConnectError
+from activator.throttler import (
+    Admission,
+    QueueFullError,
+    RevisionThrottler,
+    Throttler,
+    WaitTimeoutError,
+)
+from cluster.spec import Revision, RevisionKey
+from dataplane.api import Exchange, ForwardResult, Timeouts, UpstreamConnectError
 
 log = logging.getLogger("activator")
 
 HEALTH_PATH = "/healthz"
 # Headers a client must not choose: they would pick a revision or fake a proxied request.
 STRIPPED_PREFIXES = ("k-", "knative-serving-")
+
+
+class _Lane:
+    """What the handler needs of one revision, looked up once per route table."""
+
+    __slots__ = ("key", "metrics", "revision", "throttler", "timeouts")
+
+    def __init__(
+        self, revision: Revision, throttler: RevisionThrottler, metrics: RevisionMetrics
+    ) -> None:
+        self.revision = revision
+        self.key: RevisionKey = revision.key
+        self.throttler = throttler
+        self.metrics = metrics
+        self.timeouts = Timeouts(
+            total_s=revision.timeout_s,
+            response_start_s=revision.response_start_timeout_s,
+            idle_s=revision.idle_timeout_s,
+            body_prefix="activator ",
+        )
 
 
 class ActivatorHandler:
@@ -46,75 +79,157 @@ class ActivatorHandler:
         self.metrics = metrics
         self.draining = False
         self.last_request_at = 0.0  # loop time of the last non-probe request (drain)
-        self._timeouts: dict[tuple[str, str], Timeouts] = {}
+        self._lanes: dict[tuple[str, str], _Lane] = {}
 
-    async def __call__(self, ex: Exchange) -> None:
-        loop = asyncio.get_running_loop()
-        if self._is_kubelet_probe(ex):
-            await self._health(ex)
-            return
-        probe = ex.header("K-Network-Probe")
+    def routes_changed(self) -> None:
+        """Forget the lanes: a revision's throttler may have been dropped (``forget``)."""
+        self._lanes.clear()
+
+    def _lane(self, revision: Revision) -> _Lane:
+        key = (revision.namespace, revision.name)
+        lane = self._lanes.get(key)
+        if lane is None or lane.revision is not revision:
+            lane = self._lanes[key] = _Lane(
+                revision, self.throttler.get(revision), self.metrics.revision(revision)
+            )
+        return lane
+
+    # --- the handler -------------------------------------------------------------------------
+
+    def __call__(self, ex: Exchange) -> Awaitable[None] | None:
+        host: str | None = None
+        probe: str | None = None
+        kubelet = False
+        for name, value in ex.headers:  # one pass; only Host, K-* and User-Agent matter here
+            c = name[0]
+            if c not in "hHkKuU":
+                continue
+            n = len(name)
+            if n == 4:
+                if host is None and name.lower() == "host":
+                    host = value
+            elif n == 15:
+                low = name.lower()
+                if low == "k-network-probe":
+                    if probe is None:
+                        probe = value
+                elif low == "k-kubelet-probe" and value:
+                    kubelet = True
+            elif n == 10 and name.lower() == "user-agent" and value.startswith("kube-probe/"):
+                kubelet = True
+        if kubelet:
+            self._health(ex)
+            return None
         if probe:
             if probe == "activator":
-                await ex.respond(200, b"activator")
+                ex.respond_now(200, b"activator")
             else:
-                await ex.respond(400, b"unexpected probe header value: " + probe.encode() + b"\n")
-            return
+                ex.respond_now(400, b"unexpected probe header value: " + probe.encode() + b"\n")
+            return None
         try:
-            route = self.router.resolve(ex.header("Host"), ex.target)
+            revision = self.router.revision_for(host, ex.target)
         except RouteNotFoundError as exc:
             if ex.target.split("?", 1)[0] == HEALTH_PATH:
-                await self._health(ex)
-                return
+                self._health(ex)
+                return None
             self.metrics.unrouted(404)
-            await ex.respond(404, f"{exc}\n".encode())
-            return
-        self.last_request_at = loop.time()
-        revision = route.revision
-        key = revision.key
-        immediate = self.reporter.request_in(key, loop.time(), time.time())
+            ex.respond_now(404, f"{exc}\n".encode())
+            return None
+        lane = self._lanes.get((revision.namespace, revision.name))
+        if lane is None or lane.revision is not revision:
+            lane = self._lane(revision)
+        now = asyncio.get_running_loop().time()
+        self.last_request_at = now
+        immediate = self.reporter.request_in(lane.key, now, time.time())
         if immediate is not None:  # the revision's first request: the scale-from-zero signal
             self.sink.put([immediate])
-        rm = self.metrics.revision(revision)
-        rm.in_flight.inc()
-        status = 500
+        lane.metrics.in_flight += 1
+        admission = lane.throttler.try_admit()
+        if admission is None:  # no slot free now: wait for one
+            return self._wait_and_proxy(ex, lane, host)
         try:
-            status = await self._throttle_and_proxy(ex, revision)
-        finally:
-            self.reporter.request_out(key, loop.time())
-            rm.in_flight.dec()
-            rm.request_done(status, loop.time() - ex.arrived_at)
+            address = admission.address
 
-    async def _throttle_and_proxy(self, ex: Exchange, revision: Revision) -> int:
+            def done(result: ForwardResult) -> None:
+                admission.release()
+                self._finish(ex, lane, result.status)
+
+            if ex.forward_now(
+                address,
+                done,
+                set_headers=(
+                    ("K-Proxy-Request", "activator"),
+                    ("K-Original-Host", host or ""),
+                    ("Host", address),
+                ),
+                remove_prefixes=STRIPPED_PREFIXES,
+                timeouts=lane.timeouts,
+            ):
+                return None
+            return self._dial_and_proxy(ex, lane, host, admission)  # no idle connection
+        except BaseException:  # a bug (the core answers 500): keep slots and counts right
+            admission.release()
+            self._finish(ex, lane, 500)
+            raise
+
+    def _finish(self, ex: Exchange, lane: _Lane, status: int) -> None:
+        """The request's end: stats out, metrics (its slots are given back already)."""
+        now = asyncio.get_running_loop().time()
+        self.reporter.request_out(lane.key, now)
+        rm = lane.metrics
+        rm.in_flight -= 1
+        rm.request_done(status, now - ex.arrived_at)
+
+    # --- the slow path -----------------------------------------------------------------------
+
+    async def _wait_and_proxy(self, ex: Exchange, lane: _Lane, host: str | None) -> None:
+        status = 499  # unless set below: the client left while the request waited
+        try:
+            status = await self._throttle_and_proxy(ex, lane, host)
+        finally:
+            self._finish(ex, lane, status)
+
+    async def _dial_and_proxy(
+        self, ex: Exchange, lane: _Lane, host: str | None, admission: Admission
+    ) -> None:
+        status = 499
+        try:
+            status = await self._proxy(ex, lane, host, admission)
+        finally:
+            admission.release()
+            self._finish(ex, lane, status)
+
+    async def _throttle_and_proxy(self, ex: Exchange, lane: _Lane, host: str | None) -> int:
         loop = asyncio.get_running_loop()
-        throttler = self.throttler.get(revision)
-        rm = self.metrics.revision(revision)
+        throttler = lane.throttler
+        rm = lane.metrics
         cold = not throttler.ready
-        timeout_s = revision.timeout_s
+        timeout_s = lane.revision.timeout_s
         left_s = max(timeout_s - (loop.time() - ex.arrived_at), 1e-3) if timeout_s > 0 else 0.0
-        rm.queued.inc()
+        rm.queued += 1
         queued = True
         try:
             async with throttler.admit(left_s) as admission:
-                rm.queued.dec()
+                rm.queued -= 1
                 queued = False
                 if cold:
-                    rm.cold_start_wait.observe(loop.time() - ex.arrived_at)
-                return await self._proxy(ex, revision, admission)
+                    rm.cold_start_waited(loop.time() - ex.arrived_at)
+                return await self._proxy(ex, lane, host, admission)
         except QueueFullError as exc:
-            await ex.respond(503, f"{exc}\n".encode())
+            ex.respond_now(503, f"{exc}\n".encode())
             return 503
         except WaitTimeoutError:
             # named by the revision's timeout, of which the wait had what was left
-            reason = WaitTimeoutError(revision.key, timeout_s)
-            await ex.respond(503, f"{reason}\n".encode())
+            reason = WaitTimeoutError(lane.key, timeout_s)
+            ex.respond_now(503, f"{reason}\n".encode())
             return 503
         finally:
             if queued:
-                rm.queued.dec()
+                rm.queued -= 1
 
-    async def _proxy(self, ex: Exchange, revision: Revision, admission: Admission) -> int:
-        host = ex.header("Host") or ""
+    async def _proxy(
+        self, ex: Exchange, lane: _Lane, host: str | None, admission: Admission
+    ) -> int:
         retried = False
         while True:
             address = admission.address
@@ -123,45 +238,26 @@ class ActivatorHandler:
                     address,
                     set_headers=(
                         ("K-Proxy-Request", "activator"),
-                        ("K-Original-Host", host),
+                        ("K-Original-Host", host or ""),
                         ("Host", address),
                     ),
                     remove_prefixes=STRIPPED_PREFIXES,
-                    timeouts=self._timeouts_of(revision),
+                    timeouts=lane.timeouts,
                 )
                 return result.status
             except UpstreamConnectError as exc:
                 log.warning(
                     "pod refused the connection",
-                    extra={"revision": str(revision.key), "pod": address, "retried": retried},
+                    extra={"revision": str(lane.key), "pod": address, "retried": retried},
                 )
                 if retried or not admission.retry():
-                    body = f"error connecting to revision {revision.key} (pod {address}): {exc}\n"
-                    await ex.respond(502, body.encode())
+                    body = f"error connecting to revision {lane.key} (pod {address}): {exc}\n"
+                    ex.respond_now(502, body.encode())
                     return 502
                 retried = True
 
-    def _timeouts_of(self, revision: Revision) -> Timeouts:
-        key = (revision.namespace, revision.name)
-        t = self._timeouts.get(key)
-        if t is None:
-            t = self._timeouts[key] = Timeouts(
-                total_s=revision.timeout_s,
-                response_start_s=revision.response_start_timeout_s,
-                idle_s=revision.idle_timeout_s,
-                body_prefix="activator ",
-            )
-        return t
-
-    @staticmethod
-    def _is_kubelet_probe(ex: Exchange) -> bool:
-        ua = ex.header("User-Agent")
-        return (ua is not None and ua.startswith("kube-probe/")) or bool(
-            ex.header("K-Kubelet-Probe")
-        )
-
-    async def _health(self, ex: Exchange) -> None:
+    def _health(self, ex: Exchange) -> None:
         if self.draining:
-            await ex.respond(503, b"draining\n")
+            ex.respond_now(503, b"draining\n")
         else:
-            await ex.respond(200, b"ok\n")
+            ex.respond_now(200, b"ok\n")

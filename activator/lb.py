@@ -5,6 +5,9 @@
 | 0   | power of two choices on in-flight requests (``random_choice_2``) |
 | 1–3 | first available, trackers sorted by address                  |
 | > 3 | round robin from the last pick + 1                           |
+
+A policy reserves a slot on the tracker it returns; whoever holds it calls
+:meth:`PodTracker.release` exactly once (:class:`activator.throttler.Admission` does).
 """
 
 from __future__ import annotations
@@ -13,17 +16,17 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from dataplane.breaker import Breaker
-
 BREAKER_QUEUE_DEPTH = 10_000
-
-Release = Callable[[], None]
 
 
 class PodTracker:
-    """One healthy pod of a revision: its address, in-flight count and (CC > 0) its breaker."""
+    """One healthy pod of a revision: its address, in-flight count and (CC > 0) capacity.
 
-    __slots__ = ("_on_release", "address", "breaker", "in_flight")
+    Knative gives each tracker a breaker but only ever calls its non-blocking ``Reserve``: a
+    bounded counter is the same thing without the breaker's queue (and its memory).
+    """
+
+    __slots__ = ("_on_release", "address", "capacity", "in_flight")
 
     def __init__(
         self,
@@ -32,48 +35,27 @@ class PodTracker:
         on_release: Callable[[PodTracker], None],
     ) -> None:
         self.address = address
+        self.capacity = container_concurrency  # 0 = unbounded
         self.in_flight = 0
         self._on_release = on_release
-        self.breaker: Breaker | None = (
-            Breaker(
-                queue_depth=BREAKER_QUEUE_DEPTH,
-                max_concurrency=container_concurrency,
-                initial_capacity=container_concurrency,
-            )
-            if container_concurrency > 0
-            else None
-        )
 
-    def reserve(self) -> Release | None:
-        """A slot on this pod if one is free now, as the function that gives it back."""
-        inner: Release | None = None
-        if self.breaker is not None:
-            inner = self.breaker.reserve()
-            if inner is None:
-                return None
+    def try_reserve(self) -> bool:
+        """Take a slot on this pod if one is free now (always, when CC = 0)."""
+        if self.capacity and self.in_flight >= self.capacity:
+            return False
         self.in_flight += 1
-        released = False
+        return True
 
-        def release() -> None:
-            nonlocal released
-            if released:
-                return
-            released = True
-            self.in_flight -= 1
-            if inner is not None:
-                inner()
-            self._on_release(self)
-
-        return release
-
-
-Pick = tuple[PodTracker, Release]
+    def release(self) -> None:
+        """Give back a slot taken by :meth:`try_reserve` (once per reservation)."""
+        self.in_flight -= 1
+        self._on_release(self)
 
 
 class Policy(Protocol):
     """Chooses a tracker among ``trackers`` (sorted by address) and reserves a slot on it."""
 
-    def __call__(self, trackers: Sequence[PodTracker]) -> Pick | None: ...
+    def __call__(self, trackers: Sequence[PodTracker]) -> PodTracker | None: ...
 
 
 class RandomChoice2:
@@ -84,7 +66,7 @@ class RandomChoice2:
     def __init__(self, rng: random.Random) -> None:
         self._rng = rng
 
-    def __call__(self, trackers: Sequence[PodTracker]) -> Pick | None:
+    def __call__(self, trackers: Sequence[PodTracker]) -> PodTracker | None:
         n = len(trackers)
         if n == 0:
             return None
@@ -98,18 +80,16 @@ class RandomChoice2:
             a, b = trackers[i], trackers[j]
             # i was random already, so keeping a on a tie is a random tie-break
             chosen = b if b.in_flight < a.in_flight else a
-        release = chosen.reserve()
-        if release is None:  # only with a breaker on the trackers: try the rest in order
-            return first_available(trackers)
-        return chosen, release
+        if chosen.try_reserve():
+            return chosen
+        return first_available(trackers)  # only with bounded trackers: try the rest in order
 
 
-def first_available(trackers: Sequence[PodTracker]) -> Pick | None:
+def first_available(trackers: Sequence[PodTracker]) -> PodTracker | None:
     """The first tracker (by address) with a free slot: packs requests on the fewest pods."""
     for tracker in trackers:
-        release = tracker.reserve()
-        if release is not None:
-            return tracker, release
+        if tracker.try_reserve():
+            return tracker
     return None
 
 
@@ -121,16 +101,15 @@ class RoundRobin:
     def __init__(self) -> None:
         self._next = 0
 
-    def __call__(self, trackers: Sequence[PodTracker]) -> Pick | None:
+    def __call__(self, trackers: Sequence[PodTracker]) -> PodTracker | None:
         n = len(trackers)
         if self._next >= n:
             self._next = 0
         for k in range(n):
             p = (self._next + k) % n
-            release = trackers[p].reserve()
-            if release is not None:
+            if trackers[p].try_reserve():
                 self._next = p + 1
-                return trackers[p], release
+                return trackers[p]
         return None
 
 

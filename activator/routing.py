@@ -58,26 +58,54 @@ def model_name(target: str) -> str | None:
 
 
 class _Split:
-    """A service's revisions with their cumulative percents (0 % targets left out)."""
+    """Where one name sends requests: a service's revisions with their cumulative percents
+    (0 % targets left out), or a tag's one revision. Revisions are looked up once, here; a
+    missing one is an error only when a request picks it."""
 
-    __slots__ = ("bounds", "names", "total")
+    __slots__ = ("bounds", "names", "only", "revisions", "service", "tag", "total")
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, targets: list[tuple[str, int]], tag: str = "") -> None:
+        self.service = service
+        self.tag = tag
         self.names: list[str] = []
         self.bounds: list[int] = []
         total = 0
-        for target in service.traffic:
-            if target.percent > 0:
-                total += target.percent
-                self.names.append(target.revision)
+        for revision, percent in targets:
+            if percent > 0:
+                total += percent
+                self.names.append(revision)
                 self.bounds.append(total)
         self.total = total
+        self.revisions = [service.revision(n) for n in self.names]
+        # one revision takes all the traffic (the usual case): no draw
+        self.only = self.revisions[0] if len(self.revisions) == 1 else None
 
-    def pick(self, rng: random.Random) -> str | None:
+    @classmethod
+    def of(cls, service: Service) -> _Split:
+        return cls(service, [(t.revision, t.percent) for t in service.traffic])
+
+    def pick(self, rng: random.Random) -> Revision:
+        """The revision for one request; raises :class:`RouteNotFoundError` naming what lacks."""
+        only = self.only
+        if only is not None:
+            return only
+        svc = self.service
         if self.total <= 0:
-            return None
+            raise RouteNotFoundError(
+                f"service {svc.namespace}/{svc.name} has no revision with a traffic percent"
+            )
         # 90/10: bounds [90, 100]; a draw in [0, 90) → first, [90, 100) → second.
-        return self.names[bisect.bisect_right(self.bounds, rng.randrange(self.total))]
+        i = bisect.bisect_right(self.bounds, rng.randrange(self.total))
+        rev = self.revisions[i]
+        if rev is None:
+            raise RouteNotFoundError(
+                f"revision {svc.namespace}/{self.names[i]} of service "
+                f"{svc.namespace}/{svc.name} not found"
+            )
+        return rev
+
+
+_HOST_CACHE_MAX = 10_000  # distinct Host values remembered per table (cleared when full)
 
 
 class RouteTable:
@@ -87,12 +115,16 @@ class RouteTable:
         self._rng = rng
         self._services = dict(services)
         self._namespaces = {ns for ns, _ in services}
-        self._splits = {key: _Split(svc) for key, svc in services.items()}
-        self._tags: dict[tuple[str, str], tuple[Service, str, str]] = {}
+        self._splits = {key: _Split.of(svc) for key, svc in services.items()}
+        self._tags: dict[tuple[str, str], _Split] = {}
         for (ns, name), svc in services.items():
             for target in svc.traffic:
                 if target.tag:
-                    self._tags[(ns, f"{target.tag}-{name}")] = (svc, target.revision, target.tag)
+                    self._tags[(ns, f"{target.tag}-{name}")] = _Split(
+                        svc, [(target.revision, 1)], target.tag
+                    )
+        # Host header as sent → the split it names (only hosts that name a service or tag)
+        self._by_host: dict[str, _Split] = {}
 
     def __len__(self) -> int:
         return len(self._services)
@@ -100,46 +132,41 @@ class RouteTable:
     def revisions(self) -> list[Revision]:
         return [rev for svc in self._services.values() for rev in svc.revisions]
 
+    def revision_for(self, host: str | None, target: str) -> Revision:
+        """``resolve(host, target).revision``, faster: a Host seen before is one dict lookup."""
+        if host is not None:
+            split = self._by_host.get(host)
+            if split is not None:
+                return split.pick(self._rng)
+        return self._find(host, target).pick(self._rng)
+
     def resolve(self, host: str | None, target: str) -> Route:
         """The route of a request; raises :class:`RouteNotFoundError` naming what is missing."""
+        split = self._find(host, target)
+        return Route(split.service, split.pick(self._rng), split.tag)
+
+    def _find(self, host: str | None, target: str) -> _Split:
         named = parse_host(host)
         if named is not None:
             label, ns = named
-            svc = self._services.get((ns, label))
-            if svc is not None:
-                return self._split_route(svc)
-            tagged = self._tags.get((ns, label))
-            if tagged is not None:
-                svc, revision, tag = tagged
-                return Route(svc, self._revision(svc, revision), tag)
+            split = self._splits.get((ns, label)) or self._tags.get((ns, label))
+            if split is not None:
+                assert host is not None
+                if len(self._by_host) >= _HOST_CACHE_MAX:
+                    self._by_host.clear()
+                self._by_host[host] = split
+                return split
         model = model_name(target)
         if model is not None:
             in_host = named is not None and named[1] in self._namespaces
             ns = named[1] if named is not None and in_host else DEFAULT_NAMESPACE
-            svc = self._services.get((ns, model))
-            if svc is None:
+            split = self._splits.get((ns, model))
+            if split is None:
                 raise RouteNotFoundError(f"service {ns}/{model} not found")
-            return self._split_route(svc)
+            return split
         if named is not None:
             raise RouteNotFoundError(f"service {named[1]}/{named[0]} not found")
         raise RouteNotFoundError(f"no service named by host {host or ''!r} or path {target!r}")
-
-    def _split_route(self, svc: Service) -> Route:
-        name = self._splits[(svc.namespace, svc.name)].pick(self._rng)
-        if name is None:
-            raise RouteNotFoundError(
-                f"service {svc.namespace}/{svc.name} has no revision with a traffic percent"
-            )
-        return Route(svc, self._revision(svc, name))
-
-    @staticmethod
-    def _revision(svc: Service, name: str) -> Revision:
-        rev = svc.revision(name)
-        if rev is None:
-            raise RouteNotFoundError(
-                f"revision {svc.namespace}/{name} of service {svc.namespace}/{svc.name} not found"
-            )
-        return rev
 
 
 class Router:
@@ -165,6 +192,9 @@ class Router:
 
     def resolve(self, host: str | None, target: str) -> Route:
         return self.table.resolve(host, target)
+
+    def revision_for(self, host: str | None, target: str) -> Revision:
+        return self.table.revision_for(host, target)
 
     def close(self) -> None:
         self._unsubscribe()

@@ -3,18 +3,22 @@
 A request first waits for a slot on the revision breaker (FIFO, so requests buffered while the
 revision has no pod go out in arrival order), bounded by the queue depth and the revision
 timeout; then the load-balancing policy reserves a slot on one pod tracker (reference §4.3).
+
+Two ways in: :meth:`RevisionThrottler.try_admit` takes both slots only if they are free now
+(Knative's breaker ``Reserve`` fast path: no waiter is overtaken, nothing is awaited), the
+handler's hot path; :meth:`RevisionThrottler.admit` waits for them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 from activator.capacity import MAX_INT32, assign_slice, calculate_capacity
-from activator.lb import BREAKER_QUEUE_DEPTH, PodTracker, Release, policy_for
+from activator.lb import BREAKER_QUEUE_DEPTH, PodTracker, policy_for
 from cluster.spec import Revision, RevisionKey
 from dataplane.breaker import Breaker, QueueFullError
 
@@ -27,6 +31,8 @@ __all__ = [
     "Throttler",
     "WaitTimeoutError",
 ]
+
+Release = Callable[[], None]
 
 
 class WaitTimeoutError(Exception):
@@ -80,6 +86,16 @@ class InfiniteBreaker:
                 if not fut.done():
                     fut.set_result(None)
 
+    def reserve(self) -> Release | None:
+        """A slot if the breaker is open now (then nobody waits), as the function that frees it."""
+        if not self._open:
+            return None
+        self._in_flight += 1
+        return self._release
+
+    def _release(self) -> None:
+        self._in_flight -= 1
+
     @asynccontextmanager
     async def maybe(self) -> AsyncIterator[None]:
         self._in_flight += 1
@@ -98,15 +114,18 @@ class InfiniteBreaker:
 
 
 class Admission:
-    """A request's hold on the revision breaker and on one pod tracker."""
+    """A request's hold on one pod tracker and, when taken by :meth:`RevisionThrottler.try_admit`,
+    on its revision slot (else the ``admit`` context holds that). :meth:`release` frees both."""
 
-    __slots__ = ("_release", "_throttler", "tracker", "tried")
+    __slots__ = ("_slot", "_throttler", "tracker", "tried")
 
-    def __init__(self, throttler: RevisionThrottler, tracker: PodTracker, release: Release) -> None:
+    def __init__(
+        self, throttler: RevisionThrottler, tracker: PodTracker, slot: Release | None = None
+    ) -> None:
         self._throttler = throttler
         self.tracker: PodTracker | None = tracker
-        self._release: Release | None = release
-        self.tried: set[str] = {tracker.address}
+        self._slot = slot
+        self.tried: set[str] | None = None  # pods given up on (made on the first retry)
 
     @property
     def address(self) -> str:
@@ -115,20 +134,30 @@ class Admission:
         return self.tracker.address
 
     def retry(self) -> bool:
-        """Give the pod back and reserve another one not tried yet; False if there is none."""
-        self.release()
-        pick = self._throttler.pick(exclude=self.tried)
-        if pick is None:
+        """Give the pod back and reserve another one not tried yet; False if there is none.
+
+        The revision slot stays held: the request still counts against the revision."""
+        tracker = self.tracker
+        if tracker is None:
             return False
-        self.tracker, self._release = pick
-        self.tried.add(pick[0].address)
-        return True
+        if self.tried is None:
+            self.tried = set()
+        self.tried.add(tracker.address)
+        self.tracker = None
+        tracker.release()
+        self.tracker = self._throttler.pick(exclude=self.tried)
+        return self.tracker is not None
 
     def release(self) -> None:
-        if self._release is not None:
-            self._release()
-            self._release = None
+        """Free the pod slot, then the revision slot; a second call does nothing."""
+        tracker = self.tracker
+        if tracker is not None:
             self.tracker = None
+            tracker.release()
+        slot = self._slot
+        if slot is not None:
+            self._slot = None
+            slot()
 
 
 class RevisionThrottler:
@@ -249,14 +278,31 @@ class RevisionThrottler:
 
     # --- requests --------------------------------------------------------------------------
 
-    def pick(self, exclude: set[str] | None = None) -> tuple[PodTracker, Release] | None:
+    def pick(self, exclude: set[str] | None = None) -> PodTracker | None:
         """Reserve a slot on a pod now, by the revision's policy; None if no pod has one."""
         trackers = self._assigned
         if exclude:
             trackers = [t for t in trackers if t.address not in exclude]
         return self._policy(trackers)
 
-    async def _wait_pick(self) -> tuple[PodTracker, Release]:
+    def try_admit(self) -> Admission | None:
+        """A revision slot and a pod slot if both are free now, else None with nothing held.
+
+        Never overtakes a request that waits: the revision breaker refuses while it has
+        waiters (its FIFO), and so does this while a request admitted by it waits for a pod.
+        """
+        if self._pick_waiters:
+            return None
+        slot = self._breaker.reserve()
+        if slot is None:
+            return None
+        tracker = self._policy(self._assigned)
+        if tracker is None:  # every pod full (a removed pod still draining holds the rest)
+            slot()
+            return None
+        return Admission(self, tracker, slot)
+
+    async def _wait_pick(self) -> PodTracker:
         # The revision breaker admitted us, so a tracker is free but for races (a pod removed
         # between admission and pick): wait for the next release or update and try again.
         while True:
@@ -284,10 +330,10 @@ class RevisionThrottler:
             try:
                 async with asyncio.timeout(timeout_s if timeout_s > 0 else None):
                     await stack.enter_async_context(self._breaker.maybe())
-                    tracker, release = await self._wait_pick()
+                    tracker = await self._wait_pick()
             except TimeoutError:
                 raise WaitTimeoutError(self.key, timeout_s) from None
-            admission = Admission(self, tracker, release)
+            admission = Admission(self, tracker)
             try:
                 yield admission
             finally:

@@ -140,7 +140,7 @@ def test_pod_assignment_finite() -> None:
     rt.update_addresses(f"ip{i}" for i in range(6))
     assert {t.address for t in rt.assigned()} == {"ip0", "ip4"}
     assert rt.capacity == 84
-    assert all(t.breaker is not None and t.breaker.capacity == 42 for t in rt.assigned())
+    assert all(t.capacity == 42 for t in rt.assigned())
     rt.update_addresses([])
     assert rt.capacity == 0
     assert rt.assigned() == []
@@ -151,7 +151,7 @@ def test_pod_assignment_infinite() -> None:
     rt.update_addresses(["ip1", "ip2", "ip3"])
     assert len(rt.assigned()) == 3
     assert rt.capacity == 1
-    assert all(t.breaker is None for t in rt.assigned())
+    assert all(t.capacity == 0 for t in rt.assigned())  # unbounded
     rt.update_addresses([])
     assert rt.capacity == 0
 
@@ -175,10 +175,10 @@ def test_first_available_packs_the_first_pod() -> None:
     # TestThrottlerSuccesses: CC 3, 5 dests, 3 requests → all on the lexicographically first.
     ts = trackers(3, [f"128.0.0.{i}:1234" for i in range(1, 6)])
     picks = [first_available(ts) for _ in range(3)]
-    assert [p[0].address for p in picks if p] == ["128.0.0.1:1234"] * 3
+    assert [p.address for p in picks if p] == ["128.0.0.1:1234"] * 3
     fourth = first_available(ts)
     assert fourth is not None
-    assert fourth[0].address == "128.0.0.2:1234"
+    assert fourth.address == "128.0.0.2:1234"
 
 
 def test_round_robin_uses_every_pod() -> None:
@@ -186,16 +186,17 @@ def test_round_robin_uses_every_pod() -> None:
     ts = trackers(5, ["a:1", "b:1", "c:1"])
     rr = RoundRobin()
     picks = [rr(ts) for _ in range(3)]
-    assert {p[0].address for p in picks if p} == {"a:1", "b:1", "c:1"}
+    assert {p.address for p in picks if p} == {"a:1", "b:1", "c:1"}
 
 
 def test_round_robin_skips_full_pods() -> None:
     ts = trackers(4, ["a:1", "b:1"])
     rr = RoundRobin()
     for _ in range(4):
-        assert ts[0].reserve() is not None  # a is full
+        assert ts[0].try_reserve()  # a is full
+    assert not ts[0].try_reserve()
     picks = [rr(ts) for _ in range(4)]
-    assert all(p is not None and p[0].address == "b:1" for p in picks)
+    assert all(p is not None and p.address == "b:1" for p in picks)
     assert rr(ts) is None
 
 
@@ -203,16 +204,16 @@ def test_random_choice_2_prefers_the_less_loaded() -> None:
     ts = trackers(0, ["a:1", "b:1"])
     rc2 = RandomChoice2(random.Random(3))
     for _ in range(5):
-        assert ts[0].reserve() is not None
+        assert ts[0].try_reserve()
     picks = [rc2(ts) for _ in range(5)]
-    assert [p[0].address for p in picks if p] == ["b:1"] * 5
+    assert [p.address for p in picks if p] == ["b:1"] * 5
     # now equal (5 and 5): both are chosen over many tie-breaks
     seen = set()
     for _ in range(50):
         pick = rc2(ts)
         assert pick is not None
-        seen.add(pick[0].address)
-        pick[1]()
+        seen.add(pick.address)
+        pick.release()
     assert seen == {"a:1", "b:1"}
 
 
