@@ -298,6 +298,7 @@ class _Connection(asyncio.Protocol):
         "_pause_pipeline",
         "_pause_upstream",
         "_pipeline",
+        "_reading_paused",
         "_server",
         "_tunnel",
         "_tunnel_early",
@@ -322,6 +323,7 @@ class _Connection(asyncio.Protocol):
         self._current: _Exchange | None = None  # the request being answered
         self._pipeline: deque[_Exchange] = deque()
         self._pause_body = self._pause_upstream = self._pause_pipeline = False
+        self._reading_paused = False  # what this protocol last asked of its transport
         self._write_paused = False
         self._tunnel: Forward | None = None  # after a 101: bytes go straight upstream
         self._tunnel_early = b""  # bytes after an upgrade request's head, before the 101
@@ -504,8 +506,9 @@ class _Connection(asyncio.Protocol):
             if ex._body_done and ex._response_done:
                 self._next()
             return
-        self._pause_pipeline = False
-        self._update_reading()
+        if self._pause_pipeline:
+            self._pause_pipeline = False
+            self._update_reading()
         if self.closing:
             self.close()
         else:
@@ -547,21 +550,25 @@ class _Connection(asyncio.Protocol):
             self._update_reading()
 
     def pause_for_upstream(self, paused: bool) -> None:
-        self._pause_upstream = paused
-        self._update_reading()
+        if self._pause_upstream is not paused:
+            self._pause_upstream = paused
+            self._update_reading()
 
     def _pause_reading_all(self) -> None:
         self._pause_pipeline = True
         self._update_reading()
 
     def _update_reading(self) -> None:
+        pause = self._pause_body or self._pause_upstream or self._pause_pipeline
+        if pause is self._reading_paused:
+            return
         t = self.transport
         if t is None or t.is_closing():
             return
-        if self._pause_body or self._pause_upstream or self._pause_pipeline:
-            if t.is_reading():
-                t.pause_reading()
-        elif not t.is_reading():
+        self._reading_paused = pause
+        if pause:
+            t.pause_reading()
+        else:
             t.resume_reading()
 
     @property
