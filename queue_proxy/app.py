@@ -9,6 +9,8 @@ revision timeout) → exit 0. A background loop that dies makes the process exit
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import os
 import signal
@@ -150,6 +152,8 @@ class QueueProxy:
                 ]
                 if self.stats_interval_s is not None:
                     loops.append(tg.create_task(self.stats.run(self.stats_interval_s)))
+                if self.settings.ready_fd is not None:
+                    loops.append(tg.create_task(self._notify_ready(self.settings.ready_fd)))
                 await self._shutdown.wait()
                 await self._shutdown_sequence()
                 for t in loops:
@@ -157,6 +161,19 @@ class QueueProxy:
         finally:
             await self._close_all()
             self.stopped.set()
+
+    async def _notify_ready(self, fd: int) -> None:
+        """QUEUE_READY_FD: one line the first time the model server is ready, then close it."""
+        try:
+            await self.readiness.became_ready.wait()
+            if not self.drainer.draining:
+                line = json.dumps({"event": "ready", "pid": os.getpid()}) + "\n"
+                os.write(fd, line.encode())
+        except OSError as exc:  # the supervisor polls as well: not a reason to stop
+            log.warning("cannot notify readiness", extra={"fd": fd, "error": str(exc)})
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     async def _shutdown_sequence(self) -> None:
         await self.drainer.drain()

@@ -58,6 +58,10 @@ class Settings:
     """QUEUE_GPU_INTERVAL_SECONDS: how often GPU utilisation and memory are sampled."""
     log_level: str = "INFO"
     """QUEUE_LOG_LEVEL: DEBUG, INFO, WARNING or ERROR."""
+    ready_fd: int | None = None
+    """QUEUE_READY_FD: a file descriptor (a pipe) to which the queue-proxy writes one JSON line,
+    ``{"event": "ready", "pid": N}``, the first time the model server is ready, then closes it:
+    the local supervisor's cue, like sd_notify's READY=1 (zeroserve's own; Kubernetes probes)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -198,4 +202,5 @@ _TABLE: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("SERVING_POD_IP", "pod_ip", _text),
     ("QUEUE_GPU_INTERVAL_SECONDS", "gpu_interval_s", _seconds),
     ("QUEUE_LOG_LEVEL", "log_level", _level),
+    ("QUEUE_READY_FD", "ready_fd", _non_negative_int),
 )

@@ -24,6 +24,7 @@ from tests.e2e_support import (
     wait_for,
     zeroserve_up,
 )
+from tests.zygote_support import children_of, proc_stat
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -205,7 +206,18 @@ async def test_stopping_zeroserve_leaves_no_child(tmp_path: Path, sig: signal.Si
             return await rt.ready(session, "gpu-v1") == 2
 
         await wait_for(two_ready, within=60, interval=0.3, what="two ready replicas")
-        assert len(tagged_pids(rt.tag)) >= 5  # the runtime + 2 × (model server, queue-proxy)
+        # The runtime, the queue-proxy zygote, 2 × (model server, queue-proxy).
+        assert len(tagged_pids(rt.tag)) >= 6
+        # The queue-proxies are the zygote's children, each in its own process group.
+        zygotes = [
+            pid
+            for pid in child_pids(rt.tag, rt.proc.pid, "cluster.local.zygote_main")
+            if proc_stat(pid)["ppid"] == rt.proc.pid
+        ]
+        assert len(zygotes) == 1, zygotes
+        queue_proxies = children_of(zygotes[0])
+        assert len(queue_proxies) == 2, queue_proxies
+        assert all(proc_stat(pid)["pgid"] == pid for pid in queue_proxies)
         rt.proc.send_signal(sig)
         code = await asyncio.to_thread(rt.proc.wait, 60)
         if sig != signal.SIGKILL:

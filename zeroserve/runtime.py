@@ -91,6 +91,8 @@ class LocalRuntime:
         return f"http://{self.settings.host}:{self.port}"
 
     async def start(self) -> None:
+        # First: the queue-proxy zygote imports in the background while the rest starts.
+        await self.supervisor.start()
         await self.autoscaler.start()
         runner = web.AppRunner(
             build_status_app(self.autoscaler.status, self.autoscaler.metrics), access_log=None

@@ -1,4 +1,8 @@
-"""Child processes that never outlive the runtime: own process group, and PR_SET_PDEATHSIG on Linux."""
+"""Child processes that never outlive the runtime: own process group, and PR_SET_PDEATHSIG on Linux.
+
+A child is either spawned (fork + exec of a command, :func:`spawn`) or forked from a warm fork
+server (:mod:`cluster.local.forkserver`); the supervisor handles both through :class:`Child`.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import os
 import signal
 import sys
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 _PR_SET_PDEATHSIG = 1
 
@@ -25,12 +30,58 @@ def _libc() -> ctypes.CDLL | None:
 _LIBC = _libc()
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    # SIGKILL when the parent dies, even if the parent itself was killed with SIGKILL. The child
-    # also gets its own process group (start_new_session) so Ctrl-C in a terminal reaches only the
-    # runtime, which then stops replicas in order (queue-proxy drain first).
+def die_with_parent() -> None:  # pragma: no cover - runs in a child right after fork
+    """SIGKILL this process when its parent dies, even if the parent was killed with SIGKILL.
+
+    Children also get their own process group (a new session) so Ctrl-C in a terminal reaches
+    only the runtime, which then stops replicas in order (queue-proxy drain first).
+    """
     if _LIBC is not None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class Child(Protocol):
+    """A child process the supervisor can wait for and signal (its whole process group)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None:
+        """None while it runs; then its exit code (negative: killed by that signal)."""
+        ...
+
+    async def wait(self) -> int: ...
+
+    def signal_group(self, sig: int) -> None:
+        """Send ``sig`` to the child's process group, unless it has exited already."""
+        ...
+
+
+class Spawned:
+    """A :class:`Child` started by :func:`spawn` (an ``asyncio.subprocess.Process``)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+    async def wait(self) -> int:
+        return await self.proc.wait()
+
+    def signal_group(self, sig: int) -> None:
+        # This process reaps the child, so its pid (the group id) cannot be reused before
+        # returncode is set.
+        if self.proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, sig)
 
 
 def resolve_command(command: Sequence[str]) -> list[str]:
@@ -41,12 +92,14 @@ def resolve_command(command: Sequence[str]) -> list[str]:
     return cmd
 
 
-async def spawn(
+async def spawn_process(
     command: Sequence[str],
     env: Mapping[str, str],
     *,
     cwd: str | None = None,
+    stdin: int | None = asyncio.subprocess.DEVNULL,
     stdout: int | None = None,
+    stderr: int | None = None,
 ) -> asyncio.subprocess.Process:
     """Start a child in its own session that is SIGKILLed if this process dies."""
     full_env = dict(os.environ)
@@ -55,29 +108,39 @@ async def spawn(
         *resolve_command(command),
         env=full_env,
         cwd=cwd,
-        stdin=asyncio.subprocess.DEVNULL,
+        stdin=stdin,
         stdout=stdout,
-        stderr=None if stdout is None else asyncio.subprocess.STDOUT,
+        stderr=stderr,
         start_new_session=True,
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,
     )
 
 
-def signal_group(proc: asyncio.subprocess.Process, sig: int) -> None:
-    """Send ``sig`` to the child's whole process group (its own children included)."""
-    if proc.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)
+async def spawn(
+    command: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    cwd: str | None = None,
+    stdout: int | None = None,
+) -> Spawned:
+    """:func:`spawn_process` with stdin from /dev/null and stderr where stdout goes."""
+    proc = await spawn_process(
+        command,
+        env,
+        cwd=cwd,
+        stdout=stdout,
+        stderr=None if stdout is None else asyncio.subprocess.STDOUT,
+    )
+    return Spawned(proc)
 
 
-async def terminate(proc: asyncio.subprocess.Process, grace_s: float) -> int:
+async def terminate(child: Child, grace_s: float) -> int:
     """SIGTERM the group, SIGKILL it after ``grace_s``; returns the exit code."""
-    if proc.returncode is not None:
-        return proc.returncode
-    signal_group(proc, signal.SIGTERM)
+    if child.returncode is not None:
+        return child.returncode
+    child.signal_group(signal.SIGTERM)
     try:
-        return await asyncio.wait_for(proc.wait(), grace_s)
+        return await asyncio.wait_for(child.wait(), grace_s)
     except TimeoutError:
-        signal_group(proc, signal.SIGKILL)
-        return await proc.wait()
+        child.signal_group(signal.SIGKILL)
+        return await child.wait()
