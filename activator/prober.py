@@ -2,16 +2,19 @@
 
 ``GET http://<address>/healthz`` with ``K-Network-Probe: queue`` and ``User-Agent:
 Knative-Activator-Probe``; healthy means 200 with body ``queue``. A round probes every pod not
-yet healthy with a 300 ms timeout; rounds repeat every 200 ms while some are left, and a new
-pod is probed at once. A pod that leaves the endpoints leaves the healthy set at once.
+yet healthy with a 300 ms timeout; a new pod is probed at once, and while some are left the
+rounds repeat after 10 ms, 20 ms, 40 ms … up to every 200 ms (:func:`retry_delays`): a pod
+that fails its first probe by a hair (a scale from zero has a request waiting for it) is
+retried within milliseconds, one that stays unready costs five probes a second. Any change of
+the endpoints starts the schedule again. A pod that leaves the endpoints leaves the healthy set
+at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import aiohttp
 
@@ -23,6 +26,17 @@ log = logging.getLogger("activator")
 PROBE_HEADERS = {"K-Network-Probe": "queue", "User-Agent": "Knative-Activator-Probe"}
 
 HealthyListener = Callable[[RevisionKey, tuple[str, ...]], None]
+
+
+def retry_delays(initial_s: float, period_s: float) -> Iterator[float]:
+    """Seconds between probe rounds: from ``initial_s``, doubling, then ``period_s`` forever.
+
+    ``retry_delays(0.01, 0.2)`` → 0.01, 0.02, 0.04, 0.08, 0.16, 0.2, 0.2, …
+    """
+    delay = min(initial_s, period_s)
+    while True:
+        yield delay
+        delay = min(delay * 2, period_s)
 
 
 async def probe(session: aiohttp.ClientSession, address: str, timeout_s: float) -> bool:
@@ -46,12 +60,14 @@ class EndpointProber:
         session: aiohttp.ClientSession | None = None,
         probe_timeout_s: float = 0.3,
         probe_period_s: float = 0.2,
+        probe_initial_period_s: float = 0.01,
     ) -> None:
         self._on_healthy = on_healthy
         self._session = session
         self._own_session = session is None
         self._probe_timeout_s = probe_timeout_s
         self._probe_period_s = probe_period_s
+        self._probe_initial_period_s = probe_initial_period_s
         self._wanted: dict[RevisionKey, set[str]] = {}
         self._healthy: dict[RevisionKey, set[str]] = {}
         self._wake = asyncio.Event()
@@ -94,22 +110,30 @@ class EndpointProber:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, force_close=True)
             )
+        delays = self._delays()
         try:
             while True:
                 self._wake.clear()
                 pending = self.pending()
                 if not pending:
                     await self._wake.wait()
+                    delays = self._delays()
                     continue
                 await self._round(self._session, pending)
                 if self.pending():
-                    # the next round in 200 ms, or at once for a new pod
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self._probe_period_s)
+                    # the next round after the next delay, or at once for a new pod
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), next(delays))
+                    except TimeoutError:
+                        continue
+                    delays = self._delays()
         finally:
             self._unsubscribe()
             if self._own_session:
                 await self._session.close()
+
+    def _delays(self) -> Iterator[float]:
+        return retry_delays(self._probe_initial_period_s, self._probe_period_s)
 
     async def _round(
         self, session: aiohttp.ClientSession, pending: dict[RevisionKey, set[str]]

@@ -4,6 +4,12 @@ One loop probes for the whole process (so concurrent health checks share it: sin
 While not ready it probes aggressively, every 50 ms with 100 ms attempts (Knative's default when
 ``periodSeconds`` is 0), so a ready replica is known at once; once ready it re-probes every
 ``periodSeconds`` (1 s when 0) and turns unready after ``failureThreshold`` failures in a row.
+
+zeroserve's departure: during the first ``START_PHASE_S`` after the loop starts, the aggressive
+probe runs every 5 ms instead of 50 ms. A model server that starts fast (the GPU emulator takes
+~250 ms) is then seen within 5 ms, not 50 ms, on the cold-start path; an attempt on a port that
+is not listening yet is one refused connect on loopback (~0.1 ms of CPU), so the phase costs
+about 2 % of a core for its 2 s.
 """
 
 from __future__ import annotations
@@ -17,7 +23,15 @@ log = logging.getLogger("queue_proxy.probe")
 
 AGGRESSIVE_PERIOD_S = 0.05
 AGGRESSIVE_TIMEOUT_S = 0.1
+START_PERIOD_S = 0.005
+START_PHASE_S = 2.0
 _USER_AGENT = "kube-probe/1.30"
+
+
+def unready_delay(since_start_s: float) -> float:
+    """Seconds to the next attempt while the model server is not ready (``periodSeconds`` 0):
+    5 ms during the start phase, then Knative's 50 ms."""
+    return START_PERIOD_S if since_start_s < START_PHASE_S else AGGRESSIVE_PERIOD_S
 
 
 async def probe_once(probe: ReadinessProbe, port: int, timeout_s: float) -> bool:
@@ -71,12 +85,14 @@ class Readiness:
 
     async def run(self) -> None:
         p = self.probe
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         while True:
             if not self.ready and p.period_s == 0:
                 ok = await probe_once(p, self.port, AGGRESSIVE_TIMEOUT_S)
                 self._record(ok)
                 if not self.ready:
-                    await asyncio.sleep(AGGRESSIVE_PERIOD_S)
+                    await asyncio.sleep(unready_delay(loop.time() - started))
                 continue
             await asyncio.sleep(p.period_s or 1.0)
             self._record(await probe_once(p, self.port, p.timeout_s))

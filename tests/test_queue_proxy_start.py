@@ -1,0 +1,103 @@
+"""The queue-proxy's start path: the start-phase probe schedule and the ``QUEUE_READY_FD`` line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import sys
+
+import aiohttp
+import pytest
+
+from queue_proxy.config import ConfigError, Settings
+from queue_proxy.probe import AGGRESSIVE_PERIOD_S, START_PERIOD_S, unready_delay
+from tests.dataplane_fixtures import run_app, upstream_app
+
+
+@pytest.mark.parametrize(
+    ("since_start_s", "delay_s"),
+    [
+        pytest.param(0.0, START_PERIOD_S, id="at-start-5ms"),
+        pytest.param(1.999, START_PERIOD_S, id="end-of-start-phase-5ms"),
+        pytest.param(2.0, AGGRESSIVE_PERIOD_S, id="after-start-phase-knative-50ms"),
+        pytest.param(600.0, AGGRESSIVE_PERIOD_S, id="slow-model-50ms"),
+    ],
+)
+def test_unready_probe_delay(since_start_s: float, delay_s: float) -> None:
+    assert unready_delay(since_start_s) == delay_s
+
+
+@pytest.mark.parametrize(
+    ("raw", "want"),
+    [
+        pytest.param(None, None, id="unset"),
+        pytest.param("", None, id="empty"),
+        pytest.param("7", 7, id="fd-7"),
+    ],
+)
+def test_ready_fd_setting(raw: str | None, want: int | None) -> None:
+    env = {"USER_PORT": "8080"} | ({} if raw is None else {"QUEUE_READY_FD": raw})
+    assert Settings.from_env(env).ready_fd == want
+
+
+def test_ready_fd_must_be_a_number() -> None:
+    with pytest.raises(ConfigError, match="QUEUE_READY_FD = '-1': must be >= 0"):
+        Settings.from_env({"USER_PORT": "8080", "QUEUE_READY_FD": "-1"})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.e2e
+async def test_process_writes_one_ready_line_then_closes_the_fd() -> None:
+    async with run_app(upstream_app()) as (_, user_port):
+        read_fd, write_fd = os.pipe()
+        serving = free_port()
+        env = {
+            **os.environ,
+            "USER_PORT": str(user_port),
+            "QUEUE_SERVING_PORT": str(serving),
+            "ADMIN_PORT": str(free_port()),
+            "METRICS_PORT": str(free_port()),
+            "QUEUE_BIND_ADDRESS": "127.0.0.1",
+            "QUEUE_DRAIN_QUIET_PERIOD_SECONDS": "0",
+            "QUEUE_READY_FD": str(write_fd),
+        }
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "queue_proxy",
+            env=env,
+            pass_fds=(write_fd,),
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        os.close(write_fd)
+        try:
+            # The queue-proxy is now the only writer: EOF comes when it closes its end.
+            data = await asyncio.wait_for(asyncio.to_thread(_read_all, read_fd), 30)
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(
+                    f"http://127.0.0.1:{serving}/", headers={"K-Network-Probe": "queue"}
+                ) as resp,
+            ):
+                assert resp.status == 200  # it closed the fd and serves on
+            assert [json.loads(line) for line in data.splitlines()] == [
+                {"event": "ready", "pid": proc.pid}
+            ]
+        finally:
+            os.close(read_fd)
+            proc.terminate()
+            assert await asyncio.wait_for(proc.wait(), 20) == 0
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 4096):
+        chunks.append(chunk)
+    return b"".join(chunks)
