@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from dataplane.api import ForwardResult, Timeouts, UpstreamConnectError
-from dataplane.headers import response_head
+from dataplane.headers import response_head, scan_response_headers, status_line
 from dataplane.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
@@ -270,14 +270,7 @@ class Forward:
             self._start_handle.cancel()
             self._start_handle = None
         ex = self._ex
-        length = b""
-        chunked = False
-        for name, value in self._headers:
-            ln = len(name)
-            if ln == 14 and name.lower() == b"content-length":
-                length = value
-            elif ln == 17 and name.lower() == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
+        lines, length, chunked = scan_response_headers(conn.headers)
         head_only = ex._method == "HEAD"
         if head_only or status in (204, 304):
             framing = b"Content-Length: " + length + b"\r\n" if length and head_only else b""
@@ -293,7 +286,7 @@ class Forward:
         if ex._close_after_response():
             framing += b"Connection: close\r\n"
         ex._started = True
-        self._out.append(response_head(status, self._reason, self._headers, framing))
+        self._out.append(status_line(status, conn.reason) + lines + framing + b"\r\n")
         if self._idle_handle is not None:
             self._last_write = self._loop.time()
         if head_only:  # httptools cannot skip a HEAD response's body: this connection is done

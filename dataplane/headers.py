@@ -140,16 +140,22 @@ def request_head(
     return "".join(out).encode("latin-1") + framing + b"\r\n"
 
 
-def response_head(
-    status: int, reason: bytes, headers: Sequence[tuple[bytes, bytes]], framing: bytes
-) -> bytes:
-    """The head sent to the client: hop-by-hop dropped (raw bytes in, raw bytes out)."""
-    parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason or REASONS.get(status, b"Unknown"))]
+def scan_response_headers(headers: Sequence[tuple[bytes, bytes]]) -> tuple[bytes, bytes, bool]:
+    """One pass over the upstream's response headers: the end-to-end header lines to send on
+    (hop-by-hop and framing dropped), the ``Content-Length`` value (b"" if none) and whether
+    the body is chunked."""
+    parts: list[bytes] = []
+    length = b""
+    chunked = False
     tokens: frozenset[str] = frozenset()
     for name, value in headers:
         low = name.lower()
         if low in _RESPONSE_DROP_B:
-            if low == b"connection" and value.lower() not in (b"keep-alive", b"close"):
+            if low == b"content-length":
+                length = value
+            elif low == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+            elif low == b"connection" and value.lower() not in (b"keep-alive", b"close"):
                 tokens = tokens | connection_tokens((("connection", value.decode("latin-1")),))
             continue
         if low.startswith(b"proxy-"):
@@ -161,6 +167,16 @@ def response_head(
             for n, v in headers
             if n.lower() != b"connection" and n.lower().decode("latin-1") not in tokens
         ]
-        return response_head(status, reason, kept, framing)
-    parts += (framing, b"\r\n")
-    return b"".join(parts)
+        return scan_response_headers(kept)[0], length, chunked
+    return b"".join(parts), length, chunked
+
+
+def status_line(status: int, reason: bytes) -> bytes:
+    return b"HTTP/1.1 %d %s\r\n" % (status, reason or REASONS.get(status, b"Unknown"))
+
+
+def response_head(
+    status: int, reason: bytes, headers: Sequence[tuple[bytes, bytes]], framing: bytes
+) -> bytes:
+    """The head sent to the client: hop-by-hop dropped (raw bytes in, raw bytes out)."""
+    return status_line(status, reason) + scan_response_headers(headers)[0] + framing + b"\r\n"
