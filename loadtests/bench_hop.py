@@ -5,7 +5,8 @@
 Starts nginx (1 worker, ``return 200`` with a small JSON body) as the upstream, nginx (1 worker)
 as a reverse proxy to it, and ``python -m queue_proxy`` (one process, CC=0) in front of it; then,
 per target: capacity with ``wrk -t1 -c50``, latency at a fixed ``--rate`` with ``hey``, CPU time
-of the proxy process per 1,000 requests during the fixed-rate run, RSS idle and peak. The helpers
+of the proxy process per 1,000 requests during the fixed-rate run and during the capacity run,
+RSS idle and peak. The helpers
 (:func:`start_nginx`, :func:`start_queue_proxy`, :func:`wrk_capacity`, :func:`hey_latency`,
 :func:`cpu_seconds`) are meant for other targets too (``--target activator`` later).
 """
@@ -156,6 +157,7 @@ class Row:
     p50: float = 0.0
     p99: float = 0.0
     cpu_ms_per_1k: float = 0.0
+    cpu_ms_per_1k_cap: float = 0.0  # during the capacity run (wrk, saturated)
     rss_idle: float = 0.0
     rss_peak: float = 0.0
 
@@ -168,8 +170,10 @@ def measure(name: str, url: str, pid: int | None, args: argparse.Namespace) -> R
     row.p50, row.p99, n = hey_latency(url, args.rate, args.seconds)
     if pid is not None and n:
         row.cpu_ms_per_1k = (cpu_seconds(pid) - c0) * 1000 / n * 1000
+    c1 = cpu_seconds(pid) if pid is not None else 0.0
     row.rps = wrk_capacity(url, args.seconds)
     if pid is not None:
+        row.cpu_ms_per_1k_cap = (cpu_seconds(pid) - c1) * 1000 / (row.rps * args.seconds) * 1000
         row.rss_peak = rss_mib(pid, "VmHWM")
     return row
 
@@ -190,14 +194,14 @@ def main() -> int:
     direct, nginx = rows[0], rows[1]
     print(
         "| target | req/s (wrk -t1 -c50) | × nginx | p50 ms | p99 ms | p50 added | p99 added "
-        "| CPU ms / 1k req | RSS idle MiB | RSS peak MiB |"
+        "| CPU ms / 1k req at --rate | CPU ms / 1k req at capacity | RSS idle MiB | RSS peak MiB |"
     )
-    print("|" + " --- |" * 10)
+    print("|" + " --- |" * 11)
     for r in rows:
         print(
             f"| {r.name} | {r.rps:,.0f} | {r.rps / nginx.rps:.2f} | {r.p50:.2f} | {r.p99:.2f} "
             f"| {r.p50 - direct.p50:+.2f} | {r.p99 - direct.p99:+.2f} | {r.cpu_ms_per_1k:.1f} "
-            f"| {r.rss_idle:.1f} | {r.rss_peak:.1f} |"
+            f"| {r.cpu_ms_per_1k_cap:.1f} | {r.rss_idle:.1f} | {r.rss_peak:.1f} |"
         )
     return 0
 
