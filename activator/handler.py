@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 from activator.metrics import ActivatorMetrics, RevisionMetrics
 from activator.reporter import ConcurrencyReporter
@@ -38,6 +39,7 @@ log = logging.getLogger("activator")
 HEALTH_PATH = "/healthz"
 # Headers a client must not choose: they would pick a revision or fake a proxied request.
 STRIPPED_PREFIXES = ("k-", "knative-serving-")
+_HOST_CACHE_MAX = 10_000
 
 
 class _Lane:
@@ -80,10 +82,14 @@ class ActivatorHandler:
         self.draining = False
         self.last_request_at = 0.0  # loop time of the last non-probe request (drain)
         self._lanes: dict[tuple[str, str], _Lane] = {}
+        # Host → lane, for hosts whose every request goes to one revision (the usual case)
+        self._host_lanes: dict[str, _Lane] = {}
+        self._clock: Callable[[], float] | None = None  # the loop's time(), on the first request
 
     def routes_changed(self) -> None:
-        """Forget the lanes: a revision's throttler may have been dropped (``forget``)."""
+        """Forget the lanes: routes moved, and a revision's throttler may have been dropped."""
         self._lanes.clear()
+        self._host_lanes.clear()
 
     def _lane(self, revision: Revision) -> _Lane:
         key = (revision.namespace, revision.name)
@@ -126,19 +132,15 @@ class ActivatorHandler:
             else:
                 ex.respond_now(400, b"unexpected probe header value: " + probe.encode() + b"\n")
             return None
-        try:
-            revision = self.router.revision_for(host, ex.target)
-        except RouteNotFoundError as exc:
-            if ex.target.split("?", 1)[0] == HEALTH_PATH:
-                self._health(ex)
-                return None
-            self.metrics.unrouted(404)
-            ex.respond_now(404, f"{exc}\n".encode())
-            return None
-        lane = self._lanes.get((revision.namespace, revision.name))
-        if lane is None or lane.revision is not revision:
-            lane = self._lane(revision)
-        now = asyncio.get_running_loop().time()
+        lane = self._host_lanes.get(host) if host is not None else None
+        if lane is None:
+            lane = self._route(ex, host)
+            if lane is None:
+                return None  # answered (404, or health)
+        clock = self._clock
+        if clock is None:
+            clock = self._clock = asyncio.get_running_loop().time
+        now = clock()
         self.last_request_at = now
         immediate = self.reporter.request_in(lane.key, now, time.time())
         if immediate is not None:  # the revision's first request: the scale-from-zero signal
@@ -149,14 +151,9 @@ class ActivatorHandler:
             return self._wait_and_proxy(ex, lane, host)
         try:
             address = admission.address
-
-            def done(result: ForwardResult) -> None:
-                admission.release()
-                self._finish(ex, lane, result.status)
-
             if ex.forward_now(
                 address,
-                done,
+                partial(self._forwarded, ex, lane, admission),
                 set_headers=(
                     ("K-Proxy-Request", "activator"),
                     ("K-Original-Host", host or ""),
@@ -171,6 +168,33 @@ class ActivatorHandler:
             admission.release()
             self._finish(ex, lane, 500)
             raise
+
+    def _route(self, ex: Exchange, host: str | None) -> _Lane | None:
+        """The lane of a request the host cache did not know; None when answered here."""
+        try:
+            revision = self.router.revision_for(host, ex.target)
+        except RouteNotFoundError as exc:
+            if ex.target.split("?", 1)[0] == HEALTH_PATH:
+                self._health(ex)
+            else:
+                self.metrics.unrouted(404)
+                ex.respond_now(404, f"{exc}\n".encode())
+            return None
+        lane = self._lane(revision)
+        if host is not None and self.router.table.fixed_revision(host) is revision:
+            if len(self._host_lanes) >= _HOST_CACHE_MAX:
+                self._host_lanes.clear()
+            self._host_lanes[host] = lane
+        return lane
+
+    def _forwarded(self, ex: Exchange, lane: _Lane, admission: Admission, r: ForwardResult) -> None:
+        """``on_done`` of the hot path: slots back, then the request's end (as :meth:`_finish`)."""
+        admission.release()
+        now = self._clock() if self._clock is not None else 0.0
+        self.reporter.request_out(lane.key, now)
+        rm = lane.metrics
+        rm.in_flight -= 1
+        rm.request_done(r.status, now - ex.arrived_at)
 
     def _finish(self, ex: Exchange, lane: _Lane, status: int) -> None:
         """The request's end: stats out, metrics (its slots are given back already)."""

@@ -68,7 +68,8 @@ class RevisionMetrics:
 
     def request_done(self, status: int, latency_s: float) -> None:
         """A request of this revision was answered with ``status`` after ``latency_s``."""
-        self.by_class[min(max(status // 100, 1), 5)] += 1
+        c = status // 100
+        self.by_class[c if 0 < c < 6 else 5] += 1
         self.latency_counts[bisect_left(_LATENCY_BUCKETS, latency_s)] += 1
         self.latency_sum += latency_s
 

@@ -140,6 +140,12 @@ class RouteTable:
                 return split.pick(self._rng)
         return self._find(host, target).pick(self._rng)
 
+    def fixed_revision(self, host: str) -> Revision | None:
+        """The one revision every request with this Host goes to, whatever its path, if the
+        Host names a service (or tag) whose traffic goes to one revision and was seen before."""
+        split = self._by_host.get(host)
+        return split.only if split is not None else None
+
     def resolve(self, host: str | None, target: str) -> Route:
         """The route of a request; raises :class:`RouteNotFoundError` naming what is missing."""
         split = self._find(host, target)
