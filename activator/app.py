@@ -106,7 +106,10 @@ class Activator:
         self._spawn(self._report_loop(), "reporter")
         if isinstance(self.stats, WebsocketStatSink):
             self._spawn(self.stats.run(), "stat-websocket")
-        self.server = Server(self.handler, keepalive_timeout_s=self.settings.keepalive_timeout_s)
+        # the bound method: calling it skips the instance-call lookup on every request
+        self.server = Server(
+            self.handler.__call__, keepalive_timeout_s=self.settings.keepalive_timeout_s
+        )
         await self.server.start(host, port)
         if metrics_port is not None:
             app = web.Application()

@@ -42,6 +42,17 @@ STRIPPED_PREFIXES = ("k-", "knative-serving-")
 _HOST_CACHE_MAX = 10_000
 
 
+class PathCounts:
+    """How many requests took each path since start (tests and debugging; not exported)."""
+
+    __slots__ = ("dialed", "hot", "waited")
+
+    def __init__(self) -> None:
+        self.hot = 0  # slots free and a pooled connection: forward_now, no task
+        self.dialed = 0  # slots free, no idle connection: a coroutine dials the pod
+        self.waited = 0  # no slot free on arrival: a coroutine waits in the throttler
+
+
 class _Lane:
     """What the handler needs of one revision, looked up once per route table."""
 
@@ -85,6 +96,7 @@ class ActivatorHandler:
         # Host → lane, for hosts whose every request goes to one revision (the usual case)
         self._host_lanes: dict[str, _Lane] = {}
         self._clock: Callable[[], float] | None = None  # the loop's time(), on the first request
+        self.paths = PathCounts()
 
     def routes_changed(self) -> None:
         """Forget the lanes: routes moved, and a revision's throttler may have been dropped."""
@@ -148,6 +160,7 @@ class ActivatorHandler:
         lane.metrics.in_flight += 1
         admission = lane.throttler.try_admit()
         if admission is None:  # no slot free now: wait for one
+            self.paths.waited += 1
             return self._wait_and_proxy(ex, lane, host)
         try:
             address = admission.address
@@ -162,7 +175,9 @@ class ActivatorHandler:
                 remove_prefixes=STRIPPED_PREFIXES,
                 timeouts=lane.timeouts,
             ):
+                self.paths.hot += 1
                 return None
+            self.paths.dialed += 1
             return self._dial_and_proxy(ex, lane, host, admission)  # no idle connection
         except BaseException:  # a bug (the core answers 500): keep slots and counts right
             admission.release()

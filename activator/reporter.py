@@ -33,6 +33,11 @@ class ConcurrencyReporter:
     def __len__(self) -> int:
         return len(self._revisions)
 
+    def concurrency(self, key: RevisionKey) -> int:
+        """Requests of the revision in the activator now (queued ones included)."""
+        entry = self._revisions.get(key)
+        return 0 if entry is None else entry.refs
+
     def request_in(self, key: RevisionKey, now: float, wall: float = 0.0) -> WireStat | None:
         """Count a request in; returns the immediate stat to send if the revision is new."""
         entry = self._revisions.get(key)

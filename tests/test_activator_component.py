@@ -43,7 +43,7 @@ class Pod:
     runner: web.AppRunner | None = None
     address: str = ""
 
-    async def handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         if request.headers.get("K-Network-Probe") == "queue":
             return web.Response(text="queue")
         self.active += 1

@@ -383,6 +383,87 @@ async def test_throttler_registry_applies_known_addresses() -> None:
     assert th.find(KEY) is None
 
 
+# --- try_admit: the hot path's non-blocking admission ------------------------------------------
+
+
+@pytest.mark.parametrize("cc", [pytest.param(0, id="cc0"), pytest.param(1, id="cc1")])
+def test_try_admit_without_pods_holds_nothing(cc: int) -> None:
+    rt = throttler(cc)
+    assert rt.try_admit() is None
+    assert rt.in_flight == 0
+
+
+def test_try_admit_takes_both_slots_and_release_gives_both_back() -> None:
+    rt = throttler(1)
+    rt.update_addresses(["a:1"])
+    adm = rt.try_admit()
+    assert adm is not None
+    assert (adm.address, rt.in_flight, rt.assigned()[0].in_flight) == ("a:1", 1, 1)
+    assert rt.try_admit() is None  # CC=1: the pod is busy
+    assert rt.in_flight == 1
+    adm.release()
+    adm.release()  # a second release does nothing
+    assert (rt.in_flight, rt.assigned()[0].in_flight) == (0, 0)
+    again = rt.try_admit()
+    assert again is not None
+    again.release()
+
+
+def test_try_admit_gives_the_revision_slot_back_when_no_pod_is_free() -> None:
+    rt = throttler(1)
+    rt.update_addresses(["a:1"])
+    assert rt.assigned()[0].try_reserve()  # the pod is full, the revision breaker is not
+    assert rt.try_admit() is None
+    assert rt.in_flight == 0
+
+
+async def test_try_admit_never_overtakes_a_waiter() -> None:
+    rt = throttler(1)
+    rt.update_addresses(["a:1"])
+    first = rt.try_admit()
+    assert first is not None
+    order: list[str] = []
+
+    async def waiter() -> None:
+        async with rt.admit(5):
+            order.append("waiter")
+
+    task = asyncio.create_task(waiter())
+    await poll(lambda: rt.waiting == 1)
+    first.release()  # the slot is handed to the waiter, which has not run yet
+    assert rt.try_admit() is None
+    await task
+    assert order == ["waiter"]
+    assert rt.in_flight == 0
+
+
+async def test_try_admit_and_admit_share_cc() -> None:
+    rt = throttler(2)
+    rt.update_addresses(["a:1"])
+    held = [rt.try_admit(), rt.try_admit()]
+    assert all(a is not None for a in held)
+    assert rt.try_admit() is None
+    got = asyncio.Event()
+
+    async def waiter() -> None:
+        async with rt.admit(5):
+            got.set()
+
+    task = asyncio.create_task(waiter())
+    await poll(lambda: rt.waiting == 1)
+    assert not got.is_set()
+    adm = held.pop()
+    assert adm is not None
+    adm.release()
+    await task
+    assert got.is_set()
+    for a in held:
+        assert a is not None
+        a.release()
+    assert rt.in_flight == 0
+    assert rt.assigned()[0].in_flight == 0
+
+
 async def poll(cond: Callable[[], bool], within_s: float = 2.0) -> None:
     deadline = asyncio.get_running_loop().time() + within_s
     while not cond():
