@@ -15,13 +15,19 @@ from queue_proxy.metrics import QueueMetrics
 log = logging.getLogger("queue_proxy.gpu")
 
 
+# Imported with this module (~10 ms), not when a QueueProxy is built: the local runtime's zygote
+# imports the queue-proxy once and forks it, so each forked queue-proxy starts without paying it.
+try:
+    import pynvml
+
+    _pynvml: Any = pynvml
+except ImportError:  # pragma: no cover - nvidia-ml-py is a dependency, but optional at run time
+    _pynvml = None
+
+
 def load_nvml() -> Any:
     """The ``pynvml`` module, or None if it cannot be imported."""
-    try:
-        import pynvml
-    except ImportError:
-        return None
-    return pynvml
+    return _pynvml
 
 
 class GpuMonitor:
