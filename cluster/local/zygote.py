@@ -116,7 +116,14 @@ class Zygote:
             if self._proc is not None or self._closed:
                 return
             proc = await spawn_process(
-                [self.python, "-m", "cluster.local.zygote_main", self.entry],
+                # -O as this interpreter has it (the asserts the runtime runs without)
+                [
+                    self.python,
+                    *["-O"] * sys.flags.optimize,
+                    "-m",
+                    "cluster.local.zygote_main",
+                    self.entry,
+                ],
                 {},
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
