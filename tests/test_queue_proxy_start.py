@@ -1,4 +1,5 @@
-"""The queue-proxy's start path: the start-phase probe schedule and the ``QUEUE_READY_FD`` line."""
+"""The queue-proxy's start path: the start-phase probe schedule, the ``QUEUE_READY_FD`` line, and
+its admin and metrics ports on the forwarding core (no aiohttp to import)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import asyncio
 import json
 import os
 import socket
+import subprocess
 import sys
 
 import aiohttp
 import pytest
 
+from queue_proxy.app import QueueProxy
 from queue_proxy.config import ConfigError, Settings
 from queue_proxy.probe import AGGRESSIVE_PERIOD_S, START_PERIOD_S, unready_delay
 from tests.dataplane_fixtures import run_app, upstream_app
@@ -101,3 +104,50 @@ def _read_all(fd: int) -> bytes:
     while chunk := os.read(fd, 4096):
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def test_the_queue_proxy_does_not_import_aiohttp() -> None:
+    # aiohttp was half of the queue-proxy's import time (a new process's start-to-ready).
+    code = "import sys, queue_proxy.app; print(sorted(m for m in sys.modules if 'aiohttp' in m))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60, check=True)
+    assert out.stdout.decode().strip() == "[]"
+
+
+async def test_admin_and_metrics_ports() -> None:
+    settings = Settings(
+        user_port=free_port(),
+        serving_port=0,
+        admin_port=0,
+        metrics_port=0,
+        bind_host="127.0.0.1",
+        drain_quiet_period_s=0.05,
+        pod="admin-pod",
+    )
+    qp = QueueProxy(settings, nvml=None, stats_interval_s=None)
+    await qp.start()
+    run = asyncio.create_task(qp.run())
+    admin = f"http://127.0.0.1:{qp.admin_port}"
+    metrics = f"http://127.0.0.1:{qp.metrics_port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(metrics + "/stats?x=1") as resp:
+                assert resp.status == 200
+                assert resp.headers["Content-Type"] == "application/json"
+                assert (await resp.json())["pod_name"] == "admin-pod"
+            async with session.head(metrics + "/metrics") as resp:
+                assert resp.status == 200
+                assert resp.headers["Content-Type"].startswith("text/plain")
+            async with session.get(metrics + "/metrics") as resp:
+                assert "queue_proxy_refusals_total" in await resp.text()
+            async with session.get(metrics + "/nope") as resp:
+                assert (resp.status, await resp.text()) == (404, "404: Not Found")
+            async with session.post(admin + "/wait-for-drain") as resp:
+                assert resp.status == 405
+                assert resp.headers["Allow"] == "GET,HEAD"
+            assert not qp.drainer.draining
+            async with session.get(admin + "/wait-for-drain") as resp:  # the preStop hook
+                assert (resp.status, await resp.text()) == (200, "drained\n")
+            assert qp.drainer.draining
+    finally:
+        qp.request_shutdown()
+        await asyncio.wait_for(run, 20)
