@@ -239,7 +239,7 @@ class MultiScaler:
         scaler = self._scalers.get(key)
         if (
             scaler is None
-            or scaler.desired != 0
+            or scaler.desired > 0  # at zero, or no decision yet (a new revision at zero)
             or stat.average_concurrent_requests == 0
             or scaler.poke_pending
         ):

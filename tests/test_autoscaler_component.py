@@ -177,6 +177,31 @@ async def test_no_traffic_scales_to_zero_after_the_stable_window_and_grace() -> 
         assert (change.from_scale, change.to_scale, change.reason) == (1, 0, "to zero")
 
 
+async def _stat_scales_up_within_100ms(h: Harness) -> None:
+    """An activator's first stat over the websocket: a scale-up must follow at once (a poke)."""
+    runner = web.AppRunner(build_stat_app(h.autoscaler.record_stats))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/"
+    try:
+        async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+            stat = Stat(pod_name="activator", average_concurrent_requests=1, request_count=1)
+            h.target.changed.clear()
+            await ws.send_str(
+                encode_batch([WireStat(namespace=KEY.namespace, revision=KEY.name, stat=stat)])
+            )
+            try:
+                await asyncio.wait_for(h.target.changed.wait(), 0.1)
+            except TimeoutError:
+                pytest.fail("no scale-up within 100 ms of the stat")
+            assert h.applied == 1
+    finally:
+        await runner.cleanup()
+    change = h.autoscaler.status()[0].last_change
+    assert change is not None
+    assert (change.from_scale, change.to_scale, change.reason) == (0, 1, "activation")
+
+
 async def test_a_stat_at_zero_scales_up_within_100ms() -> None:
     async with harness() as h:
         h.load(0)
@@ -185,27 +210,17 @@ async def test_a_stat_at_zero_scales_up_within_100ms() -> None:
         h.target.ready[KEY] = 0
         h.endpoints.set_endpoints(KEY, [])
         await h.run(2)
-        runner = web.AppRunner(build_stat_app(h.autoscaler.record_stats))
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}/"
-        try:
-            async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
-                stat = Stat(pod_name="activator", average_concurrent_requests=1, request_count=1)
-                h.target.changed.clear()
-                await ws.send_str(
-                    encode_batch([WireStat(namespace=KEY.namespace, revision=KEY.name, stat=stat)])
-                )
-                try:
-                    await asyncio.wait_for(h.target.changed.wait(), 0.1)
-                except TimeoutError:
-                    pytest.fail("no scale-up within 100 ms of the stat")
-                assert h.applied == 1
-        finally:
-            await runner.cleanup()
-        change = h.autoscaler.status()[0].last_change
-        assert change is not None
-        assert (change.from_scale, change.to_scale, change.reason) == (0, 1, "activation")
+        await _stat_scales_up_within_100ms(h)
+
+
+async def test_a_new_revision_at_zero_scales_up_on_its_first_stat() -> None:
+    """Initial scale 0: no decision has been made yet when the first request comes; the poke
+    must not wait for the first tick (up to 2 s)."""
+    rev = revision({"autoscaling.knative.dev/initial-scale": "0"})
+    async with harness(pods=0, ready=0, rev=rev, config={"allow-zero-initial-scale": "true"}) as h:
+        assert h.applied == 0
+        assert h.autoscaler.status()[0].desired == -1  # no decision yet
+        await _stat_scales_up_within_100ms(h)
 
 
 async def test_a_restart_keeps_the_scale() -> None:
