@@ -40,6 +40,7 @@ from queue_proxy.stats import StatReporter
 log = logging.getLogger("queue_proxy")
 
 _NVML_DEFAULT: Any = object()
+_RESET_DRAIN_AFTER_S = 1.0  # /wait-for-drain not followed by SIGTERM: serve again (Knative)
 
 Route = Callable[[Exchange], Awaitable[None] | None]
 
@@ -202,8 +203,17 @@ class QueueProxy:
 
     # --- admin and metrics endpoints ---
     async def _wait_for_drain(self, ex: Exchange) -> None:
+        """The preStop hook: answer once drained. If no SIGTERM follows within a second (the
+        kubelet restarts only the model server, after a failed liveness probe), the drain is
+        reset and the queue-proxy serves again, as Knative's does."""
         await self.drainer.drain()
         await ex.respond(200, b"drained\n")
+        loop = asyncio.get_running_loop()
+        loop.call_later(_RESET_DRAIN_AFTER_S, self._reset_drain_unless_stopping)
+
+    def _reset_drain_unless_stopping(self) -> None:
+        if not self._shutdown.is_set():
+            self.drainer.reset()
 
     def _stats(self, ex: Exchange) -> None:
         body = self.stats.latest.to_json()

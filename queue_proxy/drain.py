@@ -2,6 +2,8 @@
 
 Every request that arrives while draining restarts the quiet period; ``drain()`` returns once
 ``quiet_period_s`` has passed with no new request. Concurrent callers share one drain.
+``reset()`` ends a drain and serves as before (the preStop hook ran, but no SIGTERM followed:
+the kubelet restarts only the model server after a failed liveness probe).
 """
 
 from __future__ import annotations
@@ -29,7 +31,21 @@ class Drainer:
             self._last_request = asyncio.get_running_loop().time()
             log.info("draining", extra={"quiet_period_s": self.quiet_period_s})
             self._task = asyncio.create_task(self._wait_quiet())
-        await asyncio.shield(self._task)
+        task = self._task
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise  # this caller was cancelled, not the drain
+
+    def reset(self) -> None:
+        """Not draining any more: readiness passes again; a drain in progress returns now."""
+        if self._task is None:
+            return
+        task, self._task = self._task, None
+        task.cancel()
+        self.draining = False
+        log.info("drain reset")
 
     async def _wait_quiet(self) -> None:
         loop = asyncio.get_running_loop()

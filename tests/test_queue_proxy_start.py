@@ -16,7 +16,7 @@ import pytest
 from queue_proxy.app import QueueProxy
 from queue_proxy.config import ConfigError, Settings
 from queue_proxy.probe import AGGRESSIVE_PERIOD_S, START_PERIOD_S, unready_delay
-from tests.dataplane_fixtures import run_app, upstream_app
+from tests.dataplane_fixtures import poll_until, run_app, upstream_app
 
 
 @pytest.mark.parametrize(
@@ -148,6 +148,38 @@ async def test_admin_and_metrics_ports() -> None:
             async with session.get(admin + "/wait-for-drain") as resp:  # the preStop hook
                 assert (resp.status, await resp.text()) == (200, "drained\n")
             assert qp.drainer.draining
+            # No SIGTERM follows (a liveness restart of the model server only): after a second
+            # the drain is reset and the queue-proxy is ready again.
+            await asyncio.sleep(0.5)
+            assert qp.drainer.draining
+            await poll_until(lambda: not qp.drainer.draining, 3.0)
+            async with session.get(admin + "/wait-for-drain") as resp:  # drains again
+                assert (resp.status, await resp.text()) == (200, "drained\n")
+            qp.request_shutdown()  # this time SIGTERM follows: no reset
+            await asyncio.sleep(1.2)
+            assert qp.drainer.draining
     finally:
         qp.request_shutdown()
         await asyncio.wait_for(run, 20)
+
+
+async def test_a_reset_ends_a_drain_in_progress() -> None:
+    from queue_proxy.drain import Drainer
+
+    drainer = Drainer(quiet_period_s=30.0)
+    waiting = asyncio.create_task(drainer.drain())
+    await asyncio.sleep(0.05)
+    assert drainer.draining
+    assert not waiting.done()
+    drainer.reset()
+    await asyncio.wait_for(waiting, 1.0)  # returns, not cancelled
+    assert not drainer.draining
+    drainer.touch()
+    second = asyncio.create_task(drainer.drain())  # a new drain waits its full quiet period
+    await asyncio.sleep(0.05)
+    assert drainer.draining
+    assert not second.done()
+    second.cancel()  # the caller's cancellation reaches the caller only
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    assert drainer.draining
