@@ -9,11 +9,16 @@ it with keep-alive, the activator (``build_activator`` with one CC=0 revision on
 and, for the full path, a queue-proxy in front of the upstream with the activator in front of
 it. Capacity: ``wrk -t1 -c64`` for ``--seconds`` against each target. Latency: an open-loop
 client at ``--rate`` requests/s (each request is timed from its scheduled send, so a stall
-counts) over 32 keep-alive connections. Everything shares the machine's cores, so the numbers
-are relative: compare the columns of one run.
+counts) over 32 keep-alive connections. Each target gets ``--seconds`` of each, in turns of
+``--slice`` seconds (direct, nginx, activator, full path, direct, …), so load from elsewhere on
+the machine falls on every column alike. CPU: user+system time of the proxy process(es) (nginx's
+worker; the activator; activator + queue-proxy for the full path) per request, under wrk and at
+the fixed rate. Everything shares the machine's cores, so the numbers are relative: compare the
+columns of one run. ``--pin`` puts the proxies on CPU 0 and the upstream and load generators on
+CPU 1 (each proxy then has a core to itself, as nginx's one worker), for steadier numbers.
 
 ``memory``: one activator process-local with ``--revisions`` services (one revision and one
-pod each), one request to each (a throttler, a reporter entry, metrics children), RSS before
+pod each), one request to each (a throttler, a reporter entry, metrics counts), RSS before
 and after.
 """
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import re
 import shutil
@@ -36,6 +42,8 @@ from pathlib import Path
 from typing import cast
 
 import uvloop
+
+from loadtests.bench_hop import cpu_seconds, worker_pid
 
 HOST = "bench.default.example.com"
 _RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nqueue"
@@ -180,13 +188,18 @@ def pct(values: list[float], p: float) -> float:
 # --- processes -------------------------------------------------------------------------------
 
 
-def _spawn(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
+def _spawn(
+    args: list[str], env: dict[str, str] | None = None, cpus: set[int] | None = None
+) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
         args,
         env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    if cpus:
+        os.sched_setaffinity(proc.pid, cpus)  # nginx's worker inherits it at fork
+    return proc
 
 
 def _wait_port(port: int, within_s: float = 10.0) -> None:
@@ -254,7 +267,8 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
                 p.kill()
 
 
-def wrk(port: int, seconds: float, conns: int = 64) -> float:
+def wrk(port: int, seconds: float, conns: int = 64) -> tuple[float, int]:
+    """Requests/s and requests done, with ``wrk -t1 -c<conns>``."""
     out = subprocess.run(
         [
             "wrk",
@@ -270,92 +284,173 @@ def wrk(port: int, seconds: float, conns: int = 64) -> float:
         check=True,
     ).stdout
     m = re.search(r"Requests/sec:\s*([\d.]+)", out)
-    if m is None or "Non-2xx" in out or "Socket errors" in out:
+    n = re.search(r"(\d+) requests in", out)
+    if m is None or n is None or "Non-2xx" in out or "Socket errors" in out:
         raise RuntimeError(f"wrk failed or saw errors:\n{out}")
-    return float(m.group(1))
+    return float(m.group(1)), int(n.group(1))
+
+
+def _cpu_s(pids: Sequence[int]) -> float:
+    return sum(cpu_seconds(pid) for pid in pids)
+
+
+@dataclasses.dataclass
+class Row:
+    name: str
+    capacity: float  # requests/s
+    p50: float  # seconds, at the fixed rate
+    p99: float
+    p999: float
+    cpu_us_capacity: float  # CPU µs of the proxy process(es) per request, under wrk
+    cpu_us_rate: float  # the same at the fixed rate
+
+
+@dataclasses.dataclass
+class _Target:
+    """One target's measurements, summed over its slices."""
+
+    name: str
+    port: int
+    pids: list[int]
+    requests: int = 0  # done under wrk
+    wrk_s: float = 0.0
+    cpu_wrk_s: float = 0.0
+    cpu_rate_s: float = 0.0
+    latencies: list[float] = dataclasses.field(default_factory=list)
+
+    def wrk_slice(self, seconds: float) -> None:
+        c0 = _cpu_s(self.pids)
+        rps, done = wrk(self.port, seconds)
+        self.cpu_wrk_s += _cpu_s(self.pids) - c0
+        self.requests += done
+        self.wrk_s += done / rps
+
+    def rate_slice(self, rate: float, seconds: float) -> None:
+        c0 = _cpu_s(self.pids)
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
+            lat = r.run(open_loop(self.port, rate, seconds))
+        self.cpu_rate_s += _cpu_s(self.pids) - c0
+        errors = sum(1 for v in lat if v < 0)
+        if errors:
+            print(f"{self.name}: {errors} non-200 responses, e.g. {_BAD}", file=sys.stderr)
+            _BAD.clear()
+        self.latencies += lat
+
+    def row(self) -> Row:
+        ok = [v for v in self.latencies if v >= 0]
+        n = max(len(self.latencies), 1)
+        return Row(
+            self.name,
+            self.requests / max(self.wrk_s, 1e-9),
+            statistics.median(ok),
+            pct(ok, 99),
+            pct(ok, 99.9),
+            self.cpu_wrk_s / max(self.requests, 1) * 1e6 if self.pids else 0.0,
+            self.cpu_rate_s / n * 1e6 if self.pids else 0.0,
+        )
+
+
+def _measure_all(targets: list[_Target], args: argparse.Namespace) -> list[Row]:
+    """Each target gets ``--seconds`` under wrk and ``--seconds`` at the rate, in slices of
+    ``--slice`` seconds taken in turn (direct, nginx, activator, …, direct, …): load from
+    elsewhere on the machine then falls on every column alike, not on whichever ran last."""
+    for t in targets:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
+            r.run(open_loop(t.port, args.rate, 1.0))  # warm-up (connections, probes)
+    slices = max(1, round(args.seconds / args.slice))
+    each = args.seconds / slices
+    for i in range(slices):
+        print(f"slice {i + 1}/{slices}", file=sys.stderr)
+        for t in targets:
+            t.wrk_slice(each)
+        for t in targets:
+            t.rate_slice(args.rate, each)
+    return [t.row() for t in targets]
 
 
 def run(args: argparse.Namespace) -> int:
     py = sys.executable
-    # -O: dataplane's connection_made asserts isinstance(transport, asyncio.Transport), which
-    # uvloop's transports fail (reported to the dataplane's owner); -O drops the assert.
+    # --pin: the proxies under test share CPU 0; the upstream and the load generators get CPU 1
+    # (each proxy then has a core to itself, as a one-worker nginx, and the CPU numbers hold).
+    proxy_cpus: set[int] = {0} if args.pin else set()
+    load_cpus: set[int] = {1} if args.pin else set()
     me = [py, "-O", "-m", "loadtests.bench_activator"]
     up, ngx, act, qp, act_qp = (free_port() for _ in range(5))
-    targets: dict[str, int] = {"direct": up, "nginx": ngx, "activator": act}
     with processes() as procs, tempfile.TemporaryDirectory() as tmp:
-        procs.append(_spawn([*me, "upstream", "--port", str(up)]))
+        procs.append(_spawn([*me, "upstream", "--port", str(up)], cpus=load_cpus))
         _wait_port(up)
         conf = Path(tmp) / "nginx.conf"
         conf.write_text(_NGINX_CONF.format(dir=tmp, upstream=up, port=ngx))
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        procs.append(_spawn([nginx, "-c", str(conf), "-p", tmp]))
-        procs.append(
-            _spawn([*me, "activator", "--port", str(act), "--upstream", f"127.0.0.1:{up}"])
+        nginx_proc = _spawn([nginx, "-c", str(conf), "-p", tmp], cpus=proxy_cpus)
+        procs.append(nginx_proc)
+        act_proc = _spawn(
+            [*me, "activator", "--port", str(act), "--upstream", f"127.0.0.1:{up}"],
+            cpus=proxy_cpus,
         )
+        procs.append(act_proc)
         full_path = not args.no_full_path
         if full_path:
             admin, metrics = free_port(), free_port()
-            procs.append(
-                _spawn(
-                    [py, "-O", "-m", "queue_proxy"],
-                    env={
-                        "USER_PORT": str(up),
-                        "QUEUE_SERVING_PORT": str(qp),
-                        "ADMIN_PORT": str(admin),
-                        "METRICS_PORT": str(metrics),
-                        "SERVING_NAMESPACE": "default",
-                        "SERVING_SERVICE": "bench",
-                        "SERVING_REVISION": "bench-1",
-                        "SERVING_POD": "bench-1-pod",
-                        "CONTAINER_CONCURRENCY": "0",
-                        "LOG_LEVEL": "warning",
-                    },
-                )
+            qp_proc = _spawn(
+                [py, "-O", "-m", "queue_proxy"],
+                env={
+                    "USER_PORT": str(up),
+                    "QUEUE_SERVING_PORT": str(qp),
+                    "ADMIN_PORT": str(admin),
+                    "METRICS_PORT": str(metrics),
+                    "SERVING_NAMESPACE": "default",
+                    "SERVING_SERVICE": "bench",
+                    "SERVING_REVISION": "bench-1",
+                    "SERVING_POD": "bench-1-pod",
+                    "CONTAINER_CONCURRENCY": "0",
+                    "LOG_LEVEL": "warning",
+                },
+                cpus=proxy_cpus,
             )
-            procs.append(
-                _spawn([*me, "activator", "--port", str(act_qp), "--upstream", f"127.0.0.1:{qp}"])
+            procs.append(qp_proc)
+            act_qp_proc = _spawn(
+                [*me, "activator", "--port", str(act_qp), "--upstream", f"127.0.0.1:{qp}"],
+                cpus=proxy_cpus,
             )
+            procs.append(act_qp_proc)
         _wait_port(ngx)
         _wait_ok(act)
+        targets = [
+            _Target("direct", up, []),
+            _Target("nginx", ngx, [worker_pid(nginx_proc)]),
+            _Target("activator", act, [act_proc.pid]),
+        ]
         if full_path:
             try:
                 _wait_ok(act_qp, 15)
-                targets["activator → queue-proxy"] = act_qp
+                targets.append(
+                    _Target("activator → queue-proxy", act_qp, [act_qp_proc.pid, qp_proc.pid])
+                )
             except RuntimeError as exc:
                 print(f"full path left out: {exc}", file=sys.stderr)
-        rows: list[tuple[str, float, float, float, float]] = []
-        for name, port in targets.items():
-            print(f"measuring {name}", file=sys.stderr)
-            with asyncio.Runner(
-                loop_factory=uvloop.new_event_loop
-            ) as r:  # warm-up (connections, probes) at the rate itself
-                r.run(open_loop(port, args.rate, 1.0))
-            cap = wrk(port, args.seconds)
-            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
-                lat = r.run(open_loop(port, args.rate, args.seconds))
-            errors = sum(1 for v in lat if v < 0)
-            if errors:
-                print(f"{name}: {errors} non-200 responses, e.g. {_BAD}", file=sys.stderr)
-                _BAD.clear()
-            ok = [v for v in lat if v >= 0]
-            rows.append((name, cap, statistics.median(ok), pct(ok, 99), pct(ok, 99.9)))
+        if load_cpus:
+            os.sched_setaffinity(0, load_cpus)  # this process runs the clients
+        rows = _measure_all(targets, args)
     direct = rows[0]
     print(
-        f"| target | capacity (req/s, wrk -c64) | p50 ms @ {args.rate:g}/s | p99 ms | p99.9 ms | added p99 ms |"
+        f"| target | capacity (req/s, wrk -c64) | p50 ms @ {args.rate:g}/s | p99 ms | p99.9 ms "
+        "| added p50 ms | added p99 ms | CPU µs/req at capacity | CPU µs/req @ rate |"
     )
-    print("| --- | --- | --- | --- | --- | --- |")
-    for name, cap, p50, p99, p999 in rows:
-        added = (p99 - direct[3]) * 1000
+    print("|" + " --- |" * 9)
+    for r in rows:
         print(
-            f"| {name} | {cap:,.0f} | {p50 * 1000:.2f} | {p99 * 1000:.2f} | {p999 * 1000:.2f} | {added:.2f} |"
+            f"| {r.name} | {r.capacity:,.0f} | {r.p50 * 1000:.2f} | {r.p99 * 1000:.2f} "
+            f"| {r.p999 * 1000:.2f} | {(r.p50 - direct.p50) * 1000:.2f} "
+            f"| {(r.p99 - direct.p99) * 1000:.2f} | {r.cpu_us_capacity:.0f} | {r.cpu_us_rate:.0f} |"
         )
-    by = {r[0]: r for r in rows}
+    by = {r.name: r for r in rows}
     if "nginx" in by and "activator" in by:
-        ratio = by["activator"][1] / by["nginx"][1]
-        added_act = by["activator"][3] - direct[3]
-        added_ngx = by["nginx"][3] - direct[3]
+        a, n = by["activator"], by["nginx"]
+        ratio = a.capacity / n.capacity
+        added = (a.p99 - direct.p99) / max(n.p99 - direct.p99, 1e-6)
         print(f"\ncapacity activator/nginx = {ratio:.2f} (goal ≥ 0.3)")
-        print(f"added p99 activator/nginx = {added_act / max(added_ngx, 1e-6):.2f} (goal ≤ 2)")
+        print(f"added p99 activator/nginx = {added:.2f} (goal ≤ 2)")
     return 0
 
 
@@ -442,7 +537,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     r = sub.add_parser("run")
     r.add_argument("--seconds", type=float, default=10.0)
     r.add_argument("--rate", type=float, default=1000.0)
+    r.add_argument("--slice", type=float, default=2.0, help="seconds per turn (targets take turns)")
     r.add_argument("--no-full-path", action="store_true")
+    r.add_argument(
+        "--pin", action="store_true", help="proxies on CPU 0, upstream and load on CPU 1"
+    )
     m = sub.add_parser("memory")
     m.add_argument("--revisions", type=int, default=1000)
     u = sub.add_parser("upstream")
