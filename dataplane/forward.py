@@ -59,10 +59,10 @@ class Forward:
         "_replay",
         "_request_sent",
         "_resolved",
-        "_start_handle",
+        "_start_key",
         "_status",
         "_timeouts",
-        "_total_handle",
+        "_total_key",
         "_tunnel",
         "_upstream",
         "streaming_body",
@@ -98,8 +98,8 @@ class Forward:
         self._close_delimited = False
         self._out: list[bytes] = []  # response bytes parsed from one upstream read, not yet written
         self._last_write = 0.0
-        self._total_handle: asyncio.TimerHandle | None = None
-        self._start_handle: asyncio.TimerHandle | None = None
+        self._total_key = 0  # its bucket in the server's deadlines, 0 = none
+        self._start_key = 0
         self._idle_handle: asyncio.TimerHandle | None = None
 
     # --- the coroutine the handler awaits ---
@@ -155,9 +155,13 @@ class Forward:
 
     def _arm_total(self) -> None:
         if self._timeouts.total_s > 0:
-            self._total_handle = self._loop.call_at(
-                self._ex.arrived_at + self._timeouts.total_s, self._on_timeout, "total"
+            self._total_key = self._ex._conn._server.deadlines.add(
+                self._ex.arrived_at + self._timeouts.total_s, self, "total"
             )
+
+    def expire(self, kind: str) -> None:
+        """A deadline of the server's :class:`Deadlines` (``total``, ``response-start``)."""
+        self._on_timeout(kind)
 
     def _result(self) -> ForwardResult:
         assert self._done is not None
@@ -208,8 +212,8 @@ class Forward:
         now = self._loop.time()
         t = self._timeouts
         if t.response_start_s > 0:
-            self._start_handle = self._loop.call_at(
-                now + t.response_start_s, self._on_timeout, "response-start"
+            self._start_key = ex._conn._server.deadlines.add(
+                now + t.response_start_s, self, "response-start"
             )
         if t.idle_s > 0:
             self._last_write = now
@@ -266,9 +270,8 @@ class Forward:
         self._status = status
         self._reason = conn.reason
         self._headers = conn.headers
-        if self._start_handle is not None:
-            self._start_handle.cancel()
-            self._start_handle = None
+        if self._start_key:
+            self._cancel_timer("start")
         ex = self._ex
         lines, length, chunked = scan_response_headers(conn.headers)
         head_only = ex._method == "HEAD"
@@ -423,9 +426,9 @@ class Forward:
 
     def _on_timeout(self, kind: str) -> None:
         if kind == "total":
-            self._total_handle = None
+            self._total_key = 0
         elif kind == "response-start":
-            self._start_handle = None
+            self._start_key = 0
         if self._resolved:
             return
         self._detach(reuse=False)
@@ -469,9 +472,9 @@ class Forward:
         self._ex._conn.pause_for_upstream(False)
 
     def _cancel_timer(self, which: str) -> None:
-        if which == "start" and self._start_handle is not None:
-            self._start_handle.cancel()
-            self._start_handle = None
+        if which == "start" and self._start_key:
+            self._ex._conn._server.deadlines.remove(self._start_key, self, "response-start")
+            self._start_key = 0
 
     def _finish(self, result: ForwardResult, *, answered: bool = True) -> None:
         self.cleanup_timers()
@@ -481,10 +484,16 @@ class Forward:
             self._resolve(result)
 
     def cleanup_timers(self) -> None:
-        for h in (self._total_handle, self._start_handle, self._idle_handle):
-            if h is not None:
-                h.cancel()
-        self._total_handle = self._start_handle = self._idle_handle = None
+        if self._total_key or self._start_key:
+            deadlines = self._ex._conn._server.deadlines
+            if self._total_key:
+                deadlines.remove(self._total_key, self, "total")
+            if self._start_key:
+                deadlines.remove(self._start_key, self, "response-start")
+            self._total_key = self._start_key = 0
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+            self._idle_handle = None
 
     def cleanup(self) -> None:
         """After ``run`` returns or is cancelled: no timer left, no connection held."""

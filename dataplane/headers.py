@@ -65,6 +65,29 @@ _REQUEST_SPECIAL = _REQUEST_DROP | {_XFF, _XFH, _XFP, _FWD}
 _RESPONSE_DROP_B = frozenset(n.encode() for n in _RESPONSE_DROP)
 
 
+_LOWERED: dict[tuple[str, ...], tuple[str, ...]] = {}
+_LOWERED_SETS: dict[tuple[str, ...], frozenset[str]] = {}
+_CACHE_MAX = 256  # components pass the same few header-name tuples on every request
+
+
+def _lowered(names: tuple[str, ...]) -> tuple[str, ...]:
+    low = _LOWERED.get(names)
+    if low is None:
+        low = tuple(n.lower() for n in names)
+        if len(_LOWERED) < _CACHE_MAX:
+            _LOWERED[names] = low
+    return low
+
+
+def _lowered_set(names: tuple[str, ...]) -> frozenset[str]:
+    low = _LOWERED_SETS.get(names)
+    if low is None:
+        low = frozenset(n.lower() for n in names)
+        if len(_LOWERED_SETS) < _CACHE_MAX:
+            _LOWERED_SETS[names] = low
+    return low
+
+
 def request_head(
     method: str,
     target: str,
@@ -85,11 +108,11 @@ def request_head(
     upstream to switch protocols: ``Connection: Upgrade`` and ``Upgrade`` are sent.
     """
     sets = set_headers if isinstance(set_headers, tuple) else tuple(set_headers)
-    removed: frozenset[str] | set[str] = frozenset()
+    removed: frozenset[str] = frozenset()
     if remove_headers or sets:
-        removed = {h.lower() for h in remove_headers}
-        removed.update(name.lower() for name, _ in sets)
-    prefixes = tuple(p.lower() for p in remove_prefixes) if remove_prefixes else ()
+        names = (*remove_headers, *(name for name, _ in sets))
+        removed = _lowered_set(names)
+    prefixes = _lowered(tuple(remove_prefixes)) if remove_prefixes else ()
     out: list[str] = [method, " ", target, " HTTP/1.1\r\n"]
     xff: list[str] = []
     xfh = xfp = None

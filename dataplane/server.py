@@ -18,6 +18,7 @@ from typing import Any, cast
 import httptools
 
 from dataplane.api import ForwardResult, Handler, Timeouts
+from dataplane.deadlines import Deadlines
 from dataplane.forward import Forward
 from dataplane.headers import REASONS, request_head
 from dataplane.upstream import UpstreamPool
@@ -651,6 +652,7 @@ class Server:
         self._server: asyncio.Server | None = None
         self._idle_event: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._deadlines: Deadlines | None = None
         self._sweep_handle: asyncio.TimerHandle | None = None
 
     async def start(self, host: str, port: int, *, backlog: int = 1024) -> None:
@@ -679,6 +681,14 @@ class Server:
         assert self._server is not None
         assert self._server.sockets
         return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def deadlines(self) -> Deadlines:
+        """The total and response-start timeouts of this server's forwarded requests."""
+        d = self._deadlines
+        if d is None:
+            d = self._deadlines = Deadlines(asyncio.get_running_loop())
+        return d
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` in a task the server keeps a reference to until it ends."""
@@ -719,6 +729,8 @@ class Server:
         if self._server is not None:
             await self._server.wait_closed()
         self.pool.close()
+        if self._deadlines is not None:
+            self._deadlines.close()
         return ok
 
 
