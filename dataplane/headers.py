@@ -65,26 +65,18 @@ _REQUEST_SPECIAL = _REQUEST_DROP | {_XFF, _XFH, _XFP, _FWD}
 _RESPONSE_DROP_B = frozenset(n.encode() for n in _RESPONSE_DROP)
 
 
-_LOWERED: dict[tuple[str, ...], tuple[str, ...]] = {}
-_LOWERED_SETS: dict[tuple[str, ...], frozenset[str]] = {}
+_LOWERED: dict[tuple[str, ...], tuple[tuple[str, ...], frozenset[str]]] = {}
 _CACHE_MAX = 256  # components pass the same few header-name tuples on every request
 
 
-def _lowered(names: tuple[str, ...]) -> tuple[str, ...]:
+def _lowered(names: tuple[str, ...]) -> tuple[tuple[str, ...], frozenset[str]]:
+    """``names`` in lower case, as a tuple and as a set (cached)."""
     low = _LOWERED.get(names)
     if low is None:
-        low = tuple(n.lower() for n in names)
+        t = tuple(n.lower() for n in names)
+        low = (t, frozenset(t))
         if len(_LOWERED) < _CACHE_MAX:
             _LOWERED[names] = low
-    return low
-
-
-def _lowered_set(names: tuple[str, ...]) -> frozenset[str]:
-    low = _LOWERED_SETS.get(names)
-    if low is None:
-        low = frozenset(n.lower() for n in names)
-        if len(_LOWERED_SETS) < _CACHE_MAX:
-            _LOWERED_SETS[names] = low
     return low
 
 
@@ -111,8 +103,8 @@ def request_head(
     removed: frozenset[str] = frozenset()
     if remove_headers or sets:
         names = (*remove_headers, *(name for name, _ in sets))
-        removed = _lowered_set(names)
-    prefixes = _lowered(tuple(remove_prefixes)) if remove_prefixes else ()
+        removed = _lowered(names)[1]
+    prefixes = _lowered(tuple(remove_prefixes))[0] if remove_prefixes else ()
     out: list[str] = [method, " ", target, " HTTP/1.1\r\n"]
     xff: list[str] = []
     xfh = xfp = None

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -316,6 +317,28 @@ async def test_expect_100_continue(proxy: Proxy) -> None:
     assert rest.endswith(b"5")
 
 
+@asynccontextmanager
+async def _core_before(
+    on_conn: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[tuple[Server, list[ForwardResult]]]:
+    """A raw upstream served by ``on_conn`` and a core server forwarding everything to it; the
+    list collects the forward results."""
+    upstream = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+    port = upstream.sockets[0].getsockname()[1]
+    results: list[ForwardResult] = []
+
+    async def handler(ex: Exchange) -> None:
+        results.append(await ex.forward(f"127.0.0.1:{port}"))
+
+    server = await serve(handler, "127.0.0.1", 0)
+    try:
+        yield server, results
+    finally:
+        server.close()
+        await server.wait_closed(2)
+        upstream.close()
+
+
 async def test_websocket_tunnel_both_ways(proxy: Proxy, client: aiohttp.ClientSession) -> None:
     """``Connection: Upgrade`` answered 101: messages flow both ways, big ones too, until the
     client closes; the request then ends as a completed 101."""
@@ -366,15 +389,7 @@ async def test_tunnel_carries_bytes_sent_before_the_101() -> None:
             writer.write(data.upper())
         writer.close()
 
-    upstream = await asyncio.start_server(on_conn, "127.0.0.1", 0)
-    port = upstream.sockets[0].getsockname()[1]
-    results: list[ForwardResult] = []
-
-    async def handler(ex: Exchange) -> None:
-        results.append(await ex.forward(f"127.0.0.1:{port}"))
-
-    server = await serve(handler, "127.0.0.1", 0)
-    try:
+    async with _core_before(on_conn) as (server, results):
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\nearly")
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
@@ -389,10 +404,6 @@ async def test_tunnel_carries_bytes_sent_before_the_101() -> None:
         assert results == [ForwardResult(101, True)]
         assert b"Connection: Upgrade\r\n" in heads[0]
         assert b"Upgrade: x\r\n" in heads[0]
-    finally:
-        server.close()
-        await server.wait_closed(2)
-        upstream.close()
 
 
 async def test_stale_pooled_connection_is_retried() -> None:
@@ -407,15 +418,7 @@ async def test_stale_pooled_connection_is_retried() -> None:
         await writer.drain()
         writer.close()  # without "Connection: close": the proxy pools a dead connection
 
-    upstream = await asyncio.start_server(on_conn, "127.0.0.1", 0)
-    port = upstream.sockets[0].getsockname()[1]
-    results: list[ForwardResult] = []
-
-    async def handler(ex: Exchange) -> None:
-        results.append(await ex.forward(f"127.0.0.1:{port}"))
-
-    server = await serve(handler, "127.0.0.1", 0)
-    try:
+    async with _core_before(on_conn) as (server, results):
         async with aiohttp.ClientSession() as client:
             for _ in range(3):
                 async with client.get(f"http://127.0.0.1:{server.port}/") as resp:
@@ -423,10 +426,6 @@ async def test_stale_pooled_connection_is_retried() -> None:
                     assert await resp.read() == b"ok"
         assert results == [ForwardResult(200, True)] * 3
         assert served == 3
-    finally:
-        server.close()
-        await server.wait_closed(2)
-        upstream.close()
 
 
 async def test_handler_waiting_is_cancelled_when_client_leaves() -> None:
@@ -502,7 +501,10 @@ async def _pool_stale_connection(server: Server, port: int) -> None:
     server.pool.release(conn, asyncio.get_running_loop().time())
 
 
-async def test_forward_now_retries_a_stale_pooled_connection() -> None:
+@pytest.mark.parametrize("upstream_listens", [True, False])
+async def test_forward_now_retries_a_stale_pooled_connection(upstream_listens: bool) -> None:
+    """The pooled connection is stale: retried once on a fresh one; if the upstream no longer
+    listens, the core answers 502."""
     upstream, served = await _stale_upstream()
     port = upstream.sockets[0].getsockname()[1]
     results: list[ForwardResult] = []
@@ -514,45 +516,26 @@ async def test_forward_now_retries_a_stale_pooled_connection() -> None:
     server = await serve(handler, "127.0.0.1", 0)
     try:
         await _pool_stale_connection(server, port)
+        if not upstream_listens:
+            upstream.close()  # stops listening; the pooled connection stays open until used
         async with aiohttp.ClientSession() as client:
             status, body = await fetch(client, f"http://127.0.0.1:{server.port}/")
-        assert (status, body) == (200, b"ok")
-        assert results == [ForwardResult(200, True)]
-        assert served[0] == 1
+        if upstream_listens:
+            assert (status, body) == (200, b"ok")
+            assert results == [ForwardResult(200, True)]
+            assert served[0] == 1
+        else:
+            assert status == 502
+            assert body.startswith(b"upstream connect error: dial 127.0.0.1:")
+            assert [(r.status, r.completed, r.reason) for r in results] == [
+                (502, False, "upstream-connect")
+            ]
+            assert served[0] == 0
         await poll_until(lambda: server.in_flight == 0)
     finally:
         server.close()
         await server.wait_closed(2)
         upstream.close()
-        await poll_until(lambda: served[1] == 0)
-
-
-async def test_forward_now_stale_then_refused_is_502() -> None:
-    """The pooled connection is stale and the upstream no longer listens: the core answers 502."""
-    upstream, served = await _stale_upstream()
-    port = upstream.sockets[0].getsockname()[1]
-    results: list[ForwardResult] = []
-
-    def handler(ex: Exchange) -> Awaitable[None] | None:
-        assert ex.forward_now(f"127.0.0.1:{port}", results.append)
-        return None
-
-    server = await serve(handler, "127.0.0.1", 0)
-    try:
-        await _pool_stale_connection(server, port)
-        upstream.close()  # stops listening; the pooled connection stays open until used
-        async with aiohttp.ClientSession() as client:
-            status, body = await fetch(client, f"http://127.0.0.1:{server.port}/")
-        assert status == 502
-        assert body.startswith(b"upstream connect error: dial 127.0.0.1:")
-        assert [(r.status, r.completed, r.reason) for r in results] == [
-            (502, False, "upstream-connect")
-        ]
-        assert served[0] == 0
-        await poll_until(lambda: server.in_flight == 0)
-    finally:
-        server.close()
-        await server.wait_closed(2)
         await poll_until(lambda: served[1] == 0)
 
 
