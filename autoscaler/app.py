@@ -30,6 +30,7 @@ from autoscaler.engine import Autoscaler, build_autoscaler
 from autoscaler.statserver import build_stat_app, close_sockets
 from autoscaler.status import build_status_app
 from cluster.memory import MemoryConfig, MemoryEndpoints, MemoryRevisions
+from cluster.ports import InitializedInMemory
 from cluster.spec import RevisionKey
 from cluster.spec_loader import load_spec
 from metrics.logs import configure_logging
@@ -39,10 +40,11 @@ log = logging.getLogger("zeroserve.autoscaler")
 SHUTDOWN_TIMEOUT_S = 5.0
 
 
-class LoggingScaleTarget:
+class LoggingScaleTarget(InitializedInMemory):
     """A scale target that only logs and remembers (standalone mode, before Kubernetes)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.replicas: dict[RevisionKey, int] = {}
 
     async def set_scale(self, key: RevisionKey, replicas: int) -> None:

@@ -192,11 +192,15 @@ class MultiScaler:
         # Running pods mean the revision was already scaled (by an autoscaler before a
         # restart): it is active and initialized, so the initial scale no longer applies.
         # Without ready pods it is new: activating until its initial scale is ready.
-        activity = (
-            Activity(state="active", since=now, initialized=True)
-            if ready
-            else Activity(state="activating", since=now)
-        )
+        # A revision the target remembers as initialized but without ready pods was scaled to
+        # zero before a restart: it stays at zero until a decision or a poke says otherwise.
+        at_zero = not ready and await self._target.initialized(key)
+        if ready:
+            activity = Activity(state="active", since=now, initialized=True)
+        elif at_zero:
+            activity = Activity(state="inactive", since=now, initialized=True)
+        else:
+            activity = Activity(state="activating", since=now)
         scaler = RevisionScaler(
             revision=revision,
             resolved=resolved,
@@ -211,6 +215,9 @@ class MultiScaler:
         if ready:
             # Running pods are the scale target's current scale: keep it until a decision.
             scaler.applied = ready
+            await self._target.mark_initialized(key)
+        elif at_zero:
+            scaler.applied = 0
         else:
             # A new revision starts at its initial scale (§1.6 step 3).
             await self._apply(scaler, resolved.bounds.initial_scale, REASON_BOUNDS)
@@ -268,7 +275,10 @@ class MultiScaler:
         if result.valid:
             scaler.desired = result.desired_pods
             scaler.ebc = float(result.excess_burst_capacity)
+        was_initialized = scaler.activity.initialized
         decision = self._bound(scaler, ready or 0, now)
+        if scaler.activity.initialized and not was_initialized:
+            await self._target.mark_initialized(key)
         if decision.reason == "deactivate":
             # Just marked inactive: the scale-to-zero flow continues at once, not a tick later.
             decision = self._bound(scaler, ready or 0, now)

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Generic, TypeVar
 
-from cluster.ports import PodEndpoint, Unsubscribe
+from cluster.ports import InitializedInMemory, PodEndpoint, Unsubscribe
 from cluster.spec import Revision, RevisionKey, Service
 
 T = TypeVar("T")
@@ -68,10 +68,11 @@ class MemoryConfig(Observable[Mapping[str, str]]):
         super().__init__(MappingProxyType(dict(data or {})))
 
 
-class MemoryScaleTarget:
+class MemoryScaleTarget(InitializedInMemory):
     """Records what was asked; ready pods are whatever the test says (``ready``)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.desired: dict[RevisionKey, int] = {}
         self.ready: dict[RevisionKey, int | None] = {}
         self.calls: list[tuple[RevisionKey, int]] = []

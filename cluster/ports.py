@@ -42,6 +42,32 @@ class ScaleTarget(Protocol):
         """Ready replicas now; 0 if the revision is unknown, ``None`` if they cannot be counted."""
         ...
 
+    async def initialized(self, key: RevisionKey) -> bool:
+        """The revision has reached its initial scale before, as the target remembers it.
+
+        Knative keeps this in the PodAutoscaler's status: an autoscaler that restarts must not
+        give a revision it had scaled to zero its initial scale again.
+        """
+        ...
+
+    async def mark_initialized(self, key: RevisionKey) -> None:
+        """Remember that the revision has reached its initial scale (idempotent)."""
+        ...
+
+
+class InitializedInMemory:
+    """:meth:`ScaleTarget.initialized` for a target whose replicas end with the process that
+    runs the autoscaler (the local runtime, tests): a set is memory enough."""
+
+    def __init__(self) -> None:
+        self._initialized: set[RevisionKey] = set()
+
+    async def initialized(self, key: RevisionKey) -> bool:
+        return key in self._initialized
+
+    async def mark_initialized(self, key: RevisionKey) -> None:
+        self._initialized.add(key)
+
 
 class RevisionSource(Protocol):
     """Revisions appear, change and disappear (with their annotations)."""

@@ -90,6 +90,7 @@ async def harness(
     rev: Revision | None = None,
     config: Mapping[str, str] | None = None,
     scrape_timeout_s: float = 0.5,
+    mark_initialized: bool = False,
 ) -> AsyncIterator[Harness]:
     clock = ManualClock(T0)
     async with fake_pods(pods, started_at=T0 - 3600) as fakes:
@@ -98,6 +99,8 @@ async def harness(
         endpoints.set_endpoints(KEY, [p.endpoint for p in fakes])
         target = EventScaleTarget()
         target.ready[KEY] = pods if ready is None else ready
+        if mark_initialized:
+            await target.mark_initialized(KEY)
         cfg = MemoryConfig(config)
         autoscaler = build_autoscaler(
             revisions,
@@ -234,6 +237,27 @@ async def test_a_restart_keeps_the_scale() -> None:
         await h.run(10)  # a stable window after start, panic ends and the scale follows the load
         assert h.applied is not None
         assert h.applied < 5
+
+
+async def test_a_restart_keeps_a_revision_at_zero() -> None:
+    """The target remembers the revision reached its initial scale before: an autoscaler that
+    starts over it at zero leaves it there (no initial scale), until a request pokes it."""
+    async with harness(pods=0, ready=0, mark_initialized=True) as h:
+        assert h.autoscaler.status()[0].applied == 0
+        await h.run(30)
+        assert h.target.calls == []  # no initial scale of 1
+        await _stat_scales_up_within_100ms(h)
+
+
+async def test_a_new_revision_is_marked_initialized_once_at_its_initial_scale() -> None:
+    async with harness(pods=0, ready=0) as h:
+        assert h.target.calls == [(KEY, 1)]  # a new revision: its initial scale
+        assert not await h.target.initialized(KEY)
+        await h.run(2)
+        assert not await h.target.initialized(KEY)  # not ready yet
+        h.target.ready[KEY] = 1
+        await h.run(2)
+        assert await h.target.initialized(KEY)
 
 
 async def test_a_config_change_applies_at_the_next_tick() -> None:

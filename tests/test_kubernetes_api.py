@@ -16,6 +16,7 @@ import pytest
 from kubernetes.aio import client
 
 from cluster.kubernetes.adapters import (
+    INITIALIZED_ANNOTATION,
     KubeActivatorPeers,
     KubeConfig,
     KubeEndpoints,
@@ -323,6 +324,28 @@ async def test_revisions_routes_and_scale(api: AioKubeApi, server: FakeApiServer
         assert await scale.ready_pods(RevisionKey("default", "nope")) == 0
         patches = len(server.requests)
         await scale.set_scale(key, 3)  # unchanged: no request
+        assert len(server.requests) == patches
+
+        # The initial scale reached is remembered on the Deployment (for a restarted autoscaler).
+        assert not await scale.initialized(key)
+        await scale.mark_initialized(key)
+        annotations = server.get("deployments", "default", "iris-1")["metadata"]["annotations"]  # type: ignore[index]
+        assert annotations[INITIALIZED_ANNOTATION] == "true"
+        assert annotations["serving.knative.dev/container-concurrency"] == "-1"  # merged, kept
+        await eventually(
+            lambda: (
+                INITIALIZED_ANNOTATION
+                in ((deployments.get("default", "iris-1") or {}).get("metadata") or {}).get(
+                    "annotations", {}
+                )
+            )
+        )
+        assert await scale.initialized(key)
+        patches = len(server.requests)
+        await scale.mark_initialized(key)  # already marked: no request
+        assert len(server.requests) == patches
+        assert not await scale.initialized(RevisionKey("default", "nope"))
+        await scale.mark_initialized(RevisionKey("default", "nope"))  # unknown: nothing to mark
         assert len(server.requests) == patches
 
         await server.delete("deployments", "default", "iris-2")

@@ -56,7 +56,7 @@ NEEDED: dict[str, dict[tuple[str, str, str], set[str]]] = {
         ("discovery.k8s.io", "endpointslices", "*"): {"list", "watch"},
     },
     "autoscaler": {
-        ("apps", "deployments", "*"): {"list", "watch"},
+        ("apps", "deployments", "*"): {"list", "watch", "patch"},
         ("apps", "deployments/scale", "*"): {"get", "patch"},
         ("discovery.k8s.io", "endpointslices", "*"): {"list", "watch"},
         ("", "configmaps", "ns"): {"get", "list", "watch"},

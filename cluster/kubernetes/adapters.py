@@ -229,6 +229,9 @@ class KubeActivatorPeers(_Derived[T], Generic[T]):
         return self._make(max(1, len(ips)), index)
 
 
+INITIALIZED_ANNOTATION = "autoscaling.zeroserve.dev/initialized"
+
+
 class KubeScaleTarget:
     """ScaleTarget: the ``scale`` subresource of the revision's Deployment (named as it)."""
 
@@ -258,3 +261,17 @@ class KubeScaleTarget:
         status = obj.get("status") or {}
         ready = status.get("readyReplicas", 0)
         return ready if isinstance(ready, int) else None
+
+    async def initialized(self, key: RevisionKey) -> bool:
+        """The Deployment carries ``INITIALIZED_ANNOTATION: "true"`` (Knative keeps this in the
+        PodAutoscaler's status; zeroserve has no PodAutoscaler, so the Deployment holds it)."""
+        obj = self._deployments.get(key.namespace, key.name)
+        annotations = ((obj or {}).get("metadata") or {}).get("annotations") or {}
+        return annotations.get(INITIALIZED_ANNOTATION) == "true"
+
+    async def mark_initialized(self, key: RevisionKey) -> None:
+        if await self.initialized(key) or self._deployments.get(key.namespace, key.name) is None:
+            return
+        patch = {"metadata": {"annotations": {INITIALIZED_ANNOTATION: "true"}}}
+        await self._api.patch(DEPLOYMENTS, key.namespace, key.name, patch, patch_type="merge")
+        log.info("revision initialized", extra={"revision": str(key)})

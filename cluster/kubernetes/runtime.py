@@ -178,6 +178,13 @@ class LeaderScaleTarget:
     async def ready_pods(self, key: RevisionKey) -> int | None:
         return await self._inner.ready_pods(key)
 
+    async def initialized(self, key: RevisionKey) -> bool:
+        return await self._inner.initialized(key)
+
+    async def mark_initialized(self, key: RevisionKey) -> None:
+        if self._elector.is_leader:
+            await self._inner.mark_initialized(key)
+
 
 def autoscaler_elector(
     wiring: KubeWiring,

@@ -32,7 +32,7 @@ import aiohttp
 from cluster.local.process import Child, spawn, terminate
 from cluster.local.zygote import ForkedChild, Zygote
 from cluster.memory import Observable
-from cluster.ports import PodEndpoint, Unsubscribe
+from cluster.ports import InitializedInMemory, PodEndpoint, Unsubscribe
 from cluster.spec import Revision, RevisionKey
 
 log = logging.getLogger("zeroserve.supervisor")
@@ -124,10 +124,11 @@ class _RevisionState:
     task: asyncio.Task[None] | None = None
 
 
-class LocalSupervisor:
+class LocalSupervisor(InitializedInMemory):
     """Runs replicas as local processes; see the module docstring."""
 
     def __init__(self, settings: SupervisorSettings | None = None) -> None:
+        super().__init__()
         self.settings = settings or SupervisorSettings()
         self._revisions: dict[RevisionKey, _RevisionState] = {}
         self._endpoints: Observable[Mapping[RevisionKey, Sequence[PodEndpoint]]] = Observable(
