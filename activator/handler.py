@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 
 from activator.metrics import ActivatorMetrics, RevisionMetrics
-from activator.reporter import ConcurrencyReporter
+from activator.reporter import ConcurrencyReporter, RevisionCounter
 from activator.routing import RouteNotFoundError, Router
 from activator.sinks import StatSink
 from activator.throttler import (
@@ -53,10 +53,16 @@ class PathCounts:
         self.waited = 0  # no slot free on arrival: a coroutine waits in the throttler
 
 
+def _dead_counter() -> RevisionCounter:
+    counter = RevisionCounter(0.0)
+    counter.live = False
+    return counter
+
+
 class _Lane:
     """What the handler needs of one revision, looked up once per route table."""
 
-    __slots__ = ("key", "metrics", "revision", "throttler", "timeouts")
+    __slots__ = ("counter", "key", "metrics", "revision", "throttler", "timeouts")
 
     def __init__(
         self, revision: Revision, throttler: RevisionThrottler, metrics: RevisionMetrics
@@ -65,6 +71,9 @@ class _Lane:
         self.key: RevisionKey = revision.key
         self.throttler = throttler
         self.metrics = metrics
+        # the reporter's counter while live (a counter with requests in is never dropped, so a
+        # request counts out on the counter it counted in on)
+        self.counter = _dead_counter()
         self.timeouts = Timeouts(
             total_s=revision.timeout_s,
             response_start_s=revision.response_start_timeout_s,
@@ -154,9 +163,13 @@ class ActivatorHandler:
             clock = self._clock = asyncio.get_running_loop().time
         now = clock()
         self.last_request_at = now
-        immediate = self.reporter.request_in(lane.key, now, time.time())
-        if immediate is not None:  # the revision's first request: the scale-from-zero signal
-            self.sink.put([immediate])
+        counter = lane.counter
+        if not counter.live:
+            counter, immediate = self.reporter.counter(lane.key, now, time.time())
+            lane.counter = counter
+            if immediate is not None:  # the revision's first request: the scale-from-zero signal
+                self.sink.put([immediate])
+        counter.request_in(now)
         lane.metrics.in_flight += 1
         admission = lane.throttler.try_admit()
         if admission is None:  # no slot free now: wait for one
@@ -206,7 +219,7 @@ class ActivatorHandler:
         """``on_done`` of the hot path: slots back, then the request's end (as :meth:`_finish`)."""
         admission.release()
         now = self._clock() if self._clock is not None else 0.0
-        self.reporter.request_out(lane.key, now)
+        lane.counter.request_out(now)
         rm = lane.metrics
         rm.in_flight -= 1
         rm.request_done(r.status, now - ex.arrived_at)
@@ -214,7 +227,7 @@ class ActivatorHandler:
     def _finish(self, ex: Exchange, lane: _Lane, status: int) -> None:
         """The request's end: stats out, metrics (its slots are given back already)."""
         now = asyncio.get_running_loop().time()
-        self.reporter.request_out(lane.key, now)
+        lane.counter.request_out(now)
         rm = lane.metrics
         rm.in_flight -= 1
         rm.request_done(status, now - ex.arrived_at)

@@ -5,6 +5,9 @@ revision's first request gives an immediate stat (concurrency 1, count 1: the sc
 signal); then ``report`` every second gives one stat per revision seen, with that first request
 subtracted once (``first_adj``). A revision idle for a whole period is dropped, so its next
 request signals again. Vectors of §5.7 in tests/test_activator_reporter.py.
+
+The handler's hot path keeps a revision's :class:`RevisionCounter` (from :meth:`counter`) and
+counts on it directly while it is ``live``, skipping the lookup by key per request.
 """
 
 from __future__ import annotations
@@ -14,13 +17,25 @@ from metrics.request_stats import RequestStats
 from metrics.stat import Stat, WireStat
 
 
-class _RevisionStats:
-    __slots__ = ("first_adj", "refs", "stats")
+class RevisionCounter:
+    """One revision's requests in the activator: count with :meth:`request_in`/``_out`` while
+    ``live``; a report that drops the idle revision makes it not live (ask for a new one)."""
+
+    __slots__ = ("first_adj", "live", "refs", "stats")
 
     def __init__(self, now: float) -> None:
         self.stats = RequestStats(now)
         self.first_adj = 1
-        self.refs = 0
+        self.refs = 0  # requests in now; a counter with refs > 0 is never dropped
+        self.live = True
+
+    def request_in(self, now: float) -> None:
+        self.refs += 1
+        self.stats.request_in(now)
+
+    def request_out(self, now: float) -> None:
+        self.refs -= 1
+        self.stats.request_out(now)
 
 
 class ConcurrencyReporter:
@@ -28,7 +43,7 @@ class ConcurrencyReporter:
 
     def __init__(self, pod_name: str) -> None:
         self.pod_name = pod_name
-        self._revisions: dict[RevisionKey, _RevisionStats] = {}
+        self._revisions: dict[RevisionKey, RevisionCounter] = {}
 
     def __len__(self) -> int:
         return len(self._revisions)
@@ -38,23 +53,28 @@ class ConcurrencyReporter:
         entry = self._revisions.get(key)
         return 0 if entry is None else entry.refs
 
+    def counter(
+        self, key: RevisionKey, now: float, wall: float = 0.0
+    ) -> tuple[RevisionCounter, WireStat | None]:
+        """The revision's live counter, and the immediate stat to send if it is new (its first
+        request, counted by the caller next: the stat says concurrency 1, count 1)."""
+        entry = self._revisions.get(key)
+        if entry is not None:
+            return entry, None
+        entry = self._revisions[key] = RevisionCounter(now)
+        return entry, self._wire(key, 1.0, 1.0, wall)
+
     def request_in(self, key: RevisionKey, now: float, wall: float = 0.0) -> WireStat | None:
         """Count a request in; returns the immediate stat to send if the revision is new."""
-        entry = self._revisions.get(key)
-        immediate = None
-        if entry is None:
-            entry = self._revisions[key] = _RevisionStats(now)
-            immediate = self._wire(key, 1.0, 1.0, wall)
-        entry.refs += 1
-        entry.stats.request_in(now)
+        entry, immediate = self.counter(key, now, wall)
+        entry.request_in(now)
         return immediate
 
     def request_out(self, key: RevisionKey, now: float) -> None:
         entry = self._revisions.get(key)
         if entry is None:  # cannot happen: a revision with refs is never dropped
             return
-        entry.refs -= 1
-        entry.stats.request_out(now)
+        entry.request_out(now)
 
     def report(self, now: float, wall: float = 0.0) -> list[WireStat]:
         """One stat per revision for the period since the last report.
@@ -69,6 +89,7 @@ class ConcurrencyReporter:
             entry.first_adj = 0
             if report.average_concurrency == 0 and entry.refs == 0:
                 del self._revisions[key]
+                entry.live = False
             batch.append(
                 self._wire(
                     key,

@@ -59,12 +59,13 @@ class InfiniteBreaker:
     queue whatever the CC).
     """
 
-    __slots__ = ("_in_flight", "_open", "_waiters")
+    __slots__ = ("_in_flight", "_open", "_release_slot", "_waiters")
 
     def __init__(self) -> None:
         self._open = False
         self._in_flight = 0
         self._waiters: list[asyncio.Future[None]] = []
+        self._release_slot: Release = self._release  # bound once, handed to every reserve
 
     @property
     def capacity(self) -> int:
@@ -91,7 +92,7 @@ class InfiniteBreaker:
         if not self._open:
             return None
         self._in_flight += 1
-        return self._release
+        return self._release_slot
 
     def _release(self) -> None:
         self._in_flight -= 1
@@ -266,7 +267,7 @@ class RevisionThrottler:
             if tracker.in_flight == 0:
                 self._orphans.discard(tracker)
             self._recompute()
-        else:
+        elif self._pick_waiters:
             self._wake_pickers()
 
     def _wake_pickers(self) -> None:
@@ -296,7 +297,14 @@ class RevisionThrottler:
         slot = self._breaker.reserve()
         if slot is None:
             return None
-        tracker = self._policy(self._assigned)
+        assigned = self._assigned
+        tracker: PodTracker | None
+        if len(assigned) == 1:  # one pod: every policy comes down to "that one, if free"
+            tracker = assigned[0]
+            if not tracker.try_reserve():
+                tracker = None
+        else:
+            tracker = self._policy(assigned)
         if tracker is None:  # every pod full (a removed pod still draining holds the rest)
             slot()
             return None
