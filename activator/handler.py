@@ -148,7 +148,9 @@ class ActivatorHandler:
             self._health(ex)
             return None
         if probe:
-            if probe == "activator":
+            if probe == "probe":  # the KIngress prober: echo its hash
+                self._kingress_probe(ex)
+            elif probe == "activator":
                 ex.respond_now(200, b"activator")
             else:
                 ex.respond_now(400, b"unexpected probe header value: " + probe.encode() + b"\n")
@@ -309,7 +311,21 @@ class ActivatorHandler:
                 retried = True
 
     def _health(self, ex: Exchange) -> None:
+        """Knative's HealthHandler: fails while draining, and while the stats cannot reach the
+        autoscaler (the websocket is down), so no new traffic comes to an activator whose
+        scale-from-zero signal would be lost."""
         if self.draining:
             ex.respond_now(503, b"draining\n")
+        elif not self.sink.connected:
+            ex.respond_now(500, b"not connected to the autoscaler\n")
         else:
             ex.respond_now(200, b"ok\n")
+
+    def _kingress_probe(self, ex: Exchange) -> None:
+        probe_hash = ex.header("K-Network-Hash")
+        if self.draining:
+            ex.respond_now(503, b"draining\n")
+        elif not probe_hash:
+            ex.respond_now(400, b"no K-Network-Hash header\n")
+        else:
+            ex.respond_now(200, b"", (("K-Network-Hash", probe_hash),))

@@ -27,12 +27,21 @@ class StatSink(Protocol):
 
     def put(self, batch: list[WireStat]) -> None: ...
 
+    @property
+    def connected(self) -> bool:
+        """The stats reach the autoscaler now (the activator's health depends on it)."""
+        ...
+
 
 class InProcessStatSink:
     """Hands each batch to a callable: the local runtime wires it to the autoscaler's collector."""
 
     def __init__(self, deliver: Callable[[list[WireStat]], None]) -> None:
         self._deliver = deliver
+
+    @property
+    def connected(self) -> bool:
+        return True  # the autoscaler is in this process
 
     def put(self, batch: list[WireStat]) -> None:
         if batch:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -15,7 +16,8 @@ from aiohttp import web
 from prometheus_client import generate_latest
 
 from activator.app import Activator, ActivatorSettings, build_activator
-from activator.sinks import InProcessStatSink
+from activator.sinks import InProcessStatSink, StatSink, WebsocketStatSink
+from autoscaler.statserver import build_stat_app
 from cluster.memory import MemoryEndpoints, MemoryRoutes
 from cluster.ports import PodEndpoint
 from cluster.spec import Revision, RevisionKey, Service, TrafficTarget
@@ -139,7 +141,7 @@ class Harness:
 async def make() -> AsyncIterator[Callable[..., Awaitable[Harness]]]:
     made: list[Harness] = []
 
-    async def build(*services: Service, **settings: float) -> Harness:
+    async def build(*services: Service, sink: StatSink | None = None, **settings: float) -> Harness:
         routes = MemoryRoutes(services)
         endpoints = MemoryEndpoints()
         stats: list[WireStat] = []
@@ -153,7 +155,7 @@ async def make() -> AsyncIterator[Callable[..., Awaitable[Harness]]]:
         act = build_activator(
             routes,
             endpoints,
-            InProcessStatSink(stats.extend),
+            sink or InProcessStatSink(stats.extend),
             settings=dataclasses.replace(base, **settings),  # type: ignore[arg-type]
         )
         await act.start("127.0.0.1", 0)
@@ -399,7 +401,35 @@ async def test_probes_health_and_drain(make: Make) -> None:
     assert await h.get(**{"User-Agent": "kube-probe/1.29"}) == (200, "ok\n")
     assert await h.get(**{"K-Network-Probe": "activator"}) == (200, "activator")
     assert (await h.get(**{"K-Network-Probe": "queue"}))[0] == 400
+    # The KIngress prober: its hash is echoed (400 without one).
+    probe = {"K-Network-Probe": "probe", "K-Network-Hash": "h-1"}
+    async with h.session.get(h.url + "/", headers=probe) as resp:
+        assert (resp.status, resp.headers.get("K-Network-Hash")) == (200, "h-1")
+    assert await h.get(**{"K-Network-Probe": "probe"}) == (400, "no K-Network-Hash header\n")
     drain = asyncio.create_task(h.act.drain())
     await poll(lambda: h.act.handler.draining)
     assert await h.get(host="localhost", path="/healthz") == (503, "draining\n")
+    assert await h.get(**probe) == (503, "draining\n")
     await asyncio.wait_for(drain, 5)
+
+
+async def test_health_fails_while_the_autoscaler_is_unreachable(make: Make) -> None:
+    """Knative's HealthHandler: an activator whose stats cannot reach the autoscaler is not
+    ready, so no new traffic comes to it (its scale-from-zero signal would be lost)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here yet
+    sink = WebsocketStatSink(f"ws://127.0.0.1:{port}/", initial_backoff_s=0.02, max_backoff_s=0.05)
+    h = await make(service("iris", {"iris-v1": 100}), sink=sink)
+    health = {"User-Agent": "kube-probe/1.29"}
+    assert await h.get(**health) == (500, "not connected to the autoscaler\n")
+    runner = web.AppRunner(build_stat_app(lambda batch: None))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        await asyncio.wait_for(sink.wait_connected(), 5)
+        assert await h.get(**health) == (200, "ok\n")
+    finally:
+        await runner.cleanup()
+    await poll(lambda: not sink.connected)
+    assert await h.get(**health) == (500, "not connected to the autoscaler\n")
