@@ -82,6 +82,11 @@ class _Lane:
         )
 
 
+def _proxy_headers(host: str | None, address: str) -> tuple[tuple[str, str], ...]:
+    """What the activator sets on a request it forwards to a pod's queue-proxy."""
+    return (("K-Proxy-Request", "activator"), ("K-Original-Host", host or ""), ("Host", address))
+
+
 class ActivatorHandler:
     """One activator's :data:`dataplane.api.Handler`."""
 
@@ -182,11 +187,7 @@ class ActivatorHandler:
             if ex.forward_now(
                 address,
                 partial(self._forwarded, ex, lane, admission),
-                set_headers=(
-                    ("K-Proxy-Request", "activator"),
-                    ("K-Original-Host", host or ""),
-                    ("Host", address),
-                ),
+                set_headers=_proxy_headers(host, address),
                 remove_prefixes=STRIPPED_PREFIXES,
                 timeouts=lane.timeouts,
             ):
@@ -218,17 +219,14 @@ class ActivatorHandler:
         return lane
 
     def _forwarded(self, ex: Exchange, lane: _Lane, admission: Admission, r: ForwardResult) -> None:
-        """``on_done`` of the hot path: slots back, then the request's end (as :meth:`_finish`)."""
+        """``on_done`` of the hot path: slots back, then the request's end."""
         admission.release()
-        now = self._clock() if self._clock is not None else 0.0
-        lane.counter.request_out(now)
-        rm = lane.metrics
-        rm.in_flight -= 1
-        rm.request_done(r.status, now - ex.arrived_at)
+        self._finish(ex, lane, r.status)
 
     def _finish(self, ex: Exchange, lane: _Lane, status: int) -> None:
         """The request's end: stats out, metrics (its slots are given back already)."""
-        now = asyncio.get_running_loop().time()
+        clock = self._clock  # set by __call__ before any request can end
+        now = clock() if clock is not None else asyncio.get_running_loop().time()
         lane.counter.request_out(now)
         rm = lane.metrics
         rm.in_flight -= 1
@@ -290,11 +288,7 @@ class ActivatorHandler:
             try:
                 result = await ex.forward(
                     address,
-                    set_headers=(
-                        ("K-Proxy-Request", "activator"),
-                        ("K-Original-Host", host or ""),
-                        ("Host", address),
-                    ),
+                    set_headers=_proxy_headers(host, address),
                     remove_prefixes=STRIPPED_PREFIXES,
                     timeouts=lane.timeouts,
                 )

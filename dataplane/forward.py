@@ -8,7 +8,6 @@ are parsed; each side's write back-pressure pauses reading on the other side.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -18,8 +17,6 @@ from dataplane.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
     from dataplane.server import _Exchange
-
-log = logging.getLogger("dataplane.forward")
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _TIMEOUT_BODIES = {
@@ -55,7 +52,6 @@ class Forward:
         "_loop",
         "_on_done",
         "_out",
-        "_reason",
         "_replay",
         "_request_sent",
         "_resolved",
@@ -90,7 +86,6 @@ class Forward:
         self._body_sent = False  # streamed body bytes went upstream: no retry
         self._request_sent = False
         self._status = 0
-        self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._informational = False
         self._tunnel = False  # the upstream answered 101 to an upgrade: bytes flow both ways
@@ -268,10 +263,9 @@ class Forward:
             return
         self._replay = None
         self._status = status
-        self._reason = conn.reason
         self._headers = conn.headers
         if self._start_key:
-            self._cancel_timer("start")
+            self._cancel_start_timer()
         ex = self._ex
         lines, length, chunked = scan_response_headers(conn.headers)
         head_only = ex._method == "HEAD"
@@ -384,7 +378,7 @@ class Forward:
                 and not self._body_sent
                 and (conn.reason == b"" and not conn.headers)
             ):
-                self._cancel_timer("start")
+                self._cancel_start_timer()
                 self._resolve(None)  # stale keep-alive connection: retry once
                 return
             why = f": {exc}" if exc else ""
@@ -471,8 +465,8 @@ class Forward:
             conn.abort()
         self._ex._conn.pause_for_upstream(False)
 
-    def _cancel_timer(self, which: str) -> None:
-        if which == "start" and self._start_key:
+    def _cancel_start_timer(self) -> None:
+        if self._start_key:
             self._ex._conn._server.deadlines.remove(self._start_key, self, "response-start")
             self._start_key = 0
 

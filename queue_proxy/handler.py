@@ -31,6 +31,16 @@ _REFUSAL_BY_REASON = {
 }
 
 
+_ORIGINAL_HOST = ("k-original-host",)
+
+
+def _host_edits(host: str | None) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+    """``K-Original-Host`` (from the activator) becomes the Host: (set, removed) headers."""
+    if host is None:
+        return (), ()
+    return (("Host", host),), _ORIGINAL_HOST
+
+
 def build_breaker(container_concurrency: int) -> Breaker | None:
     """Knative's ``buildBreaker``: none when CC < 1, else CC active + 10×CC waiting."""
     if container_concurrency < 1:
@@ -73,19 +83,15 @@ def build_handler(
 
     async def forward(ex: Exchange, host: str | None) -> int:
         """To the model server; ``K-Original-Host`` (from the activator) becomes the Host."""
+        sets, removes = _host_edits(host)
         try:
-            if host is None:
-                result = await ex.forward(
-                    upstream, remove_prefixes=_KNATIVE_PREFIXES, timeouts=timeouts
-                )
-            else:
-                result = await ex.forward(
-                    upstream,
-                    set_headers=(("Host", host),),
-                    remove_headers=("k-original-host",),
-                    remove_prefixes=_KNATIVE_PREFIXES,
-                    timeouts=timeouts,
-                )
+            result = await ex.forward(
+                upstream,
+                set_headers=sets,
+                remove_headers=removes,
+                remove_prefixes=_KNATIVE_PREFIXES,
+                timeouts=timeouts,
+            )
         except UpstreamConnectError as exc:
             refusal["upstream_connect"].inc()
             await ex.respond(502, f"upstream connect error: {exc}\n".encode())
@@ -191,20 +197,15 @@ def build_handler(
             count_failure(result)
             finish(ex, proxied, result.status)
 
-        if host is None:
-            sent = ex.forward_now(
-                upstream, done, remove_prefixes=_KNATIVE_PREFIXES, timeouts=timeouts
-            )
-        else:
-            sent = ex.forward_now(
-                upstream,
-                done,
-                set_headers=(("Host", host),),
-                remove_headers=("k-original-host",),
-                remove_prefixes=_KNATIVE_PREFIXES,
-                timeouts=timeouts,
-            )
-        if sent:
+        sets, removes = _host_edits(host)
+        if ex.forward_now(
+            upstream,
+            done,
+            set_headers=sets,
+            remove_headers=removes,
+            remove_prefixes=_KNATIVE_PREFIXES,
+            timeouts=timeouts,
+        ):
             return None
         return slow_path(ex, proxied, host, release)  # no idle connection: dial
 
