@@ -45,12 +45,13 @@ _HOST_CACHE_MAX = 10_000
 class PathCounts:
     """How many requests took each path since start (tests and debugging; not exported)."""
 
-    __slots__ = ("dialed", "hot", "waited")
+    __slots__ = ("dialed", "hot", "refused", "waited")
 
     def __init__(self) -> None:
         self.hot = 0  # slots free and a pooled connection: forward_now, no task
         self.dialed = 0  # slots free, no idle connection: a coroutine dials the pod
         self.waited = 0  # no slot free on arrival: a coroutine waits in the throttler
+        self.refused = 0  # hot, then the pod refused a fresh connection: a coroutine retries
 
 
 def _dead_counter() -> RevisionCounter:
@@ -190,6 +191,7 @@ class ActivatorHandler:
                 set_headers=_proxy_headers(host, address),
                 remove_prefixes=STRIPPED_PREFIXES,
                 timeouts=lane.timeouts,
+                on_refused=partial(self._refused, ex, lane, host, admission),
             ):
                 self.paths.hot += 1
                 return None
@@ -242,14 +244,32 @@ class ActivatorHandler:
             self._finish(ex, lane, status)
 
     async def _dial_and_proxy(
-        self, ex: Exchange, lane: _Lane, host: str | None, admission: Admission
+        self,
+        ex: Exchange,
+        lane: _Lane,
+        host: str | None,
+        admission: Admission,
+        refused: UpstreamConnectError | None = None,
     ) -> None:
         status = 499
         try:
-            status = await self._proxy(ex, lane, host, admission)
+            status = await self._proxy(ex, lane, host, admission, refused)
         finally:
             admission.release()
             self._finish(ex, lane, status)
+
+    def _refused(
+        self,
+        ex: Exchange,
+        lane: _Lane,
+        host: str | None,
+        admission: Admission,
+        exc: UpstreamConnectError,
+    ) -> Awaitable[None]:
+        """``on_refused`` of the hot path: the pod refused a fresh connection after its pooled
+        one went stale. Nothing was answered: retry on another pod as the slow path does."""
+        self.paths.refused += 1
+        return self._dial_and_proxy(ex, lane, host, admission, exc)
 
     async def _throttle_and_proxy(self, ex: Exchange, lane: _Lane, host: str | None) -> int:
         loop = asyncio.get_running_loop()
@@ -280,29 +300,39 @@ class ActivatorHandler:
                 rm.queued -= 1
 
     async def _proxy(
-        self, ex: Exchange, lane: _Lane, host: str | None, admission: Admission
+        self,
+        ex: Exchange,
+        lane: _Lane,
+        host: str | None,
+        admission: Admission,
+        refused: UpstreamConnectError | None = None,
     ) -> int:
+        """Forward on the admitted pod; a refused connection is retried once on another pod.
+        ``refused``: the hot path's connection to this pod was refused already."""
         retried = False
         while True:
             address = admission.address
-            try:
-                result = await ex.forward(
-                    address,
-                    set_headers=_proxy_headers(host, address),
-                    remove_prefixes=STRIPPED_PREFIXES,
-                    timeouts=lane.timeouts,
-                )
-                return result.status
-            except UpstreamConnectError as exc:
-                log.warning(
-                    "pod refused the connection",
-                    extra={"revision": str(lane.key), "pod": address, "retried": retried},
-                )
-                if retried or not admission.retry():
-                    body = f"error connecting to revision {lane.key} (pod {address}): {exc}\n"
-                    ex.respond_now(502, body.encode())
-                    return 502
-                retried = True
+            if refused is None:
+                try:
+                    result = await ex.forward(
+                        address,
+                        set_headers=_proxy_headers(host, address),
+                        remove_prefixes=STRIPPED_PREFIXES,
+                        timeouts=lane.timeouts,
+                    )
+                    return result.status
+                except UpstreamConnectError as exc:
+                    refused = exc
+            log.warning(
+                "pod refused the connection",
+                extra={"revision": str(lane.key), "pod": address, "retried": retried},
+            )
+            if retried or not admission.retry():
+                body = f"error connecting to revision {lane.key} (pod {address}): {refused}\n"
+                ex.respond_now(502, body.encode())
+                return 502
+            retried = True
+            refused = None
 
     def _health(self, ex: Exchange) -> None:
         """Knative's HealthHandler: fails while draining, and while the stats cannot reach the

@@ -130,6 +130,7 @@ class Exchange(Protocol):
         remove_headers: Iterable[str] = (),
         remove_prefixes: Iterable[str] = (),
         timeouts: Timeouts = Timeouts(),
+        on_refused: Callable[[UpstreamConnectError], Awaitable[None]] | None = None,
     ) -> bool:
         """:meth:`forward` without a task: the hot path of a handler that need not wait.
 
@@ -137,8 +138,11 @@ class Exchange(Protocol):
         at hand (the handler then goes the async way and awaits :meth:`forward`). Otherwise
         the request goes out at once and ``on_done`` is called exactly once with the result
         (at once if the client has already left); the request ends after ``on_done`` returns.
-        A stale pooled connection is retried once on a fresh one; if that connection is
-        refused, the core answers 502 (the result's reason is ``upstream-connect``).
+        A stale pooled connection is retried once on a fresh one. If that connection is
+        refused: without ``on_refused`` the core answers 502 (the result's reason is
+        ``upstream-connect``); with it, nothing is answered and ``on_done`` is not called:
+        ``on_refused(error)`` returns a coroutine that continues the request as the handler's
+        own would (the request body is kept for another :meth:`forward`).
         """
         ...
 

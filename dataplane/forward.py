@@ -8,7 +8,7 @@ are parsed; each side's write back-pressure pauses reading on the other side.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from dataplane.api import ForwardResult, Timeouts, UpstreamConnectError
@@ -51,6 +51,7 @@ class Forward:
         "_last_write",
         "_loop",
         "_on_done",
+        "_on_refused",
         "_out",
         "_replay",
         "_request_sent",
@@ -70,6 +71,7 @@ class Forward:
         head: bytes,
         timeouts: Timeouts,
         on_done: Callable[[ForwardResult], None] | None = None,
+        on_refused: Callable[[UpstreamConnectError], Awaitable[None]] | None = None,
     ) -> None:
         self._ex = ex
         self._head = head
@@ -77,6 +79,7 @@ class Forward:
         self._loop = ex._conn._loop
         self._conn: UpstreamConnection | None = None
         self._on_done = on_done
+        self._on_refused = on_refused
         self._upstream = ""
         self._done: asyncio.Future[ForwardResult | None] | None = None
         self._resolved = False
@@ -135,13 +138,22 @@ class Forward:
         self._attach(conn, None)
 
     async def _retry(self, upstream: str, replay: list[bytes]) -> None:
-        """Callback mode, stale pooled connection: once more on a fresh one (502 if refused)."""
+        """Callback mode, stale pooled connection: once more on a fresh one. If that is refused,
+        the handler's ``on_refused`` continues the request (nothing was answered), else 502."""
         try:
             conn = await self._ex._conn._server.pool.connect(upstream)
         except UpstreamConnectError as exc:
-            if not self._resolved:
-                self._ex.respond_now(502, f"upstream connect error: {exc}\n".encode())
-                self._finish(ForwardResult(502, False, "upstream-connect"), answered=False)
+            if self._resolved:
+                return
+            ex = self._ex
+            if self._on_refused is not None and ex._task is None:
+                self._resolved = True
+                self.cleanup_timers()
+                ex._restore_body(replay)
+                ex._forward_refused(self, self._on_refused, exc)
+                return
+            ex.respond_now(502, f"upstream connect error: {exc}\n".encode())
+            self._finish(ForwardResult(502, False, "upstream-connect"), answered=False)
             return
         if self._resolved:  # the total timeout or the client's leaving ended it meanwhile
             conn.close()

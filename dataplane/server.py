@@ -17,7 +17,7 @@ from typing import Any, cast
 
 import httptools
 
-from dataplane.api import ForwardResult, Handler, Timeouts
+from dataplane.api import ForwardResult, Handler, Timeouts, UpstreamConnectError
 from dataplane.deadlines import Deadlines
 from dataplane.forward import Forward
 from dataplane.headers import REASONS, request_head
@@ -209,6 +209,7 @@ class _Exchange:
         remove_headers: Iterable[str] = (),
         remove_prefixes: Iterable[str] = (),
         timeouts: Timeouts = _NO_TIMEOUTS,
+        on_refused: Callable[[UpstreamConnectError], Awaitable[None]] | None = None,
     ) -> bool:
         refused = self._refusal()
         if refused is not None:
@@ -218,10 +219,31 @@ class _Exchange:
         if conn is None:
             return False
         head = self._request_head(set_headers, remove_headers, remove_prefixes)
-        fwd = Forward(self, head, timeouts, on_done)
+        fwd = Forward(self, head, timeouts, on_done, on_refused)
         self._forward = fwd
         fwd.start(conn)
         return True
+
+    def _forward_refused(
+        self,
+        fwd: Forward,
+        on_refused: Callable[[UpstreamConnectError], Awaitable[None]],
+        exc: UpstreamConnectError,
+    ) -> None:
+        """A ``forward_now`` whose fresh connection was refused, nothing answered: the
+        handler's ``on_refused`` continues the request as its coroutine would have."""
+        if self._forward is fwd:
+            self._forward = None
+        conn = self._conn
+        try:
+            pending = on_refused(exc)
+        except Exception:
+            log.exception("forward callback failed", extra={"target": self._target})
+            if not self._started:
+                self.respond_now(500, b"internal error\n")
+            conn.sync_request_done(self)
+            return
+        self._task = conn._loop.create_task(conn._run(self, pending))
 
     def _forward_done(self, fwd: Forward, result: ForwardResult) -> None:
         """A ``forward_now`` ended: tell the handler, then end the request."""
@@ -301,6 +323,7 @@ class _Connection(asyncio.Protocol):
         "_pipeline",
         "_reading_paused",
         "_server",
+        "_starting",
         "_tunnel",
         "_tunnel_early",
         "_url",
@@ -322,6 +345,10 @@ class _Connection(asyncio.Protocol):
         self._head_bytes = 0
         self._parsing: _Exchange | None = None  # the request being parsed
         self._current: _Exchange | None = None  # the request being answered
+        # Its head is parsed; its handler runs once the rest of this read is parsed, so that a
+        # body that came with the head goes upstream with it, in one write (and can be replayed
+        # on a fresh connection if the pooled one was stale).
+        self._starting: _Exchange | None = None
         self._pipeline: deque[_Exchange] = deque()
         self._pause_body = self._pause_upstream = self._pause_pipeline = False
         self._reading_paused = False  # what this protocol last asked of its transport
@@ -354,6 +381,11 @@ class _Connection(asyncio.Protocol):
             self._pause_reading_all()
         except httptools.HttpParserError as exc:
             self._bad_request(str(exc) or "malformed request")
+        ex = self._starting
+        if ex is not None:
+            self._starting = None
+            if not ex._started:  # (a malformed request behind it was answered 400)
+                self._start(ex)
 
     def eof_received(self) -> bool | None:
         return None
@@ -421,7 +453,7 @@ class _Connection(asyncio.Protocol):
         ex._upgrade = p.should_upgrade()
         ex.arrived_at = self._loop.time()
         if self._current is None:
-            self._start(ex)
+            self._current = self._starting = ex  # started at the end of data_received
         else:  # pipelined: answer in order, read no further until its turn
             self._pipeline.append(ex)
             self._pause_pipeline = True

@@ -179,6 +179,8 @@ class UpstreamPool:
                 conn.close()
                 continue
             conn.reused = True
+            conn.reason = b""  # nothing of this use's response yet (the stale check reads it)
+            conn.headers = []
             return conn
         return None
 

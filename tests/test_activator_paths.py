@@ -249,3 +249,72 @@ async def test_every_ending_gives_the_slots_back(
     status, body = await call(h)
     assert (status, body.split(":")[0]) == (200, "p")
     await poll(lambda: settled(h))
+
+
+class DyingPod(Pod):
+    """A raw pod that answers ``queue`` on keep-alive connections until it dies: then it stops
+    listening and closes a kept connection when the next request arrives on it, without an
+    answer. Its pooled connection then looks alive to the activator until it is used (the
+    race of a pod that exits as a request is sent on its keep-alive connection)."""
+
+    server: asyncio.Server | None = None
+    dead: bool = False
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                m = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+                await reader.readexactly(int(m.group(1)) if m else 0)
+                if self.dead:
+                    break
+                if b"k-network-probe" not in head.lower():
+                    self.seen.append({})
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nqueue")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.address = f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def stop(self) -> None:
+        self.dead = True
+        if self.server is not None:
+            self.server.close()  # stops listening; kept connections stay open
+
+
+async def test_hot_path_retries_on_another_pod_when_a_dead_pods_reconnect_is_refused(
+    make: Make,
+) -> None:
+    """The hot path's pooled connection is stale and the pod no longer listens: the core hands
+    the request back (nothing answered) and the activator sends it, body and all, to another
+    pod, as its slow path does with a refused connection."""
+    h = await make(service("iris", {"iris-v1": 100}, cc=1))
+    dying = DyingPod("a")
+    await dying.start()
+    try:
+        h.set_pods("iris-v1", dying)
+        await h.ready("iris-v1", 1)
+        assert (await h.get())[0] == 200  # dialed: leaves a pooled connection to the pod
+        assert len(dying.seen) == 1
+        other = await h.pod("b")
+        while other.address < dying.address:  # CC=1 picks the first pod by address
+            other = await h.pod("b")
+        h.set_pods("iris-v1", dying, other)
+        await h.ready("iris-v1", 2)
+        await dying.stop()
+        paths = h.act.handler.paths
+        before = (paths.hot, paths.refused)
+        reader, writer = await asyncio.open_connection("127.0.0.1", h.act.port)
+        # head and body in one write: the whole body is at hand when the request goes out
+        writer.write(f"POST / HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 3\r\n\r\nabc".encode())
+        status, body = await answer(reader, writer)
+        assert (status, body) == (200, "b::3")  # the body went along
+        assert (paths.hot - before[0], paths.refused - before[1]) == (1, 1)
+        assert len(dying.seen) == 1
+        await poll(lambda: settled(h))
+        assert answered(h) == 2
+    finally:
+        await dying.stop()

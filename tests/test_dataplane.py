@@ -7,6 +7,7 @@ import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import aiohttp
 import pytest
@@ -537,6 +538,131 @@ async def test_forward_now_retries_a_stale_pooled_connection(upstream_listens: b
         await server.wait_closed(2)
         upstream.close()
         await poll_until(lambda: served[1] == 0)
+
+
+async def _stale_after_one() -> tuple[asyncio.Server, list[int]]:
+    """An upstream whose every connection answers its first request (echoing the body), then
+    closes without an answer when the next request arrives on it: a keep-alive connection the
+    upstream dropped just as the proxy reused it. The list holds the requests answered and the
+    connections still open."""
+    served = [0, 0]
+
+    async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served[1] += 1
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next((int(v) for n, v in _head_fields(head) if n == b"content-length"), 0)
+            body = await reader.readexactly(length)
+            served[0] += 1
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            await reader.readuntil(b"\r\n\r\n")  # the next request on it: dropped
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+        served[1] -= 1
+
+    return await asyncio.start_server(on_conn, "127.0.0.1", 0), served
+
+
+def _head_fields(head: bytes) -> list[tuple[bytes, bytes]]:
+    lines = head.split(b"\r\n")[1:]
+    return [(n.strip().lower(), v.strip()) for n, _, v in (line.partition(b":") for line in lines)]
+
+
+async def _post_twice(port: int) -> list[tuple[int, bytes]]:
+    """Two POSTs on one client connection, each head and body in one write."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    out = []
+    try:
+        for body in (b"one", b"two!"):
+            writer.write(
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            length = next((int(v) for n, v in _head_fields(head) if n == b"content-length"), 0)
+            out.append((int(head.split()[1]), await reader.readexactly(length)))
+    finally:
+        writer.close()
+    return out
+
+
+@pytest.mark.parametrize("mode", ["await", "now"])
+async def test_reused_connection_gone_stale_is_retried_with_the_body(mode: str) -> None:
+    """A pooled connection that served a request goes stale as the next request is sent on
+    it: the request, body included, goes again on a fresh connection."""
+    upstream, served = await _stale_after_one()
+    target = f"127.0.0.1:{upstream.sockets[0].getsockname()[1]}"
+    results: list[ForwardResult] = []
+
+    async def handler(ex: Exchange) -> None:
+        results.append(await ex.forward(target))
+
+    def handler_now(ex: Exchange) -> Awaitable[None] | None:
+        return None if ex.forward_now(target, results.append) else handler(ex)
+
+    server = await serve(handler if mode == "await" else handler_now, "127.0.0.1", 0)
+    try:
+        assert await _post_twice(server.port) == [(200, b"one"), (200, b"two!")]
+        assert results == [ForwardResult(200, True)] * 2
+        assert served[0] == 2
+    finally:
+        server.close()
+        await server.wait_closed(2)
+        upstream.close()
+        await poll_until(lambda: served[1] == 0)
+
+
+async def test_forward_now_hands_a_refused_retry_to_on_refused() -> None:
+    """The pooled connection is stale and the upstream no longer listens: with ``on_refused``
+    nothing is answered and ``on_done`` is not called; the coroutine it returns continues the
+    request (here: to another upstream, with the body kept)."""
+    dying, served = await _stale_after_one()
+    first = f"127.0.0.1:{dying.sockets[0].getsockname()[1]}"
+    results: list[ForwardResult] = []
+    refused: list[str] = []
+
+    async def elsewhere(ex: Exchange, exc: UpstreamConnectError) -> None:
+        refused.append(str(exc))
+        results.append(await ex.forward(f"127.0.0.1:{other_port}"))
+
+    def handler(ex: Exchange) -> Awaitable[None] | None:
+        if ex.forward_now(first, results.append, on_refused=partial(elsewhere, ex)):
+            return None
+        return _forward_to(ex, first, results)
+
+    async with run_app(upstream_app()) as (_, other_port):
+        server = await serve(handler, "127.0.0.1", 0)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\none")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200")
+            assert await reader.readexactly(3) == b"one"
+            dying.close()  # stops listening; the pooled connection stays open until used
+            body = b'{"n": 2}'
+            writer.write(
+                b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(body), body)
+            )
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            length = next(int(v) for n, v in _head_fields(head) if n == b"content-length")
+            echoed = parse_echo(await reader.readexactly(length))
+            assert echoed["body_len"] == len(body)
+            writer.close()
+            assert len(refused) == 1
+            assert refused[0].startswith(f"dial {first}")
+            assert results == [ForwardResult(200, True)] * 2
+            assert served[0] == 1
+            await poll_until(lambda: server.in_flight == 0)
+        finally:
+            server.close()
+            await server.wait_closed(2)
+            await poll_until(lambda: served[1] == 0)
+
+
+async def _forward_to(ex: Exchange, target: str, results: list[ForwardResult]) -> None:
+    results.append(await ex.forward(target))
 
 
 async def test_sync_handler_answers_or_gets_500() -> None:
