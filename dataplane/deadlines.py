@@ -35,7 +35,9 @@ class Deadlines:
         self._loop = loop
         self._per_s = 1.0 / resolution_s
         self._buckets: dict[int, dict[tuple[Expiring, str], None]] = {}
-        self._heap: list[int] = []  # bucket keys, some of them emptied or gone (dropped lazily)
+        # bucket keys, some of them gone (dropped when on top, or all at once when they outnumber
+        # the live buckets)
+        self._heap: list[int] = []
         self._handle: asyncio.TimerHandle | None = None
         self._armed = 0  # the bucket the timer waits for
 
@@ -47,7 +49,10 @@ class Deadlines:
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = self._buckets[key] = {}
-            heapq.heappush(self._heap, key)
+            heap = self._heap
+            heapq.heappush(heap, key)
+            if len(heap) > 2 * len(self._buckets) + 64:
+                self._heap = sorted(self._buckets)  # drop the keys of emptied buckets
             if self._handle is None or key < self._armed:
                 self._arm(key)
         bucket[(entry, kind)] = None
@@ -57,6 +62,10 @@ class Deadlines:
         bucket = self._buckets.get(key)
         if bucket is not None:
             bucket.pop((entry, kind), None)
+            if not bucket:
+                # Most requests end long before their deadline (a 300 s timeout, 100 new buckets
+                # a second): an emptied bucket kept until due would hold memory for minutes.
+                del self._buckets[key]
 
     def close(self) -> None:
         if self._handle is not None:

@@ -87,6 +87,22 @@ async def test_emptied_future_buckets_leave_no_timer_behind() -> None:
     assert not e.fired
 
 
+async def test_memory_follows_the_live_deadlines_not_the_ended_ones() -> None:
+    """Requests with a 300 s timeout that end within milliseconds, spread over 20 s of clock:
+    nothing is kept for them once removed (no emptied bucket waits 300 s to be dropped)."""
+    loop = asyncio.get_running_loop()
+    d = Deadlines(loop, resolution_s=0.01)
+    e, live = Recorder(loop), Recorder(loop)
+    now = loop.time()
+    d.add(now + 300, live, "total")  # one request still in flight
+    for i in range(20_000):  # one request a millisecond, each added and removed
+        key = d.add(now + i * 0.001 + 300, e, "total")
+        d.remove(key, e, "total")
+    assert len(d) == 1
+    assert len(d._buckets) == 1
+    assert len(d._heap) <= 2 * len(d._buckets) + 64
+
+
 async def test_resolution_must_be_positive() -> None:
     with pytest.raises(ValueError, match="resolution_s = 0"):
         Deadlines(asyncio.get_running_loop(), resolution_s=0)
