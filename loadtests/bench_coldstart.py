@@ -42,6 +42,7 @@ from pathlib import Path
 import aiohttp
 
 from cluster.local.zygote import Zygote
+from loadtests.harness import queue_proxy_env
 from tests.e2e_support import ROOT, emulator_spec, wait_for, zeroserve_up
 
 HOST = "gpu.default.example.com"
@@ -176,21 +177,16 @@ def qp_env(user_port: int, serving_port: int) -> dict[str, str]:
         "failureThreshold": 3,
     }
     return {
+        **queue_proxy_env(user_port, serving_port),
         "SERVING_NAMESPACE": "default",
         "SERVING_SERVICE": "gpu",
         "SERVING_REVISION": REVISION,
         "SERVING_POD": "gpu-v1-bench",
         "SERVING_POD_IP": "127.0.0.1",
-        "CONTAINER_CONCURRENCY": "0",
-        "QUEUE_SERVING_PORT": str(serving_port),
-        "USER_PORT": str(user_port),
-        "METRICS_PORT": str(free_port()),
-        "ADMIN_PORT": str(free_port()),
         "REVISION_TIMEOUT_SECONDS": "30",
         "REVISION_RESPONSE_START_TIMEOUT_SECONDS": "0",
         "REVISION_IDLE_TIMEOUT_SECONDS": "0",
         "SERVING_READINESS_PROBE": json.dumps(probe),
-        "QUEUE_DRAIN_QUIET_PERIOD_SECONDS": "0",
     }
 
 

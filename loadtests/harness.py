@@ -124,17 +124,22 @@ class Processes:
         self, user_port: int, port: int, cpus: set[int] | None = None, **env: str
     ) -> subprocess.Popen[bytes]:
         """``python -O -m queue_proxy`` (one process, CC=0 unless ``env`` says otherwise)."""
-        base = {
-            "USER_PORT": str(user_port),
-            "QUEUE_SERVING_PORT": str(port),
-            "ADMIN_PORT": str(free_port()),
-            "METRICS_PORT": str(free_port()),
-            "QUEUE_BIND_ADDRESS": "127.0.0.1",
-            "CONTAINER_CONCURRENCY": "0",
-            "QUEUE_DRAIN_QUIET_PERIOD_SECONDS": "0",
-            "QUEUE_LOG_LEVEL": "WARNING",
-        }
-        return self.spawn([sys.executable, "-O", "-m", "queue_proxy"], {**base, **env}, cpus)
+        env = {**queue_proxy_env(user_port, port), "QUEUE_LOG_LEVEL": "WARNING", **env}
+        return self.spawn([sys.executable, "-O", "-m", "queue_proxy"], env, cpus)
+
+
+def queue_proxy_env(user_port: int, port: int) -> dict[str, str]:
+    """A benchmark queue-proxy's environment: loopback only, CC=0, free admin and metrics
+    ports, no drain quiet period (the benchmarks stop it at once)."""
+    return {
+        "USER_PORT": str(user_port),
+        "QUEUE_SERVING_PORT": str(port),
+        "ADMIN_PORT": str(free_port()),
+        "METRICS_PORT": str(free_port()),
+        "QUEUE_BIND_ADDRESS": "127.0.0.1",
+        "CONTAINER_CONCURRENCY": "0",
+        "QUEUE_DRAIN_QUIET_PERIOD_SECONDS": "0",
+    }
 
 
 @contextlib.contextmanager
