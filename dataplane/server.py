@@ -234,16 +234,7 @@ class _Exchange:
         handler's ``on_refused`` continues the request as its coroutine would have."""
         if self._forward is fwd:
             self._forward = None
-        conn = self._conn
-        try:
-            pending = on_refused(exc)
-        except Exception:
-            log.exception("forward callback failed", extra={"target": self._target})
-            if not self._started:
-                self.respond_now(500, b"internal error\n")
-            conn.sync_request_done(self)
-            return
-        self._task = conn._loop.create_task(conn._run(self, pending))
+        self._conn.call_handler(self, on_refused, exc)
 
     def _forward_done(self, fwd: Forward, result: ForwardResult) -> None:
         """A ``forward_now`` ended: tell the handler, then end the request."""
@@ -476,8 +467,16 @@ class _Connection(asyncio.Protocol):
     def _start(self, ex: _Exchange) -> None:
         self._current = ex
         self._server.in_flight += 1
+        self.call_handler(ex, self._server.handler, ex)
+
+    def call_handler(
+        self, ex: _Exchange, handler: Callable[[Any], Awaitable[None] | None], arg: object
+    ) -> None:
+        """``handler(arg)`` takes ``ex`` on (the handler, or a ``forward_now``'s
+        ``on_refused``): a coroutine it returns runs in a task; else the request has ended,
+        unless a ``forward_now`` still runs."""
         try:
-            pending = self._server.handler(ex)
+            pending = handler(arg)
         except Exception:
             log.exception("handler failed", extra={"method": ex._method, "target": ex._target})
             pending = None
