@@ -11,10 +11,15 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
-.PHONY: install run test lint typecheck unit k8s
+.PHONY: install build run test lint typecheck unit k8s
 install: $(BIN)/.installed
 
-run: $(BIN)/.installed
+# The compiled dataplane modules (setup.py), rebuilt in place when their .py or .pxd changed
+# (a no-op when up to date). ZEROSERVE_PURE_PYTHON=1 skips them.
+build: $(BIN)/.installed
+	$(BIN)/python setup.py -q build_ext --inplace
+
+run: build
 	$(BIN)/zeroserve up $(SPEC)
 
 lint: $(BIN)/.installed
@@ -24,12 +29,12 @@ lint: $(BIN)/.installed
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
 
-unit: $(BIN)/.installed
+unit: build
 	$(BIN)/pytest -q
 
 # The Kubernetes tests against a real etcd + kube-apiserver + kube-controller-manager, built
 # from their Go modules once and cached in ~/.cache/zeroserve/k8s (about 17 minutes the first time).
-k8s: $(BIN)/.installed
+k8s: build
 	bash tests/k8s/run-real.sh
 
 test: lint typecheck unit k8s

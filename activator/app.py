@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+import dataplane
 from activator.handler import ActivatorHandler
 from activator.metrics import ActivatorMetrics
 from activator.peers import ActivatorPeers, StaticPeers
@@ -117,7 +118,14 @@ class Activator:
             self._metrics_runner = web.AppRunner(app, access_log=None)
             await self._metrics_runner.setup()
             await web.TCPSite(self._metrics_runner, host, metrics_port).start()
-        log.info("activator serving", extra={"host": host, "port": self.port})
+        log.info(
+            "activator serving",
+            extra={
+                "host": host,
+                "port": self.port,
+                "dataplane": "compiled" if dataplane.compiled() else "python",
+            },
+        )
 
     @property
     def port(self) -> int:

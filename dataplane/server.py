@@ -298,8 +298,9 @@ class _Exchange:
         self._conn.exchange_response_done(self)
 
 
-class _Connection(asyncio.Protocol):
-    """One client connection: parses requests, runs the handler, keeps the connection alive."""
+class _Connection:
+    """One client connection (an ``asyncio.Protocol`` by duck typing, so that it compiles to an
+    extension type): parses requests, runs the handler, keeps the connection alive."""
 
     __slots__ = (
         "_current",
@@ -689,7 +690,11 @@ class Server:
     async def start(self, host: str, port: int, *, backlog: int = 1024) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _Connection(self), host, port, backlog=backlog, reuse_address=True
+            lambda: cast(asyncio.Protocol, _Connection(self)),
+            host,
+            port,
+            backlog=backlog,
+            reuse_address=True,
         )
         if self.keepalive_timeout_s > 0:
             self._sweep(loop)

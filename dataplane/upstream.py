@@ -33,8 +33,9 @@ class ResponseSink(Protocol):
     def upstream_resume_writing(self) -> None: ...
 
 
-class UpstreamConnection(asyncio.Protocol):
-    """One keep-alive connection to an upstream; parses responses and hands them to its sink.
+class UpstreamConnection:
+    """One keep-alive connection to an upstream (an ``asyncio.Protocol`` by duck typing, so that
+    it compiles to an extension type); parses responses and hands them to its sink.
 
     The status reason and the headers of the response being parsed collect here
     (``reason``, ``headers``); the sink reads them when the head is complete.
@@ -202,13 +203,13 @@ class UpstreamPool:
         try:
             async with asyncio.timeout(timeout):
                 _, conn = await loop.create_connection(
-                    lambda: UpstreamConnection(hostport), host, port
+                    lambda: cast(asyncio.Protocol, UpstreamConnection(hostport)), host, port
                 )
         except TimeoutError as exc:
             raise UpstreamConnectError(f"timed out dialing {hostport}") from exc
         except OSError as exc:
             raise UpstreamConnectError(f"dial {hostport}: {exc.strerror or exc}") from exc
-        return conn
+        return cast(UpstreamConnection, conn)
 
     def release(self, conn: UpstreamConnection, now: float) -> None:
         """Give a connection back after a complete exchange (closed if the pool is full)."""

@@ -24,6 +24,7 @@ from typing import Any
 import uvloop
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+import dataplane
 from dataplane.api import Exchange, Handler, Timeouts
 from dataplane.server import Server
 from dataplane.upstream import UpstreamPool
@@ -132,6 +133,7 @@ class QueueProxy:
                 "container_concurrency": s.container_concurrency,
                 "revision": s.revision,
                 "pod": s.pod,
+                "dataplane": "compiled" if dataplane.compiled() else "python",
             },
         )
 

@@ -1,0 +1,77 @@
+# Cython declarations for server.py (compiled when built; see dataplane/_build.py).
+cimport cython
+
+from dataplane.forward cimport Forward
+
+
+@cython.final
+cdef class _Exchange:
+    cdef public list _body_buf
+    cdef public Py_ssize_t _body_bytes
+    cdef public long long _body_read
+    cdef public bint _body_done
+    cdef public bint _chunked
+    cdef public _Connection _conn
+    cdef public long long _content_length
+    cdef public bint _continue_sent
+    cdef public bint _expect_continue
+    cdef public Forward _forward
+    cdef public list _headers
+    cdef public bint _http10
+    cdef public bint _keep_alive
+    cdef public str _method
+    cdef public bint _response_close
+    cdef public bint _response_done
+    cdef public bint _started
+    cdef public str _target
+    cdef public object _task
+    cdef public bint _upgrade
+    cdef public double arrived_at
+
+    cpdef respond_now(self, int status, bytes body=*, object headers=*)
+    cpdef bytes _request_head(self, object set_headers, object remove_headers, object remove_prefixes)
+    cpdef object _refusal(self)
+    cpdef _forward_done(self, Forward fwd, object result)
+    cpdef _call_done(self, object on_done, object result)
+    cpdef list _take_body(self)
+    cpdef on_body(self, data)
+    cpdef on_message_complete(self)
+    cpdef bint _close_after_response(self) except -1
+    cpdef _response_finished(self)
+
+
+@cython.final
+cdef class _Connection:
+    cdef public _Exchange _current
+    cdef public Py_ssize_t _head_bytes
+    cdef public object _linger_handle
+    cdef public object _loop
+    cdef public object _parser
+    cdef public _Exchange _parsing
+    cdef public bint _pause_body
+    cdef public bint _pause_pipeline
+    cdef public bint _pause_upstream
+    cdef public object _pipeline
+    cdef public bint _reading_paused
+    cdef public object _server
+    cdef public _Exchange _starting
+    cdef public Forward _tunnel
+    cdef public bytes _tunnel_early
+    cdef public list _url
+    cdef public bint _write_paused
+    cdef public str client_ip
+    cdef public bint closing
+    cdef public double idle_since
+    cdef public bint lost
+    cdef public object transport
+
+    cpdef _start(self, _Exchange ex)
+    cpdef call_handler(self, _Exchange ex, object handler, object arg)
+    cpdef sync_request_done(self, _Exchange ex)
+    cpdef exchange_response_done(self, _Exchange ex)
+    cpdef _next(self)
+    cpdef pause_for_body(self)
+    cpdef resume_for_body(self)
+    cpdef pause_for_upstream(self, paused)
+    cpdef _update_reading(self)
+    cpdef write(self, data)

@@ -1,0 +1,29 @@
+# Cython declarations for upstream.py (compiled when built; see dataplane/_build.py).
+cimport cython
+
+
+@cython.final
+cdef class UpstreamConnection:
+    cdef public str hostport
+    cdef public object parser
+    cdef public object transport
+    cdef public object sink
+    cdef public bint closed
+    cdef public bint reused
+    cdef public double idle_since
+    cdef public bytes reason
+    cdef public list headers
+    cdef public bint tunnel
+    cpdef close(self)
+    cpdef abort(self)
+
+
+cdef class UpstreamPool:
+    cdef public object max_idle_per_host
+    cdef public double idle_timeout_s
+    cdef public double connect_timeout_s
+    cdef public dict _idle
+    cdef public dict _addr
+    cdef public bint _closed
+    cpdef UpstreamConnection take_idle(self, str hostport, double now)
+    cpdef release(self, UpstreamConnection conn, double now)
