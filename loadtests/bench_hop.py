@@ -14,7 +14,9 @@ CPU of the proxy process (nginx's worker) per request under wrk and at the rate;
 and at peak. The cores are shared, so compare the columns of one run; ``--pin`` puts the
 proxies on CPU 0, the upstream and the load generators on CPU 1. Last, the goal lines:
 capacity ≥ 0.3× nginx's, added p50 and p99 ≤ 2× nginx's (open loop and hey), CPU ≤ 100 µs
-per request at the rate.
+per request at the rate. ``--python-core`` adds a second queue-proxy that runs the dataplane's
+Python source (``ZEROSERVE_PURE_PYTHON=1``) beside the compiled one, to measure what compiling
+buys.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+import dataplane
 from loadtests import harness
 from loadtests.harness import Target
 
@@ -31,25 +34,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m loadtests.bench_hop")
     harness.add_arguments(p)
     p.add_argument("--hey-workers", type=int, default=10, help="hey -c (0: no hey)")
+    p.add_argument(
+        "--python-core",
+        action="store_true",
+        help="also measure a queue-proxy on the dataplane's pure-Python source",
+    )
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     proxy_cpus, load_cpus = harness.pinning(args.pin)
-    up, ngx, qp = (harness.free_port() for _ in range(3))
+    up, ngx, qp, qp_py = (harness.free_port() for _ in range(4))
     with harness.processes() as ps:
         ps.nginx("upstream", load_cpus, port=up)
         nginx = ps.nginx("proxy", proxy_cpus, port=ngx, upstream_port=up)
         queue_proxy = ps.queue_proxy(up, qp, proxy_cpus)
         for port in (up, ngx, qp):
             harness.wait_ok(port)
+        name = "queue-proxy" if dataplane.compiled() else "queue-proxy (python core)"
         targets = [
             Target("direct", up, []),
             Target("nginx", ngx, [harness.worker_pid(nginx)]),
-            Target("queue-proxy", qp, [queue_proxy.pid]),
+            Target(name, qp, [queue_proxy.pid]),
         ]
+        if args.python_core:
+            python_core = ps.queue_proxy(up, qp_py, proxy_cpus, ZEROSERVE_PURE_PYTHON="1")
+            harness.wait_ok(qp_py)
+            targets.append(Target("queue-proxy (python core)", qp_py, [python_core.pid]))
         rows = harness.measure_all(targets, args, load_cpus, args.hey_workers)
     cols = harness.columns(rows, args.rate, "nginx", args.hey_workers, rss=True)
     harness.print_table(rows, cols)
     hey = ("hey_p50", "hey_p99") if args.hey_workers else ()
-    harness.print_goals(rows, "queue-proxy", added=("p50", "p99", *hey), cpu_us=100)
+    harness.print_goals(rows, name, added=("p50", "p99", *hey), cpu_us=100)
     return 0
 
 
