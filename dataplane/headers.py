@@ -65,19 +65,39 @@ _REQUEST_SPECIAL = _REQUEST_DROP | {_XFF, _XFH, _XFP, _FWD}
 _RESPONSE_DROP_B = frozenset(n.encode() for n in _RESPONSE_DROP)
 
 
-_LOWERED: dict[tuple[str, ...], tuple[tuple[str, ...], frozenset[str]]] = {}
+# The first letters, both cases, of every request header name that ``request_head`` drops or
+# reads: a header whose name starts with another letter (most of them) is passed on without
+# lowering its name.
+_REQUEST_FIRSTS = "".join(
+    sorted({c for n in (*_REQUEST_SPECIAL, "proxy-") for c in (n[0], n[0].upper())})
+)
+_RESPONSE_FIRSTS = "".join(
+    sorted({c for n in (*_RESPONSE_DROP, "proxy-") for c in (n[0], n[0].upper())})
+).encode()
+
+_EDITS: dict[
+    tuple[tuple[str, ...], tuple[str, ...]], tuple[frozenset[str], tuple[str, ...], str]
+] = {}
 _CACHE_MAX = 256  # components pass the same few header-name tuples on every request
 
 
-def _lowered(names: tuple[str, ...]) -> tuple[tuple[str, ...], frozenset[str]]:
-    """``names`` in lower case, as a tuple and as a set (cached)."""
-    low = _LOWERED.get(names)
-    if low is None:
-        t = tuple(n.lower() for n in names)
-        low = (t, frozenset(t))
-        if len(_LOWERED) < _CACHE_MAX:
-            _LOWERED[names] = low
-    return low
+def _edits(
+    names: tuple[str, ...], prefixes: tuple[str, ...]
+) -> tuple[frozenset[str], tuple[str, ...], str]:
+    """The lower-cased names to remove, the lower-cased prefixes, and the first letters (both
+    cases) that a header name needs to be looked at, for the given edits (cached)."""
+    key = (names, prefixes)
+    edits = _EDITS.get(key)
+    if edits is None:
+        removed = frozenset(n.lower() for n in names)
+        low_prefixes = tuple(p.lower() for p in prefixes)
+        firsts = {c for n in (*removed, *low_prefixes) if n for c in (n[0], n[0].upper())}
+        edits = (removed, low_prefixes, _REQUEST_FIRSTS + "".join(sorted(firsts)))
+        if any(not p for p in low_prefixes):
+            edits = (removed, low_prefixes, "")  # an empty prefix removes every header
+        if len(_EDITS) < _CACHE_MAX:
+            _EDITS[key] = edits
+    return edits
 
 
 def request_head(
@@ -100,17 +120,39 @@ def request_head(
     upstream to switch protocols: ``Connection: Upgrade`` and ``Upgrade`` are sent.
     """
     sets = set_headers if isinstance(set_headers, tuple) else tuple(set_headers)
-    removed: frozenset[str] = frozenset()
-    if remove_headers or sets:
-        names = (*remove_headers, *(name for name, _ in sets))
-        removed = _lowered(names)[1]
-    prefixes = _lowered(tuple(remove_prefixes))[0] if remove_prefixes else ()
+    removes = remove_headers if isinstance(remove_headers, tuple) else tuple(remove_headers)
+    prefixes = remove_prefixes if isinstance(remove_prefixes, tuple) else tuple(remove_prefixes)
+    if sets:
+        removes = (*removes, *(name for name, _ in sets))
+    return _request_head(
+        method, target, headers, client, framing, sets, *_edits(removes, prefixes), upgrade
+    )
+
+
+def _request_head(
+    method: str,
+    target: str,
+    headers: Sequence[tuple[str, str]],
+    client: str,
+    framing: bytes,
+    sets: tuple[tuple[str, str], ...],
+    removed: frozenset[str],
+    prefixes: tuple[str, ...],
+    firsts: str,
+    upgrade: str | None,
+) -> bytes:
     out: list[str] = [method, " ", target, " HTTP/1.1\r\n"]
     xff: list[str] = []
     xfh = xfp = None
     has_forwarded = False
     tokens: frozenset[str] = frozenset()
     for name, value in headers:
+        if name and firsts and name[0] not in firsts:
+            out.append(name)
+            out.append(": ")
+            out.append(value)
+            out.append("\r\n")
+            continue
         low = name.lower()
         if low in _REQUEST_SPECIAL:
             if low == _XFF:
@@ -130,29 +172,38 @@ def request_head(
             continue
         if (removed and low in removed) or (prefixes and low.startswith(prefixes)):
             continue
-        out += (name, ": ", value, "\r\n")
+        out.append(name)
+        out.append(": ")
+        out.append(value)
+        out.append("\r\n")
     if tokens - _REQUEST_DROP:
-        return request_head(
-            method,
-            target,
-            [(n, v) for n, v in headers if n.lower() not in tokens and n.lower() != "connection"],
-            client,
-            framing=framing,
-            set_headers=sets,
-            remove_headers=removed,
-            remove_prefixes=prefixes,
-            upgrade=upgrade,
+        kept = [(n, v) for n, v in headers if n.lower() not in tokens and n.lower() != "connection"]
+        return _request_head(
+            method, target, kept, client, framing, sets, removed, prefixes, firsts, upgrade
         )
     if not has_forwarded and (xff or xfh or xfp) and _FWD not in removed:
-        out += ("Forwarded: ", synthesize_forwarded(xff, xfh, xfp), "\r\n")
+        out.append("Forwarded: ")
+        out.append(synthesize_forwarded(xff, xfh, xfp))
+        out.append("\r\n")
     if _XFF not in removed:
-        xff.append(client)
-        out += ("X-Forwarded-For: ", ", ".join(xff), "\r\n")
+        out.append("X-Forwarded-For: ")
+        if xff:
+            out.append(", ".join(xff))
+            out.append(", ")
+        out.append(client)
+        out.append("\r\n")
     for name, value in sets:
-        out += (name, ": ", value, "\r\n")
+        out.append(name)
+        out.append(": ")
+        out.append(value)
+        out.append("\r\n")
     if upgrade is not None:
-        out += ("Connection: Upgrade\r\nUpgrade: ", upgrade, "\r\n")
-    return "".join(out).encode("latin-1") + framing + b"\r\n"
+        out.append("Connection: Upgrade\r\nUpgrade: ")
+        out.append(upgrade)
+        out.append("\r\n")
+    out.append(framing.decode("latin-1"))
+    out.append("\r\n")
+    return "".join(out).encode("latin-1")
 
 
 def scan_response_headers(headers: Sequence[tuple[bytes, bytes]]) -> tuple[bytes, bytes, bool]:
@@ -164,6 +215,12 @@ def scan_response_headers(headers: Sequence[tuple[bytes, bytes]]) -> tuple[bytes
     chunked = False
     tokens: frozenset[str] = frozenset()
     for name, value in headers:
+        if name and name[0] not in _RESPONSE_FIRSTS:
+            parts.append(name)
+            parts.append(b": ")
+            parts.append(value)
+            parts.append(b"\r\n")
+            continue
         low = name.lower()
         if low in _RESPONSE_DROP_B:
             if low == b"content-length":
@@ -175,7 +232,10 @@ def scan_response_headers(headers: Sequence[tuple[bytes, bytes]]) -> tuple[bytes
             continue
         if low.startswith(b"proxy-"):
             continue
-        parts += (name, b": ", value, b"\r\n")
+        parts.append(name)
+        parts.append(b": ")
+        parts.append(value)
+        parts.append(b"\r\n")
     if tokens - _RESPONSE_DROP:
         kept = [
             (n, v)
