@@ -1,4 +1,4 @@
-# Cython declarations for deadlines.py (compiled when built; see dataplane/_build.py).
+# Cython declarations for deadlines.py (compiled when built; see setup.py).
 
 
 cdef class Deadlines:

@@ -1,4 +1,4 @@
-# Cython declarations for forward.py (compiled when built; see dataplane/_build.py).
+# Cython declarations for forward.py (compiled when built; see setup.py).
 cimport cython
 
 from dataplane.server cimport _Exchange

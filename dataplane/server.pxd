@@ -1,4 +1,4 @@
-# Cython declarations for server.py (compiled when built; see dataplane/_build.py).
+# Cython declarations for server.py (compiled when built; see setup.py).
 cimport cython
 
 from dataplane.forward cimport Forward

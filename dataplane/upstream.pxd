@@ -1,4 +1,4 @@
-# Cython declarations for upstream.py (compiled when built; see dataplane/_build.py).
+# Cython declarations for upstream.py (compiled when built; see setup.py).
 cimport cython
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -22,7 +23,7 @@ def test_the_suite_runs_the_compiled_core_unless_told_not_to() -> None:
         return
     assert dataplane.compiled(), "no compiled dataplane: run `make build`"
     for name in dataplane.COMPILED_MODULES:
-        mod = sys.modules.get(f"dataplane.{name}") or __import__(f"dataplane.{name}")
+        mod = importlib.import_module(name)
         assert not str(getattr(mod, "__file__", "")).endswith(".py"), name
 
 
@@ -31,7 +32,7 @@ def test_pure_python_switch_loads_every_compiled_module_from_its_source() -> Non
         "import dataplane, importlib\n"
         "print(dataplane.compiled())\n"
         "for n in dataplane.COMPILED_MODULES:\n"
-        "    print(importlib.import_module('dataplane.' + n).__file__)\n"
+        "    print(importlib.import_module(n).__file__)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=PURE, capture_output=True, text=True, check=True
@@ -67,16 +68,34 @@ def test_the_core_tests_pass_on_the_pure_python_source() -> None:
 
 
 def test_a_module_changed_after_its_build_is_reported_stale(tmp_path: Path) -> None:
-    (tmp_path / "server.py").write_text("")
-    (tmp_path / "forward.py").write_text("")
-    (tmp_path / "forward.pxd").write_text("")
-    (tmp_path / "headers.py").write_text("")  # never built: not stale
+    dp, qp = tmp_path / "dataplane", tmp_path / "queue_proxy"
+    dp.mkdir()
+    qp.mkdir()
+    (dp / "server.py").write_text("")
+    (dp / "forward.py").write_text("")
+    (dp / "forward.pxd").write_text("")
+    (dp / "headers.py").write_text("")  # never built: not stale
+    (qp / "handler.py").write_text("")
     time.sleep(0.01)
-    (tmp_path / "server.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
-    (tmp_path / "forward.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
+    for d, name in ((dp, "server"), (dp, "forward"), (qp, "handler")):
+        (d / f"{name}.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
     assert dataplane.stale_builds(tmp_path) == []
     time.sleep(0.01)
-    (tmp_path / "forward.pxd").write_text("# edited")
-    assert dataplane.stale_builds(tmp_path) == ["forward"]
-    (tmp_path / "server.py").write_text("# edited")
-    assert dataplane.stale_builds(tmp_path) == ["server", "forward"]
+    (dp / "forward.pxd").write_text("# edited")
+    assert dataplane.stale_builds(tmp_path) == ["dataplane.forward"]
+    (dp / "server.py").write_text("# edited")
+    (qp / "handler.py").write_text("# edited")
+    assert dataplane.stale_builds(tmp_path) == [
+        "dataplane.server",
+        "dataplane.forward",
+        "queue_proxy.handler",
+    ]
+
+
+def test_setup_builds_the_modules_the_package_names() -> None:
+    # setup.py reads the list from dataplane/__init__.py without importing it: the two agree.
+    code = "import setup; print(' '.join(setup.compiled_modules()))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert tuple(out) == dataplane.COMPILED_MODULES
