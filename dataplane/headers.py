@@ -75,29 +75,40 @@ _RESPONSE_FIRSTS = "".join(
     sorted({c for n in (*_RESPONSE_DROP, "proxy-") for c in (n[0], n[0].upper())})
 ).encode()
 
-_EDITS: dict[
-    tuple[tuple[str, ...], tuple[str, ...]], tuple[frozenset[str], tuple[str, ...], str]
-] = {}
+RequestEdits = tuple[tuple[tuple[str, str], ...], frozenset[str], tuple[str, ...], str]
+"""What a handler asks to change in a request head: the headers to set, the lower-cased names
+and prefixes to remove, and the first letters (both cases) a name needs to be looked at."""
+
+_EDITS: dict[tuple[tuple[str, ...], tuple[str, ...]], RequestEdits] = {}
+_NO_EDITS: RequestEdits = ((), frozenset(), (), _REQUEST_FIRSTS)
 _CACHE_MAX = 256  # components pass the same few header-name tuples on every request
 
 
-def _edits(
-    names: tuple[str, ...], prefixes: tuple[str, ...]
-) -> tuple[frozenset[str], tuple[str, ...], str]:
-    """The lower-cased names to remove, the lower-cased prefixes, and the first letters (both
-    cases) that a header name needs to be looked at, for the given edits (cached)."""
-    key = (names, prefixes)
+def request_edits(
+    set_headers: Iterable[tuple[str, str]] = (),
+    remove_headers: Iterable[str] = (),
+    remove_prefixes: Iterable[str] = (),
+) -> RequestEdits:
+    """The edits for :func:`edited_request_head` (their lower-cased forms are cached by name)."""
+    sets = set_headers if isinstance(set_headers, tuple) else tuple(set_headers)
+    removes = remove_headers if isinstance(remove_headers, tuple) else tuple(remove_headers)
+    prefixes = remove_prefixes if isinstance(remove_prefixes, tuple) else tuple(remove_prefixes)
+    if not (sets or removes or prefixes):
+        return _NO_EDITS
+    if sets:
+        removes = (*removes, *(name for name, _ in sets))
+    key = (removes, prefixes)
     edits = _EDITS.get(key)
     if edits is None:
-        removed = frozenset(n.lower() for n in names)
+        removed = frozenset(n.lower() for n in removes)
         low_prefixes = tuple(p.lower() for p in prefixes)
         firsts = {c for n in (*removed, *low_prefixes) if n for c in (n[0], n[0].upper())}
-        edits = (removed, low_prefixes, _REQUEST_FIRSTS + "".join(sorted(firsts)))
-        if any(not p for p in low_prefixes):
-            edits = (removed, low_prefixes, "")  # an empty prefix removes every header
+        # an empty prefix removes every header: each is looked at ("" lets none through)
+        looked = "" if "" in low_prefixes else _REQUEST_FIRSTS + "".join(sorted(firsts))
+        edits = ((), removed, low_prefixes, looked)
         if len(_EDITS) < _CACHE_MAX:
             _EDITS[key] = edits
-    return edits
+    return (sets, edits[1], edits[2], edits[3]) if sets else edits
 
 
 def request_head(
@@ -119,13 +130,23 @@ def request_head(
     (rare) are dropped by a second pass. ``upgrade`` (the client's ``Upgrade`` value) asks the
     upstream to switch protocols: ``Connection: Upgrade`` and ``Upgrade`` are sent.
     """
-    sets = set_headers if isinstance(set_headers, tuple) else tuple(set_headers)
-    removes = remove_headers if isinstance(remove_headers, tuple) else tuple(remove_headers)
-    prefixes = remove_prefixes if isinstance(remove_prefixes, tuple) else tuple(remove_prefixes)
-    if sets:
-        removes = (*removes, *(name for name, _ in sets))
+    edits = request_edits(set_headers, remove_headers, remove_prefixes)
+    return edited_request_head(method, target, headers, client, framing, edits, upgrade)
+
+
+def edited_request_head(
+    method: str,
+    target: str,
+    headers: Sequence[tuple[str, str]],
+    client: str,
+    framing: bytes,
+    edits: RequestEdits,
+    upgrade: str | None,
+) -> bytes:
+    """:func:`request_head` with its edits made by :func:`request_edits`."""
+    sets, removed, prefixes, firsts = edits
     return _request_head(
-        method, target, headers, client, framing, sets, *_edits(removes, prefixes), upgrade
+        method, target, headers, client, framing, sets, removed, prefixes, firsts, upgrade
     )
 
 

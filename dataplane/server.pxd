@@ -44,6 +44,7 @@ cdef class _Exchange:
 cdef class _Connection:
     cdef public _Exchange _current
     cdef public Py_ssize_t _head_bytes
+    cdef public bint _head_connection
     cdef public object _linger_handle
     cdef public object _loop
     cdef public object _parser

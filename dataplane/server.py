@@ -20,7 +20,7 @@ import httptools
 from dataplane.api import ForwardResult, Handler, Timeouts, UpstreamConnectError
 from dataplane.deadlines import Deadlines
 from dataplane.forward import Forward
-from dataplane.headers import REASONS, request_head
+from dataplane.headers import REASONS, edited_request_head, request_edits
 from dataplane.upstream import UpstreamPool
 
 log = logging.getLogger("dataplane.server")
@@ -159,16 +159,14 @@ class _Exchange:
             framing = b"Content-Length: %d\r\n" % self._content_length
         else:
             framing = b""
-        return request_head(
+        return edited_request_head(
             self._method,
             self._target,
             self._headers,
             self._conn.client_ip,
-            framing=framing,
-            set_headers=set_headers,
-            remove_headers=remove_headers,
-            remove_prefixes=remove_prefixes,
-            upgrade=self.header("Upgrade") if self._upgrade else None,
+            framing,
+            request_edits(set_headers, remove_headers, remove_prefixes),
+            self.header("Upgrade") if self._upgrade else None,
         )
 
     def _refusal(self) -> ForwardResult | None:
@@ -305,6 +303,7 @@ class _Connection:
     __slots__ = (
         "_current",
         "_head_bytes",
+        "_head_connection",
         "_linger_handle",
         "_loop",
         "_parser",
@@ -334,6 +333,7 @@ class _Connection:
         self.transport: asyncio.Transport | None = None
         self.client_ip = ""
         self._url: list[bytes] = []
+        self._head_connection = False  # the head being parsed has a Connection header
         self._head_bytes = 0
         self._parsing: _Exchange | None = None  # the request being parsed
         self._current: _Exchange | None = None  # the request being answered
@@ -412,6 +412,7 @@ class _Connection:
         self._parsing = _Exchange(self)
         self._url = []
         self._head_bytes = 0
+        self._head_connection = False
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
@@ -433,6 +434,8 @@ class _Connection:
             ex._chunked = "chunked" in v.lower()
         elif ln == 6 and n.lower() == "expect":
             ex._expect_continue = v.lower() == "100-continue"
+        elif ln == 10 and n.lower() == "connection":
+            self._head_connection = True
 
     def on_headers_complete(self) -> None:
         ex = self._parsing
@@ -440,8 +443,11 @@ class _Connection:
         p = self._parser
         ex._method = p.get_method().decode("ascii")
         ex._target = b"".join(self._url).decode("latin-1")
-        ex._http10 = p.get_http_version() == "1.0"
         ex._keep_alive = p.should_keep_alive()
+        # An HTTP/1.0 request is kept alive only when it says so in ``Connection``: without that
+        # header a kept-alive request is 1.1, and the version string (slow to get) is not needed.
+        if self._head_connection or not ex._keep_alive:
+            ex._http10 = p.get_http_version() == "1.0"
         ex._upgrade = p.should_upgrade()
         ex.arrived_at = self._loop.time()
         if self._current is None:

@@ -303,6 +303,31 @@ async def test_pipelined_requests_answered_in_order(proxy: Proxy) -> None:
     assert out.index(b"n=1") < out.index(b"n=2") < out.index(b"n=3")
 
 
+@pytest.mark.parametrize("connection", [b"", b"Connection: keep-alive\r\n", b"Connection: x\r\n"])
+async def test_http10_client_gets_a_close_delimited_body_not_chunks(
+    proxy: Proxy, connection: bytes
+) -> None:
+    """An HTTP/1.0 client cannot read chunked framing: a response of unknown length reaches it
+    unframed, ended by closing the connection, whatever its ``Connection`` header says."""
+    proxy.upstream_app[GATES].setdefault("h10", asyncio.Event()).set()
+    req = b"GET /stream?gate=h10 HTTP/1.0\r\nHost: x\r\n" + connection + b"\r\n"
+    out = await raw_exchange(proxy.server.port, req)
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"transfer-encoding" not in head.lower()
+    assert b"Connection: close" in head
+    assert body == b"first\nsecond\n"
+
+
+async def test_http11_client_keeps_chunks_with_a_connection_header(proxy: Proxy) -> None:
+    proxy.upstream_app[GATES].setdefault("h11", asyncio.Event()).set()
+    req = b"GET /stream?gate=h11 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    out = await raw_exchange(proxy.server.port, req)
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert b"Transfer-Encoding: chunked" in head
+    assert body == b"6\r\nfirst\n\r\n7\r\nsecond\n\r\n0\r\n\r\n"
+
+
 async def test_expect_100_continue(proxy: Proxy) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.server.port)
     writer.write(
