@@ -1,6 +1,7 @@
 """Queue-proxy hop benchmark: capacity, added latency, CPU and RSS against direct and nginx.
 
-    .venv/bin/python -m loadtests.bench_hop --seconds 10 [--rate 1000 --slice 2 --hey-workers 10 --pin]
+    .venv/bin/python -m loadtests.bench_hop --seconds 10 [--rate 1000 --slice 2 --hey-workers 10
+                                              --pin --python-core --relay]
 
 Starts nginx (1 worker, ``return 200`` with a small JSON body) as the upstream ("direct"),
 nginx (1 worker, keep-alive upstream) as a reverse proxy to it, and the queue-proxy
@@ -16,7 +17,8 @@ proxies on CPU 0, the upstream and the load generators on CPU 1. Last, the goal 
 capacity ≥ 0.3× nginx's, added p50 and p99 ≤ 2× nginx's (open loop and hey), CPU ≤ 100 µs
 per request at the rate. ``--python-core`` adds a second queue-proxy that runs the dataplane's
 Python source (``ZEROSERVE_PURE_PYTHON=1``) beside the compiled one, to measure what compiling
-buys.
+buys. ``--relay`` adds :mod:`loadtests.relay`, a uvloop TCP relay that parses nothing: the floor
+of a Python proxy on this machine, to tell what the runtime costs from what the queue-proxy does.
 """
 
 from __future__ import annotations
@@ -39,9 +41,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="also measure a queue-proxy on the dataplane's pure-Python source",
     )
+    p.add_argument(
+        "--relay",
+        action="store_true",
+        help="also measure a Python TCP relay that parses nothing (loadtests.relay)",
+    )
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     proxy_cpus, load_cpus = harness.pinning(args.pin)
-    up, ngx, qp, qp_py = (harness.free_port() for _ in range(4))
+    up, ngx, qp, qp_py, relay_port = (harness.free_port() for _ in range(5))
     with harness.processes() as ps:
         ps.nginx("upstream", load_cpus, port=up)
         nginx = ps.nginx("proxy", proxy_cpus, port=ngx, upstream_port=up)
@@ -58,6 +65,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             python_core = ps.queue_proxy(up, qp_py, proxy_cpus, ZEROSERVE_PURE_PYTHON="1")
             harness.wait_ok(qp_py)
             targets.append(Target("queue-proxy (python core)", qp_py, [python_core.pid]))
+        if args.relay:
+            relay_args = ["--port", str(relay_port), "--upstream-port", str(up)]
+            relay = ps.spawn(
+                [sys.executable, "-O", "-m", "loadtests.relay", *relay_args], cpus=proxy_cpus
+            )
+            harness.wait_ok(relay_port)
+            targets.append(Target("python relay (no HTTP)", relay_port, [relay.pid]))
         rows = harness.measure_all(targets, args, load_cpus, args.hey_workers)
     cols = harness.columns(rows, args.rate, "nginx", args.hey_workers, rss=True)
     harness.print_table(rows, cols)
