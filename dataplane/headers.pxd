@@ -3,17 +3,25 @@
 cimport cython
 
 
-@cython.locals(name=str, value=str, low=str, out=list, xff=list, has_forwarded=cython.bint)
-cpdef bytes _request_head(
+@cython.locals(
+    name=str,
+    value=str,
+    low=str,
+    out=list,
+    xff=list,
+    has_forwarded=cython.bint,
+    sets=tuple,
+    removed=frozenset,
+    prefixes=tuple,
+    firsts=str,
+)
+cpdef bytes edited_request_head(
     str method,
     str target,
     object headers,
     str client,
     bytes framing,
-    tuple sets,
-    frozenset removed,
-    tuple prefixes,
-    str firsts,
+    tuple edits,
     object upgrade,
 )
 

@@ -145,23 +145,6 @@ def edited_request_head(
 ) -> bytes:
     """:func:`request_head` with its edits made by :func:`request_edits`."""
     sets, removed, prefixes, firsts = edits
-    return _request_head(
-        method, target, headers, client, framing, sets, removed, prefixes, firsts, upgrade
-    )
-
-
-def _request_head(
-    method: str,
-    target: str,
-    headers: Sequence[tuple[str, str]],
-    client: str,
-    framing: bytes,
-    sets: tuple[tuple[str, str], ...],
-    removed: frozenset[str],
-    prefixes: tuple[str, ...],
-    firsts: str,
-    upgrade: str | None,
-) -> bytes:
     out: list[str] = [method, " ", target, " HTTP/1.1\r\n"]
     xff: list[str] = []
     xfh = xfp = None
@@ -199,9 +182,7 @@ def _request_head(
         out.append("\r\n")
     if tokens - _REQUEST_DROP:
         kept = [(n, v) for n, v in headers if n.lower() not in tokens and n.lower() != "connection"]
-        return _request_head(
-            method, target, kept, client, framing, sets, removed, prefixes, firsts, upgrade
-        )
+        return edited_request_head(method, target, kept, client, framing, edits, upgrade)
     if not has_forwarded and (xff or xfh or xfp) and _FWD not in removed:
         out.append("Forwarded: ")
         out.append(synthesize_forwarded(xff, xfh, xfp))
