@@ -32,6 +32,7 @@ cdef class Forward:
     cdef public object _total_key
     cdef public bint _tunnel
     cdef public str _upstream
+    cdef public bint simple_ok
     cdef public bint streaming_body
 
     cpdef start(self, UpstreamConnection conn)
@@ -42,6 +43,9 @@ cdef class Forward:
     cpdef send_body(self, data)
     cpdef end_body(self)
     cpdef on_headers_complete(self)
+    cpdef on_simple_response(self, tuple response)
+    cpdef _response_head(self, int status, bytes line, bytes lines, bytes length, bint chunked)
+    cpdef _response_end(self, bint keep_alive)
     cpdef on_body(self, body)
     cpdef flush(self)
     cpdef on_message_complete(self)

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from dataplane.api import ForwardResult, Timeouts, UpstreamConnectError
-from dataplane.headers import response_head, scan_response_headers, status_line
+from dataplane.headers import SimpleResponse, response_head, scan_response_headers, status_line
 from dataplane.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
@@ -62,6 +62,7 @@ class Forward:
         "_total_key",
         "_tunnel",
         "_upstream",
+        "simple_ok",
         "streaming_body",
     )
 
@@ -84,6 +85,9 @@ class Forward:
         self._done: asyncio.Future[ForwardResult | None] | None = None
         self._resolved = False
         self._chunked_in = ex._chunked
+        # the upstream connection may read a whole simple response without its parser (not
+        # for HEAD, whose response announces a body it does not have, nor for an upgrade)
+        self.simple_ok = ex._method != "HEAD" and not ex._upgrade
         self.streaming_body = False  # client body chunks go straight upstream
         self._replay: list[bytes] | None = None  # the whole body, kept until a response byte
         self._body_sent = False  # streamed body bytes went upstream: no retry
@@ -273,13 +277,28 @@ class Forward:
         if status < 200:  # 1xx: the core answered Expect itself; drop the upstream's
             self._informational = True
             return
+        self._headers = conn.headers
+        lines, length, chunked = scan_response_headers(conn.headers)
+        self._response_head(status, status_line(status, conn.reason), lines, length, chunked)
+
+    def on_simple_response(self, response: SimpleResponse) -> None:
+        """A whole response read at once without the parser (:func:`simple_response`): what
+        ``on_headers_complete``, ``on_body`` and ``on_message_complete`` would do for it."""
+        status, line, lines, length, body, keep_alive = response
+        self._response_head(status, line, lines, length, False)
+        if body:
+            self._out.append(body)
+        self._response_end(keep_alive)
+
+    def _response_head(
+        self, status: int, line: bytes, lines: bytes, length: bytes, chunked: bool
+    ) -> None:
+        """The client's response head, from the upstream's status line and end-to-end lines."""
         self._replay = None
         self._status = status
-        self._headers = conn.headers
         if self._start_key:
             self._cancel_start_timer()
         ex = self._ex
-        lines, length, chunked = scan_response_headers(conn.headers)
         head_only = ex._method == "HEAD"
         if head_only or status in (204, 304):
             framing = b"Content-Length: " + length + b"\r\n" if length and head_only else b""
@@ -295,7 +314,7 @@ class Forward:
         if ex._close_after_response():
             framing += b"Connection: close\r\n"
         ex._started = True
-        self._out.append(status_line(status, conn.reason) + lines + framing + b"\r\n")
+        self._out.append(line + lines + framing + b"\r\n")
         if self._idle_handle is not None:
             self._last_write = self._loop.time()
         if head_only:  # httptools cannot skip a HEAD response's body: this connection is done
@@ -327,12 +346,16 @@ class Forward:
         if self._informational:
             self._informational = False
             return
+        conn = self._conn
+        self._response_end(conn is not None and conn.parser.should_keep_alive())
+
+    def _response_end(self, keep_alive: bool) -> None:
+        """The response is complete: out to the client; the connection back to the pool if
+        the request went out whole and the upstream keeps it alive."""
         if self._chunked_out:
             self._out.append(_LAST_CHUNK)
         self.flush()
-        conn = self._conn
-        reuse = conn is not None and self._request_sent and conn.parser.should_keep_alive()
-        self._detach(reuse=reuse)
+        self._detach(reuse=keep_alive and self._conn is not None and self._request_sent)
         self._finish(ForwardResult(self._status, True))
 
     # --- a tunnel (``Connection: Upgrade`` answered 101, e.g. a websocket) ---

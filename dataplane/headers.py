@@ -248,6 +248,228 @@ def scan_response_headers(headers: Sequence[tuple[bytes, bytes]]) -> tuple[bytes
     return b"".join(parts), length, chunked
 
 
+# Which bytes may appear where in a response head (RFC 9110 §5.1, §5.5; what llhttp accepts):
+# a header name is a token; a value or a reason phrase has no control character but HTAB.
+_TCHAR = bytes(
+    1 if (c < 128 and chr(c).isalnum()) or chr(c) in "!#$%&'*+-.^_`|~" else 0 for c in range(256)
+)
+_VCHAR = bytes(1 if c == 9 or 32 <= c <= 126 or c >= 128 else 0 for c in range(256))
+
+
+def _table(names: Iterable[bytes]) -> tuple[bytes, bytes]:
+    """Two byte tables that rule out most names cheaply: their first letters (both cases) and
+    their lengths (up to 31; a longer name is looked at whatever its length)."""
+    firsts = {c for n in names for c in (n[0], n[0] ^ 32)}
+    lengths = {len(n) for n in names}
+    return (
+        bytes(1 if c in firsts else 0 for c in range(256)),
+        bytes(1 if i in lengths or i == 31 else 0 for i in range(32)),
+    )
+
+
+# The response headers scan_response_headers drops (a "proxy-" name: whatever its length).
+_RESPONSE_FIRST, _RESPONSE_LENGTH = _table((*_RESPONSE_DROP_B, b"proxy-"))
+
+SimpleResponse = tuple[int, bytes, bytes, bytes, bytes, bool]
+"""(status, status line, end-to-end header lines, Content-Length value, body, keep-alive)."""
+
+
+def simple_response(data: bytes) -> SimpleResponse | None:
+    """A whole response in one read, in its most common form, read without the parser.
+
+    The form: ``HTTP/1.1``, a status of 200–599 but 204 and 304, a ``Content-Length`` (one, digits
+    only) and no ``Transfer-Encoding``, ``Connection`` absent or one of keep-alive and close, and
+    exactly the announced body after the head (nothing more). Every byte is checked as llhttp
+    checks it. Anything else (a head or body split over reads, chunked, 1xx, a malformed head)
+    gives None: the parser takes the response then, as every response before.
+
+    The header lines are those of :func:`scan_response_headers`, byte for byte: hop-by-hop and
+    framing headers dropped, the others as ``name: value`` (leading whitespace of the value
+    dropped as llhttp drops it). A run of lines kept as they came is one slice of ``data``.
+    """
+    n = len(data)
+    if n < 19 or not data.startswith(b"HTTP/1.1 ") or data[12] != 32:  # "HTTP/1.1 200 "
+        return None
+    d0 = data[9] - 48
+    d1 = data[10] - 48
+    d2 = data[11] - 48
+    if d0 < 2 or d0 > 5 or d1 < 0 or d1 > 9 or d2 < 0 or d2 > 9:
+        return None
+    status = d0 * 100 + d1 * 10 + d2
+    if status == 204 or status == 304:
+        return None
+    tchar = _TCHAR
+    vchar = _VCHAR
+    first = _RESPONSE_FIRST
+    lengths = _RESPONSE_LENGTH
+    i = 13
+    while i < n and vchar[data[i]]:
+        i += 1
+    # a reason phrase (without one, the parser's path writes the standard one), then CRLF
+    if i == 13 or i + 1 >= n or data[i] != 13 or data[i + 1] != 10:
+        return None
+    status_end = i + 2
+    parts: list[bytes] = []
+    run = -1  # where the current run of lines kept as they came starts
+    length = b""
+    clen = 0
+    keep_alive = True
+    pos = status_end
+    while True:
+        if pos + 1 >= n:
+            return None
+        if data[pos] == 13:  # the empty line: the head ends
+            if data[pos + 1] != 10:
+                return None
+            break
+        j = pos
+        while j < n and tchar[data[j]]:
+            j += 1
+        if j == pos or j >= n or data[j] != 58:  # a name, then ":"
+            return None
+        v = j + 1
+        while v < n and (data[v] == 32 or data[v] == 9):
+            v += 1
+        line_end = v
+        while line_end < n and vchar[data[line_end]]:
+            line_end += 1
+        if line_end + 1 >= n or data[line_end] != 13 or data[line_end + 1] != 10:
+            return None
+        if first[data[pos]] and (
+            lengths[j - pos if j - pos < 31 else 31] or data[pos] | 32 == 112  # "p"
+        ):
+            low = data[pos:j].lower()
+            if low in _RESPONSE_DROP_B or low.startswith(b"proxy-"):
+                if low == b"content-length":
+                    if length or v == line_end or line_end - v > 15:
+                        return None
+                    for i in range(v, line_end):
+                        if data[i] < 48 or data[i] > 57:
+                            return None
+                        clen = clen * 10 + data[i] - 48
+                    length = data[v:line_end]
+                elif low == b"transfer-encoding":
+                    return None
+                elif low == b"connection":
+                    token = data[v:line_end].lower()
+                    if token == b"close":
+                        keep_alive = False
+                    elif token != b"keep-alive":
+                        return None
+                if run >= 0:
+                    parts.append(data[run:pos])
+                    run = -1
+                pos = line_end + 2
+                continue
+        if v == j + 2 and data[j + 1] == 32:  # "name: value" already
+            if run < 0:
+                run = pos
+        else:
+            if run >= 0:
+                parts.append(data[run:pos])
+                run = -1
+            parts.append(data[pos:j] + b": " + data[v : line_end + 2])
+        pos = line_end + 2
+    if not length or n - (pos + 2) != clen:
+        return None
+    if run >= 0:
+        parts.append(data[run:pos])
+    lines = parts[0] if len(parts) == 1 else b"".join(parts)
+    return status, data[:status_end], lines, length, data[pos + 2 :], keep_alive
+
+
+_METHODS = tuple(
+    ((m + " ").encode(), m) for m in ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")
+)
+# The request headers simple_request looks at.
+_REQUEST_FIRST, _REQUEST_LENGTH = _table(
+    (b"content-length", b"transfer-encoding", b"upgrade", b"expect", b"connection")
+)
+
+SimpleRequest = tuple[str, str, list[tuple[str, str]], int, bool, bytes]
+"""(method, target, headers, Content-Length or -1, keep-alive, body)."""
+
+
+def simple_request(data: bytes) -> SimpleRequest | None:
+    """A whole request in one read, in its most common form, read without the parser.
+
+    The form: a common method, an origin-form target (``/`` then printable ASCII), ``HTTP/1.1``,
+    no ``Transfer-Encoding``, ``Upgrade`` or ``Expect``, ``Connection`` absent or one of
+    keep-alive and close, at most one ``Content-Length`` (digits only) and exactly that many
+    body bytes after the head (nothing more: a pipelined request goes to the parser). Bytes
+    are checked as llhttp checks them; the headers come out as the parser's callbacks give
+    them (names as sent, values without leading whitespace, latin-1). Anything else is None.
+    """
+    n = len(data)
+    method = ""
+    for prefix, name in _METHODS:
+        if data.startswith(prefix):
+            method = name
+            break
+    if not method:
+        return None
+    t = len(method) + 1
+    if t >= n or data[t] != 47:  # "/"
+        return None
+    i = t
+    while i < n and 33 <= data[i] <= 126:
+        i += 1
+    if i + 10 >= n or data[i : i + 11] != b" HTTP/1.1\r\n":
+        return None
+    target = data[t:i].decode("latin-1")
+    tchar = _TCHAR
+    vchar = _VCHAR
+    first = _REQUEST_FIRST
+    lengths = _REQUEST_LENGTH
+    headers: list[tuple[str, str]] = []
+    clen = -1
+    keep_alive = True
+    pos = i + 11
+    while True:
+        if pos + 1 >= n:
+            return None
+        if data[pos] == 13:  # the empty line: the head ends
+            if data[pos + 1] != 10:
+                return None
+            break
+        j = pos
+        while j < n and tchar[data[j]]:
+            j += 1
+        if j == pos or j >= n or data[j] != 58:  # a name, then ":"
+            return None
+        v = j + 1
+        while v < n and (data[v] == 32 or data[v] == 9):
+            v += 1
+        line_end = v
+        while line_end < n and vchar[data[line_end]]:
+            line_end += 1
+        if line_end + 1 >= n or data[line_end] != 13 or data[line_end + 1] != 10:
+            return None
+        if first[data[pos]] and lengths[j - pos if j - pos < 31 else 31]:
+            low = data[pos:j].lower()
+            if low == b"content-length":
+                if clen >= 0 or v == line_end or line_end - v > 15:
+                    return None
+                clen = 0
+                for k in range(v, line_end):
+                    if data[k] < 48 or data[k] > 57:
+                        return None
+                    clen = clen * 10 + data[k] - 48
+            elif low == b"transfer-encoding" or low == b"upgrade" or low == b"expect":
+                return None
+            elif low == b"connection":
+                token = data[v:line_end].lower()
+                if token == b"close":
+                    keep_alive = False
+                elif token != b"keep-alive":
+                    return None
+        headers.append((data[pos:j].decode("latin-1"), data[v:line_end].decode("latin-1")))
+        pos = line_end + 2
+    if n - (pos + 2) != (clen if clen > 0 else 0):
+        return None
+    return method, target, headers, clen, keep_alive, data[pos + 2 :]
+
+
 def status_line(status: int, reason: bytes) -> bytes:
     return b"HTTP/1.1 %d %s\r\n" % (status, reason or REASONS.get(status, b"Unknown"))
 

@@ -43,6 +43,7 @@ cdef class _Exchange:
 @cython.final
 cdef class _Connection:
     cdef public _Exchange _current
+    cdef public bint _fresh
     cdef public Py_ssize_t _head_bytes
     cdef public bint _head_connection
     cdef public object _linger_handle
@@ -66,6 +67,7 @@ cdef class _Connection:
     cdef public bint lost
     cdef public object transport
 
+    cpdef _simple_request(self, tuple request)
     cpdef _start(self, _Exchange ex)
     cpdef call_handler(self, _Exchange ex, object handler, object arg)
     cpdef sync_request_done(self, _Exchange ex)

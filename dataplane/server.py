@@ -20,7 +20,13 @@ import httptools
 from dataplane.api import ForwardResult, Handler, Timeouts, UpstreamConnectError
 from dataplane.deadlines import Deadlines
 from dataplane.forward import Forward
-from dataplane.headers import REASONS, edited_request_head, request_edits
+from dataplane.headers import (
+    REASONS,
+    SimpleRequest,
+    edited_request_head,
+    request_edits,
+    simple_request,
+)
 from dataplane.upstream import UpstreamPool
 
 log = logging.getLogger("dataplane.server")
@@ -302,6 +308,7 @@ class _Connection:
 
     __slots__ = (
         "_current",
+        "_fresh",
         "_head_bytes",
         "_head_connection",
         "_linger_handle",
@@ -334,6 +341,7 @@ class _Connection:
         self.client_ip = ""
         self._url: list[bytes] = []
         self._head_connection = False  # the head being parsed has a Connection header
+        self._fresh = True  # the parser is between messages: a read may be a whole request
         self._head_bytes = 0
         self._parsing: _Exchange | None = None  # the request being parsed
         self._current: _Exchange | None = None  # the request being answered
@@ -364,6 +372,11 @@ class _Connection:
         if self._tunnel is not None:
             self._tunnel.tunnel_to_upstream(data)
             return
+        if self._fresh and self._current is None:  # between requests, none being answered
+            simple = simple_request(data)
+            if simple is not None:
+                self._simple_request(simple)
+                return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -378,6 +391,22 @@ class _Connection:
             self._starting = None
             if not ex._started:  # (a malformed request behind it was answered 400)
                 self._start(ex)
+
+    def _simple_request(self, request: SimpleRequest) -> None:
+        """A whole request read at once without the parser (:func:`simple_request`): what the
+        parser's callbacks would do for it, then its handler."""
+        method, target, headers, length, keep_alive, body = request
+        ex = _Exchange(self)
+        ex._method = method
+        ex._target = target
+        ex._headers = headers
+        ex._content_length = length
+        ex._keep_alive = keep_alive
+        ex.arrived_at = self._loop.time()
+        if body:
+            ex.on_body(body)
+        ex._body_done = True
+        self._start(ex)
 
     def eof_received(self) -> bool | None:
         return None
@@ -409,6 +438,7 @@ class _Connection:
 
     # --- httptools callbacks ---
     def on_message_begin(self) -> None:
+        self._fresh = False
         self._parsing = _Exchange(self)
         self._url = []
         self._head_bytes = 0
@@ -462,6 +492,7 @@ class _Connection:
             self._parsing.on_body(body)
 
     def on_message_complete(self) -> None:
+        self._fresh = True
         ex = self._parsing
         self._parsing = None
         if ex is None:

@@ -14,6 +14,7 @@ cdef class UpstreamConnection:
     cdef public bytes reason
     cdef public list headers
     cdef public bint tunnel
+    cdef public bint fresh
     cpdef close(self)
     cpdef abort(self)
 

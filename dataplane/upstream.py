@@ -14,6 +14,7 @@ from typing import Protocol, cast
 import httptools
 
 from dataplane.api import UpstreamConnectError
+from dataplane.headers import SimpleResponse, simple_response
 
 log = logging.getLogger("dataplane.upstream")
 
@@ -21,7 +22,10 @@ log = logging.getLogger("dataplane.upstream")
 class ResponseSink(Protocol):
     """What receives one upstream response (the core's forward state)."""
 
+    simple_ok: bool  # a whole response in one read may skip the parser
+
     def on_headers_complete(self) -> None: ...
+    def on_simple_response(self, response: SimpleResponse) -> None: ...
     def on_body(self, body: bytes) -> None: ...
     def on_message_complete(self) -> None: ...
     def on_upgraded(self, rest: bytes) -> None: ...
@@ -43,6 +47,7 @@ class UpstreamConnection:
 
     __slots__ = (
         "closed",
+        "fresh",
         "headers",
         "hostport",
         "idle_since",
@@ -65,6 +70,7 @@ class UpstreamConnection:
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.tunnel = False  # after a 101: raw bytes to the sink, no more HTTP
+        self.fresh = True  # the parser is between messages: a read may be a whole response
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -79,6 +85,11 @@ class UpstreamConnection:
         if self.tunnel:
             sink.on_tunnel_data(data)
             return
+        if self.fresh and sink.simple_ok:  # nothing of this response parsed yet
+            simple = simple_response(data)
+            if simple is not None:
+                sink.on_simple_response(simple)
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -111,6 +122,7 @@ class UpstreamConnection:
 
     # httptools callbacks: the head collects here, the rest goes to the sink
     def on_message_begin(self) -> None:
+        self.fresh = False
         self.reason = b""
         self.headers = []
 
@@ -129,6 +141,7 @@ class UpstreamConnection:
             self.sink.on_body(body)
 
     def on_message_complete(self) -> None:
+        self.fresh = True
         if self.sink is not None:
             self.sink.on_message_complete()
 

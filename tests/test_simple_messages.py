@@ -1,0 +1,345 @@
+"""The fast paths that read a whole message without the parser (``simple_response`` for the
+upstream's responses, ``simple_request`` for the clients' requests), checked against the parser
+(httptools) on the same bytes: whatever they accept, the parser reads whole and the same way
+(status, head lines, framing, body, keep-alive; method, target, headers), and they do accept
+the common messages (else the fast paths would be dead code)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import httptools
+
+from dataplane.headers import (
+    scan_response_headers,
+    simple_request,
+    simple_response,
+    status_line,
+)
+
+NGINX = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Mon, 23 Nov 2026 03:00:00 GMT\r\n"
+    b"Content-Type: application/json\r\nContent-Length: 17\r\nConnection: keep-alive\r\n\r\n"
+    b'{"predictions":1}'
+)
+
+
+@dataclass
+class _Parsed:
+    """What the parser saw: one message, complete exactly at the end of the bytes."""
+
+    reason: bytes = b""
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    body: bytes = b""
+    complete: int = 0
+    keep_alive: bool = False
+    status: int = 0
+    parser: httptools.HttpResponseParser | None = None
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason = reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+
+    def on_message_complete(self) -> None:
+        assert self.parser is not None
+        self.complete += 1
+        self.keep_alive = self.parser.should_keep_alive()  # (reset once the message is done)
+        self.status = self.parser.get_status_code()
+
+
+def _parse(data: bytes) -> tuple[int, bytes, bytes, bytes, bytes, bool] | None:
+    """The parser's reading of ``data`` as the core's slow path makes it, or None if the parser
+    rejects it or it is not exactly one complete message."""
+    p = _Parsed()
+    p.parser = httptools.HttpResponseParser(p)
+    try:
+        p.parser.feed_data(data)
+    except httptools.HttpParserError:
+        return None
+    if p.complete != 1:
+        return None
+    lines, length, chunked = scan_response_headers(p.headers)
+    assert not chunked
+    return p.status, status_line(p.status, p.reason), lines, length, p.body, p.keep_alive
+
+
+def test_nginx_response_is_read_whole_and_its_lines_kept_as_one_slice() -> None:
+    got = simple_response(NGINX)
+    assert got == (
+        200,
+        b"HTTP/1.1 200 OK\r\n",
+        b"Server: nginx/1.22.1\r\nDate: Mon, 23 Nov 2026 03:00:00 GMT\r\n"
+        b"Content-Type: application/json\r\n",
+        b"17",
+        b'{"predictions":1}',
+        True,
+    )
+    assert got == _parse(NGINX)
+
+
+def test_uvicorn_style_lower_case_and_connection_close() -> None:
+    data = (
+        b"HTTP/1.1 503 Service Unavailable\r\ndate: x\r\nserver: uvicorn\r\n"
+        b"content-length: 2\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\nno"
+    )
+    got = simple_response(data)
+    assert got is not None
+    assert got[0] == 503
+    assert got[5] is False  # not kept alive
+    assert got[2] == b"date: x\r\nserver: uvicorn\r\ncontent-type: text/plain\r\n"
+    assert got == _parse(data)
+
+
+def test_what_it_leaves_to_the_parser() -> None:
+    body = b"hello"
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
+    assert simple_response(head + body) is not None
+    for data in (
+        head + body[:3],  # body split over reads
+        head[:-2],  # head split over reads
+        head + body + b"HTTP/1.1 200 OK\r\n",  # more than the message
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n\r\nhello",  # no length: the close ends the body
+        b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+        b"HTTP/1.1 100 Continue\r\n\r\n" + head + body,
+        b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 \r\nContent-Length: 5\r\n\r\nhello",  # no reason phrase
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5 \r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive, x-hop\r\nContent-Length: 5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nX: a\r\n folded\r\nContent-Length: 5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nX Y: a\r\nContent-Length: 5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nX: a\x01b\r\nContent-Length: 5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\nContent-Length: 5\n\nhello",
+    ):
+        assert simple_response(data) is None, data
+
+
+_NAMES = [
+    b"Server", b"Date", b"Content-Type", b"X-Request-Id", b"Cache-Control", b"Vary",
+    b"Connection", b"Keep-Alive", b"Proxy-Authenticate", b"Proxy-X", b"TE", b"Trailer",
+    b"Upgrade", b"Transfer-Encoding", b"Set-Cookie", b"Content-Encoding", b"K-Network-Hash",
+    b"content-length", b"X Bad", b"X@", b"",
+]  # fmt: skip
+_VALUES = [
+    b"text/plain", b"", b" padded ", b"\ttabbed", b"a\tb", b"caf\xc3\xa9", b"x\x80y",
+    b"keep-alive", b"close", b"Close", b"keep-alive, x", b"chunked", b"a\x01b", b"a\x7fb",
+    b"5", b"  7",
+]  # fmt: skip
+_SEPS = [b": ", b":", b":  ", b":\t", b" : "]
+
+
+def _random_response(rng: random.Random) -> bytes:
+    status = rng.choice([200, 200, 201, 404, 500, 503, 599, 204, 304, 100, 101, 999, 600])
+    version = rng.choice([b"HTTP/1.1"] * 8 + [b"HTTP/1.0", b"HTTP/2.0"])
+    reason = rng.choice([b"OK", b"Not Found", b"", b"Weird\tReason", b"r\x80", b"bad\x01"])
+    body = rng.choice([b"", b"x", b'{"a":1}', b"\r\n\r\n", bytes(range(256))])
+    lines = [b"%b %d %b" % (version, status, reason)]
+    for _ in range(rng.randrange(0, 7)):
+        name = bytes(c ^ 32 if rng.random() < 0.2 and 65 <= (c | 32) - 32 <= 90 else c
+                     for c in rng.choice(_NAMES))  # fmt: skip
+        lines.append(name + rng.choice(_SEPS) + rng.choice(_VALUES))
+    length = len(body) + rng.choice([0, 0, 0, 0, 1, -1])
+    if rng.random() < 0.9:
+        lines.insert(rng.randrange(1, len(lines) + 1), b"Content-Length: %d" % max(length, 0))
+    if rng.random() < 0.1:
+        lines.insert(1, b"Content-Length: %d" % max(length, 0))
+    eol = b"\r\n" if rng.random() < 0.97 else b"\n"
+    tail = b"" if rng.random() < 0.95 else b"HTTP/1.1 200 OK\r\n"
+    return eol.join(lines) + eol + eol + body + tail
+
+
+def test_random_responses_against_the_parser() -> None:
+    rng = random.Random(20261123)
+    accepted = valid = 0
+    for _ in range(4000):
+        data = _random_response(rng)
+        got = simple_response(data)
+        want = _parse(data)
+        if want is not None:
+            valid += 1
+        if got is None:
+            continue
+        accepted += 1
+        assert got == want, data
+    # it does take a share of what the parser reads whole (the rest: 1.0, 1xx, 204/304, odd
+    # Connection tokens, control bytes in a reason phrase the parser lets through)
+    assert accepted > 0.25 * valid, (accepted, valid)
+
+
+def test_every_plain_response_is_taken() -> None:
+    """HTTP/1.1, a reason, token names, printable values, one right Content-Length: always read
+    without the parser, and read as the parser reads it."""
+    rng = random.Random(7)
+    names = [n for n in _NAMES if n and b" " not in n and b"@" not in n]
+    for _ in range(1000):
+        body = rng.randbytes(rng.randrange(0, 300))
+        lines = [b"HTTP/1.1 %d %b" % (rng.choice([200, 201, 400, 404, 500, 503]), b"Some Reason")]
+        for _ in range(rng.randrange(0, 8)):
+            name = rng.choice(names)
+            if name.lower() in (b"transfer-encoding", b"content-length"):
+                continue
+            value = b"close" if name == b"Connection" else rng.choice([b"v", b"a b", b"x\x80"])
+            lines.append(name + rng.choice(_SEPS[:4]) + value)
+        lines.insert(rng.randrange(1, len(lines) + 1), b"Content-Length: %d" % len(body))
+        data = b"\r\n".join(lines) + b"\r\n\r\n" + body
+        got = simple_response(data)
+        assert got is not None, data
+        assert got == _parse(data), data
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _ParsedRequest:
+    url: bytes = b""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    complete: int = 0
+    keep_alive: bool = False
+    method: str = ""
+    parser: httptools.HttpRequestParser | None = None
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+
+    def on_message_complete(self) -> None:
+        assert self.parser is not None
+        self.complete += 1
+        self.keep_alive = self.parser.should_keep_alive()
+        self.method = self.parser.get_method().decode()
+
+
+def _parse_request(data: bytes) -> tuple[str, str, list[tuple[str, str]], int, bool, bytes] | None:
+    """The parser's reading of one whole request, as the core's callbacks take it."""
+    p = _ParsedRequest()
+    p.parser = httptools.HttpRequestParser(p)
+    try:
+        p.parser.feed_data(data)
+    except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+        return None
+    if p.complete != 1:
+        return None
+    lengths = [int(v) for n, v in p.headers if n.lower() == "content-length"]
+    length = lengths[0] if lengths else -1
+    return p.method, p.url.decode("latin-1"), p.headers, length, p.keep_alive, p.body
+
+
+def test_a_typical_request_is_read_whole() -> None:
+    data = (
+        b"POST /v1/models/m:predict?x=1 HTTP/1.1\r\nHost: m.default.example.com\r\n"
+        b"User-Agent: hey/0.0.1\r\nContent-Type: application/json\r\nContent-Length: 7\r\n"
+        b'Accept-Encoding:  gzip \r\n\r\n{"a":1}'
+    )
+    got = simple_request(data)
+    assert got == (
+        "POST",
+        "/v1/models/m:predict?x=1",
+        [
+            ("Host", "m.default.example.com"),
+            ("User-Agent", "hey/0.0.1"),
+            ("Content-Type", "application/json"),
+            ("Content-Length", "7"),
+            ("Accept-Encoding", "gzip "),
+        ],
+        7,
+        True,
+        b'{"a":1}',
+    )
+    assert got == _parse_request(data)
+
+
+def test_requests_left_to_the_parser() -> None:
+    assert simple_request(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") is not None
+    for data in (
+        b"GET / HTTP/1.1\r\nHost: x\r\n",  # head split over reads
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\n\r\n",  # pipelined
+        b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab",  # body split over reads
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        b"GET / HTTP/1.1\r\nConnection: keep-alive, x-hop\r\n\r\n",
+        b"GET / HTTP/1.0\r\n\r\n",
+        b"GET * HTTP/1.1\r\n\r\n",
+        b"GET http://x/ HTTP/1.1\r\n\r\n",
+        b"CONNECT x:443 HTTP/1.1\r\n\r\n",
+        b"get / HTTP/1.1\r\n\r\n",
+        b"GET /\x80 HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+        b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n",
+        b"GET / HTTP/1.1\nHost: x\n\n",
+    ):
+        assert simple_request(data) is None, data
+
+
+_REQ_NAMES = [
+    b"Host", b"User-Agent", b"Accept", b"Content-Type", b"X-Request-Id", b"Cookie",
+    b"Connection", b"Keep-Alive", b"TE", b"Upgrade", b"Expect", b"Transfer-Encoding",
+    b"content-length", b"Knative-Serving-Revision", b"K-Original-Host", b"X Bad", b"",
+]  # fmt: skip
+
+
+def _random_request(rng: random.Random) -> bytes:
+    method = rng.choice([b"GET", b"POST", b"PUT", b"DELETE", b"PATCH", b"HEAD", b"OPTIONS",
+                         b"CONNECT", b"get", b"FOO"])  # fmt: skip
+    target = rng.choice([b"/", b"/v1/models/m:predict", b"/a?b=c&d=%20", b"*", b"http://h/x",
+                         b"/caf\xc3\xa9", b"/a\x7fb", b"/{}|^`"])  # fmt: skip
+    version = rng.choice([b"HTTP/1.1"] * 8 + [b"HTTP/1.0", b"HTTP/2.0"])
+    body = rng.choice([b"", b"", b"x", b'{"a":1}', b"\r\n\r\n"])
+    lines = [method + b" " + target + b" " + version]
+    for _ in range(rng.randrange(0, 6)):
+        lines.append(rng.choice(_REQ_NAMES) + rng.choice(_SEPS) + rng.choice(_VALUES))
+    length = len(body) + rng.choice([0, 0, 0, 0, 1, -1])
+    if body or rng.random() < 0.3:
+        lines.insert(rng.randrange(1, len(lines) + 1), b"Content-Length: %d" % max(length, 0))
+    eol = b"\r\n" if rng.random() < 0.97 else b"\n"
+    tail = b"" if rng.random() < 0.95 else b"GET / HTTP/1.1\r\n\r\n"
+    return eol.join(lines) + eol + eol + body + tail
+
+
+def test_random_requests_against_the_parser() -> None:
+    rng = random.Random(11)
+    accepted = valid = 0
+    for _ in range(4000):
+        data = _random_request(rng)
+        got = simple_request(data)
+        want = _parse_request(data)
+        if want is not None:
+            valid += 1
+        if got is None:
+            continue
+        accepted += 1
+        assert got == want, data
+    assert accepted > 0.25 * valid, (accepted, valid)
+
+
+def test_every_plain_request_is_taken() -> None:
+    rng = random.Random(5)
+    names = [n for n in _REQ_NAMES if n and b" " not in n]
+    names = [n for n in names if n.lower() not in
+             (b"connection", b"upgrade", b"expect", b"transfer-encoding", b"content-length")]  # fmt: skip
+    for _ in range(1000):
+        body = rng.randbytes(rng.randrange(0, 300))
+        lines = [rng.choice([b"GET", b"POST", b"PUT"]) + b" /v1/models/m:predict HTTP/1.1"]
+        for _ in range(rng.randrange(0, 8)):
+            lines.append(rng.choice(names) + rng.choice(_SEPS[:4]) + rng.choice([b"v", b"a b"]))
+        if body:
+            lines.insert(rng.randrange(1, len(lines) + 1), b"Content-Length: %d" % len(body))
+        data = b"\r\n".join(lines) + b"\r\n\r\n" + body
+        got = simple_request(data)
+        assert got is not None, data
+        assert got == _parse_request(data), data
