@@ -25,6 +25,17 @@ _TIMEOUT_BODIES = {
     "idle": "idle timeout",
 }
 _CHUNKED = b"Transfer-Encoding: chunked\r\n"
+_COMPLETED: dict[int, ForwardResult] = {}
+
+
+def _completed(status: int) -> ForwardResult:
+    """The result of a response that went out whole: one shared tuple per status (a named
+    tuple runs a Python-level ``__new__`` each time it is made)."""
+    result = _COMPLETED.get(status)
+    if result is None:
+        result = _COMPLETED[status] = ForwardResult(status, True)
+    return result
+
 _LAST_CHUNK = b"0\r\n\r\n"
 
 
@@ -320,7 +331,7 @@ class Forward:
         if head_only:  # httptools cannot skip a HEAD response's body: this connection is done
             self.flush()
             self._detach(reuse=False)
-            self._finish(ForwardResult(status, True))
+            self._finish(_completed(status))
 
     def on_body(self, body: bytes) -> None:
         if self._informational:
@@ -356,7 +367,7 @@ class Forward:
             self._out.append(_LAST_CHUNK)
         self.flush()
         self._detach(reuse=keep_alive and self._conn is not None and self._request_sent)
-        self._finish(ForwardResult(self._status, True))
+        self._finish(_completed(self._status))
 
     # --- a tunnel (``Connection: Upgrade`` answered 101, e.g. a websocket) ---
     def _switch_protocols(self, conn: UpstreamConnection) -> None:
