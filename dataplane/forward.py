@@ -36,6 +36,7 @@ def _completed(status: int) -> ForwardResult:
         result = _COMPLETED[status] = ForwardResult(status, True)
     return result
 
+
 _LAST_CHUNK = b"0\r\n\r\n"
 
 
