@@ -48,7 +48,7 @@ cpdef tuple scan_response_headers(object headers)
     parts=list,
     length=bytes,
     low=bytes,
-    token=bytes,
+    drop=cython.bint,
     tchar=bytes,
     vchar=bytes,
     first=bytes,
@@ -72,8 +72,6 @@ cpdef tuple simple_response(bytes data)
     headers=list,
     method=str,
     target=str,
-    low=bytes,
-    token=bytes,
     tchar=bytes,
     vchar=bytes,
     first=bytes,
@@ -82,3 +80,7 @@ cpdef tuple simple_response(bytes data)
     name=str,
 )
 cpdef tuple simple_request(bytes data)
+
+
+@cython.locals(k=Py_ssize_t)
+cdef bint _lower_is(bytes data, Py_ssize_t start, Py_ssize_t end, bytes low) except -1

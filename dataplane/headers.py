@@ -270,6 +270,17 @@ def _table(names: Iterable[bytes]) -> tuple[bytes, bytes]:
 # The response headers scan_response_headers drops (a "proxy-" name: whatever its length).
 _RESPONSE_FIRST, _RESPONSE_LENGTH = _table((*_RESPONSE_DROP_B, b"proxy-"))
 
+
+def _lower_is(data: bytes, start: int, end: int, low: bytes) -> bool:
+    """``data[start:end]`` is ``low`` (lower-case; no CR in ``data`` there) in any letter case."""
+    if end - start != len(low):
+        return False
+    for k in range(end - start):  # noqa: SIM110 (a C loop once compiled; all() is a generator)
+        if data[start + k] | 32 != low[k]:
+            return False
+    return True
+
+
 SimpleResponse = tuple[int, bytes, bytes, bytes, bytes, bool]
 """(status, status line, end-to-end header lines, Content-Length value, body, keep-alive)."""
 
@@ -338,24 +349,27 @@ def simple_response(data: bytes) -> SimpleResponse | None:
         if first[data[pos]] and (
             lengths[j - pos if j - pos < 31 else 31] or data[pos] | 32 == 112  # "p"
         ):
-            low = data[pos:j].lower()
-            if low in _RESPONSE_DROP_B or low.startswith(b"proxy-"):
-                if low == b"content-length":
-                    if length or v == line_end or line_end - v > 15:
-                        return None
-                    for i in range(v, line_end):
-                        if data[i] < 48 or data[i] > 57:
-                            return None
-                        clen = clen * 10 + data[i] - 48
-                    length = data[v:line_end]
-                elif low == b"transfer-encoding":
+            if _lower_is(data, pos, j, b"content-length"):
+                if length or v == line_end or line_end - v > 15:
                     return None
-                elif low == b"connection":
-                    token = data[v:line_end].lower()
-                    if token == b"close":
-                        keep_alive = False
-                    elif token != b"keep-alive":
+                for i in range(v, line_end):
+                    if data[i] < 48 or data[i] > 57:
                         return None
+                    clen = clen * 10 + data[i] - 48
+                length = data[v:line_end]
+                drop = True
+            elif _lower_is(data, pos, j, b"connection"):
+                if _lower_is(data, v, line_end, b"close"):
+                    keep_alive = False
+                elif not _lower_is(data, v, line_end, b"keep-alive"):
+                    return None
+                drop = True
+            else:
+                low = data[pos:j].lower()
+                if low == b"transfer-encoding":
+                    return None
+                drop = low in _RESPONSE_DROP_B or low.startswith(b"proxy-")
+            if drop:
                 if run >= 0:
                     parts.append(data[run:pos])
                     run = -1
@@ -446,8 +460,7 @@ def simple_request(data: bytes) -> SimpleRequest | None:
         if line_end + 1 >= n or data[line_end] != 13 or data[line_end + 1] != 10:
             return None
         if first[data[pos]] and lengths[j - pos if j - pos < 31 else 31]:
-            low = data[pos:j].lower()
-            if low == b"content-length":
+            if _lower_is(data, pos, j, b"content-length"):
                 if clen >= 0 or v == line_end or line_end - v > 15:
                     return None
                 clen = 0
@@ -455,14 +468,13 @@ def simple_request(data: bytes) -> SimpleRequest | None:
                     if data[k] < 48 or data[k] > 57:
                         return None
                     clen = clen * 10 + data[k] - 48
-            elif low == b"transfer-encoding" or low == b"upgrade" or low == b"expect":
-                return None
-            elif low == b"connection":
-                token = data[v:line_end].lower()
-                if token == b"close":
+            elif _lower_is(data, pos, j, b"connection"):
+                if _lower_is(data, v, line_end, b"close"):
                     keep_alive = False
-                elif token != b"keep-alive":
+                elif not _lower_is(data, v, line_end, b"keep-alive"):
                     return None
+            elif data[pos:j].lower() in (b"transfer-encoding", b"upgrade", b"expect"):
+                return None
         headers.append((data[pos:j].decode("latin-1"), data[v:line_end].decode("latin-1")))
         pos = line_end + 2
     if n - (pos + 2) != (clen if clen > 0 else 0):
