@@ -2,6 +2,9 @@
 # two per-request header passes.
 cimport cython
 
+# the byte tables of the simple-message passes: C globals, read through pointers
+cdef bytes _TCHAR, _VCHAR, _RESPONSE_FIRST, _RESPONSE_LENGTH, _REQUEST_FIRST, _REQUEST_LENGTH
+
 
 @cython.locals(
     name=str,
@@ -31,6 +34,7 @@ cpdef tuple scan_response_headers(object headers)
 
 
 @cython.locals(
+    p=cython.p_uchar,
     n=Py_ssize_t,
     d0=int,
     d1=int,
@@ -49,16 +53,17 @@ cpdef tuple scan_response_headers(object headers)
     length=bytes,
     low=bytes,
     drop=cython.bint,
-    tchar=bytes,
-    vchar=bytes,
-    first=bytes,
-    lengths=bytes,
+    tchar=cython.p_uchar,
+    vchar=cython.p_uchar,
+    first=cython.p_uchar,
+    lengths=cython.p_uchar,
     lines=bytes,
 )
 cpdef tuple simple_response(bytes data)
 
 
 @cython.locals(
+    p=cython.p_uchar,
     n=Py_ssize_t,
     t=Py_ssize_t,
     i=Py_ssize_t,
@@ -72,15 +77,15 @@ cpdef tuple simple_response(bytes data)
     headers=list,
     method=str,
     target=str,
-    tchar=bytes,
-    vchar=bytes,
-    first=bytes,
-    lengths=bytes,
+    tchar=cython.p_uchar,
+    vchar=cython.p_uchar,
+    first=cython.p_uchar,
+    lengths=cython.p_uchar,
     prefix=bytes,
     name=str,
 )
 cpdef tuple simple_request(bytes data)
 
 
-@cython.locals(k=Py_ssize_t)
+@cython.locals(k=Py_ssize_t, p=cython.p_uchar)
 cdef bint _lower_is(bytes data, Py_ssize_t start, Py_ssize_t end, bytes low) except -1

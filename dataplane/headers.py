@@ -275,8 +275,9 @@ def _lower_is(data: bytes, start: int, end: int, low: bytes) -> bool:
     """``data[start:end]`` is ``low`` (lower-case; no CR in ``data`` there) in any letter case."""
     if end - start != len(low):
         return False
+    p = data  # (compiled: a pointer to the bytes; every index is checked against the length)
     for k in range(end - start):  # noqa: SIM110 (a C loop once compiled; all() is a generator)
-        if data[start + k] | 32 != low[k]:
+        if p[start + k] | 32 != low[k]:
             return False
     return True
 
@@ -299,11 +300,12 @@ def simple_response(data: bytes) -> SimpleResponse | None:
     dropped as llhttp drops it). A run of lines kept as they came is one slice of ``data``.
     """
     n = len(data)
-    if n < 19 or not data.startswith(b"HTTP/1.1 ") or data[12] != 32:  # "HTTP/1.1 200 "
+    p = data  # (compiled: a pointer to the bytes; every index is checked against n)
+    if n < 19 or not data.startswith(b"HTTP/1.1 ") or p[12] != 32:  # "HTTP/1.1 200 "
         return None
-    d0 = data[9] - 48
-    d1 = data[10] - 48
-    d2 = data[11] - 48
+    d0 = p[9] - 48
+    d1 = p[10] - 48
+    d2 = p[11] - 48
     if d0 < 2 or d0 > 5 or d1 < 0 or d1 > 9 or d2 < 0 or d2 > 9:
         return None
     status = d0 * 100 + d1 * 10 + d2
@@ -314,10 +316,10 @@ def simple_response(data: bytes) -> SimpleResponse | None:
     first = _RESPONSE_FIRST
     lengths = _RESPONSE_LENGTH
     i = 13
-    while i < n and vchar[data[i]]:
+    while i < n and vchar[p[i]]:
         i += 1
     # a reason phrase (without one, the parser's path writes the standard one), then CRLF
-    if i == 13 or i + 1 >= n or data[i] != 13 or data[i + 1] != 10:
+    if i == 13 or i + 1 >= n or p[i] != 13 or p[i + 1] != 10:
         return None
     status_end = i + 2
     parts: list[bytes] = []
@@ -329,33 +331,33 @@ def simple_response(data: bytes) -> SimpleResponse | None:
     while True:
         if pos + 1 >= n:
             return None
-        if data[pos] == 13:  # the empty line: the head ends
-            if data[pos + 1] != 10:
+        if p[pos] == 13:  # the empty line: the head ends
+            if p[pos + 1] != 10:
                 return None
             break
         j = pos
-        while j < n and tchar[data[j]]:
+        while j < n and tchar[p[j]]:
             j += 1
-        if j == pos or j >= n or data[j] != 58:  # a name, then ":"
+        if j == pos or j >= n or p[j] != 58:  # a name, then ":"
             return None
         v = j + 1
-        while v < n and (data[v] == 32 or data[v] == 9):
+        while v < n and (p[v] == 32 or p[v] == 9):
             v += 1
         line_end = v
-        while line_end < n and vchar[data[line_end]]:
+        while line_end < n and vchar[p[line_end]]:
             line_end += 1
-        if line_end + 1 >= n or data[line_end] != 13 or data[line_end + 1] != 10:
+        if line_end + 1 >= n or p[line_end] != 13 or p[line_end + 1] != 10:
             return None
-        if first[data[pos]] and (
-            lengths[j - pos if j - pos < 31 else 31] or data[pos] | 32 == 112  # "p"
+        if first[p[pos]] and (
+            lengths[j - pos if j - pos < 31 else 31] or p[pos] | 32 == 112  # "p"
         ):
             if _lower_is(data, pos, j, b"content-length"):
                 if length or v == line_end or line_end - v > 15:
                     return None
                 for i in range(v, line_end):
-                    if data[i] < 48 or data[i] > 57:
+                    if p[i] < 48 or p[i] > 57:
                         return None
-                    clen = clen * 10 + data[i] - 48
+                    clen = clen * 10 + p[i] - 48
                 length = data[v:line_end]
                 drop = True
             elif _lower_is(data, pos, j, b"connection"):
@@ -375,7 +377,7 @@ def simple_response(data: bytes) -> SimpleResponse | None:
                     run = -1
                 pos = line_end + 2
                 continue
-        if v == j + 2 and data[j + 1] == 32:  # "name: value" already
+        if v == j + 2 and p[j + 1] == 32:  # "name: value" already
             if run < 0:
                 run = pos
         else:
@@ -415,6 +417,7 @@ def simple_request(data: bytes) -> SimpleRequest | None:
     them (names as sent, values without leading whitespace, latin-1). Anything else is None.
     """
     n = len(data)
+    p = data  # (compiled: a pointer to the bytes; every index is checked against n)
     method = ""
     for prefix, name in _METHODS:
         if data.startswith(prefix):
@@ -423,10 +426,10 @@ def simple_request(data: bytes) -> SimpleRequest | None:
     if not method:
         return None
     t = len(method) + 1
-    if t >= n or data[t] != 47:  # "/"
+    if t >= n or p[t] != 47:  # "/"
         return None
     i = t
-    while i < n and 33 <= data[i] <= 126:
+    while i < n and 33 <= p[i] <= 126:
         i += 1
     if i + 10 >= n or data[i : i + 11] != b" HTTP/1.1\r\n":
         return None
@@ -442,32 +445,32 @@ def simple_request(data: bytes) -> SimpleRequest | None:
     while True:
         if pos + 1 >= n:
             return None
-        if data[pos] == 13:  # the empty line: the head ends
-            if data[pos + 1] != 10:
+        if p[pos] == 13:  # the empty line: the head ends
+            if p[pos + 1] != 10:
                 return None
             break
         j = pos
-        while j < n and tchar[data[j]]:
+        while j < n and tchar[p[j]]:
             j += 1
-        if j == pos or j >= n or data[j] != 58:  # a name, then ":"
+        if j == pos or j >= n or p[j] != 58:  # a name, then ":"
             return None
         v = j + 1
-        while v < n and (data[v] == 32 or data[v] == 9):
+        while v < n and (p[v] == 32 or p[v] == 9):
             v += 1
         line_end = v
-        while line_end < n and vchar[data[line_end]]:
+        while line_end < n and vchar[p[line_end]]:
             line_end += 1
-        if line_end + 1 >= n or data[line_end] != 13 or data[line_end + 1] != 10:
+        if line_end + 1 >= n or p[line_end] != 13 or p[line_end + 1] != 10:
             return None
-        if first[data[pos]] and lengths[j - pos if j - pos < 31 else 31]:
+        if first[p[pos]] and lengths[j - pos if j - pos < 31 else 31]:
             if _lower_is(data, pos, j, b"content-length"):
                 if clen >= 0 or v == line_end or line_end - v > 15:
                     return None
                 clen = 0
                 for k in range(v, line_end):
-                    if data[k] < 48 or data[k] > 57:
+                    if p[k] < 48 or p[k] > 57:
                         return None
-                    clen = clen * 10 + data[k] - 48
+                    clen = clen * 10 + p[k] - 48
             elif _lower_is(data, pos, j, b"connection"):
                 if _lower_is(data, v, line_end, b"close"):
                     keep_alive = False
