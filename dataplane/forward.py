@@ -178,7 +178,7 @@ class Forward:
 
     def _arm_total(self) -> None:
         if self._timeouts.total_s > 0:
-            self._total_key = self._ex._conn._server.deadlines.add(
+            self._total_key = self._ex._conn._server.deadlines().add(
                 self._ex.arrived_at + self._timeouts.total_s, self, "total"
             )
 
@@ -235,7 +235,7 @@ class Forward:
         now = self._loop.time()
         t = self._timeouts
         if t.response_start_s > 0:
-            self._start_key = ex._conn._server.deadlines.add(
+            self._start_key = ex._conn._server.deadlines().add(
                 now + t.response_start_s, self, "response-start"
             )
         if t.idle_s > 0:
@@ -514,7 +514,7 @@ class Forward:
 
     def _cancel_start_timer(self) -> None:
         if self._start_key:
-            self._ex._conn._server.deadlines.remove(self._start_key, self, "response-start")
+            self._ex._conn._server.deadlines().remove(self._start_key, self, "response-start")
             self._start_key = 0
 
     def _finish(self, result: ForwardResult, *, answered: bool = True) -> None:
@@ -526,7 +526,7 @@ class Forward:
 
     def cleanup_timers(self) -> None:
         if self._total_key or self._start_key:
-            deadlines = self._ex._conn._server.deadlines
+            deadlines = self._ex._conn._server.deadlines()
             if self._total_key:
                 deadlines.remove(self._total_key, self, "total")
             if self._start_key:

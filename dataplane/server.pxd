@@ -1,7 +1,26 @@
 # Cython declarations for server.py (compiled when built; see setup.py).
 cimport cython
 
+from dataplane.deadlines cimport Deadlines
 from dataplane.forward cimport Forward
+from dataplane.upstream cimport UpstreamPool
+
+
+cdef class Server:
+    cdef public object handler
+    cdef public object on_bad_request
+    cdef public UpstreamPool pool
+    cdef public double keepalive_timeout_s
+    cdef public set connections
+    cdef public long long in_flight
+    cdef public long long bad_requests
+    cdef public object _server
+    cdef public object _idle_event
+    cdef public set _tasks
+    cdef public Deadlines _deadlines
+    cdef public object _sweep_handle
+    cpdef request_done(self)
+    cpdef Deadlines deadlines(self)
 
 
 @cython.final
@@ -55,7 +74,7 @@ cdef class _Connection:
     cdef public bint _pause_upstream
     cdef public object _pipeline
     cdef public bint _reading_paused
-    cdef public object _server
+    cdef public Server _server
     cdef public _Exchange _starting
     cdef public Forward _tunnel
     cdef public bytes _tunnel_early

@@ -755,7 +755,6 @@ class Server:
         assert self._server.sockets
         return int(self._server.sockets[0].getsockname()[1])
 
-    @property
     def deadlines(self) -> Deadlines:
         """The total and response-start timeouts of this server's forwarded requests."""
         d = self._deadlines

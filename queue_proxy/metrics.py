@@ -107,7 +107,8 @@ class QueueMetrics:
         self.gpu_labels = values
 
     def observe(self, status: int, seconds: float) -> None:
-        self.by_class[min(max(status // 100, 1), 5)] += 1
+        c = status // 100
+        self.by_class[1 if c < 1 else 5 if c > 5 else c] += 1
         self.latency_counts[bisect_left(_BUCKETS, seconds)] += 1
         self.latency_sum += seconds
 
