@@ -4,6 +4,8 @@ cimport cython
 
 # the byte tables of the simple-message passes: C globals, read through pointers
 cdef bytes _TCHAR, _VCHAR, _RESPONSE_FIRST, _RESPONSE_LENGTH, _REQUEST_FIRST, _REQUEST_LENGTH
+# the names the request-head pass looks up for every header it looks at
+cdef frozenset _REQUEST_SPECIAL
 
 
 @cython.locals(
@@ -11,12 +13,19 @@ cdef bytes _TCHAR, _VCHAR, _RESPONSE_FIRST, _RESPONSE_LENGTH, _REQUEST_FIRST, _R
     value=str,
     low=str,
     out=list,
+    parts=list,
     xff=list,
     has_forwarded=cython.bint,
+    keep=cython.bint,
     sets=tuple,
     removed=frozenset,
     prefixes=tuple,
     firsts=str,
+    p=cython.p_uchar,
+    n=Py_ssize_t,
+    off=Py_ssize_t,
+    end=Py_ssize_t,
+    run=Py_ssize_t,
 )
 cpdef bytes edited_request_head(
     str method,
@@ -26,6 +35,7 @@ cpdef bytes edited_request_head(
     bytes framing,
     tuple edits,
     object upgrade,
+    bytes raw=*,
 )
 
 

@@ -142,70 +142,98 @@ def edited_request_head(
     framing: bytes,
     edits: RequestEdits,
     upgrade: str | None,
+    raw: bytes | None = None,
 ) -> bytes:
-    """:func:`request_head` with its edits made by :func:`request_edits`."""
+    """:func:`request_head` with its edits made by :func:`request_edits`.
+
+    ``raw``, when the request was read by :func:`simple_request`, is its request line and header
+    lines as they came (one per item of ``headers``, in order): the lines kept are then copied
+    from it, a run of them as one slice, instead of being written anew from ``headers``.
+    """
     sets, removed, prefixes, firsts = edits
-    out: list[str] = [method, " ", target, " HTTP/1.1\r\n"]
+    out: list[str] = []
+    parts: list[bytes] = []  # with raw: the slices kept, then the rest encoded
     xff: list[str] = []
     xfh = xfp = None
     has_forwarded = False
     tokens: frozenset[str] = frozenset()
+    if raw is None:
+        out += (method, " ", target, " HTTP/1.1\r\n")
+        p = b""
+        n = run = off = end = 0
+    else:
+        p = raw
+        n = len(raw)
+        off = 0
+        while off < n and p[off] != 10:  # past the request line: it is kept as it came
+            off += 1
+        off += 1
+        run = 0  # where the current run of lines kept as they came starts
     for name, value in headers:
+        if raw is not None:
+            end = off
+            while end < n and p[end] != 10:  # each line ends in CRLF; no LF before it
+                end += 1
+            end += 1
         if name and firsts and name[0] not in firsts:
-            out.append(name)
-            out.append(": ")
-            out.append(value)
-            out.append("\r\n")
-            continue
-        low = name.lower()
-        if low in _REQUEST_SPECIAL:
-            if low == _XFF:
-                xff.append(value)
-                continue
-            if low == _XFH:
-                xfh = value
-            elif low == _XFP:
-                xfp = value
-            elif low == _FWD:
-                has_forwarded = True
-            else:
-                if low == "connection" and value.lower() not in ("keep-alive", "close"):
+            keep = True
+        else:
+            keep = False
+            low = name.lower()
+            if low in _REQUEST_SPECIAL:
+                if low == _XFF:
+                    xff.append(value)
+                elif low == _XFH:
+                    xfh = value
+                    keep = True
+                elif low == _XFP:
+                    xfp = value
+                    keep = True
+                elif low == _FWD:
+                    has_forwarded = True
+                    keep = True
+                elif low == "connection" and value.lower() not in ("keep-alive", "close"):
                     tokens = tokens | connection_tokens(((name, value),))
-                continue
-        elif low.startswith("proxy-"):
-            continue
-        if (removed and low in removed) or (prefixes and low.startswith(prefixes)):
-            continue
-        out.append(name)
-        out.append(": ")
-        out.append(value)
-        out.append("\r\n")
-    if tokens - _REQUEST_DROP:
-        kept = [(n, v) for n, v in headers if n.lower() not in tokens and n.lower() != "connection"]
+            elif not low.startswith("proxy-"):
+                keep = True
+            if keep and ((removed and low in removed) or (prefixes and low.startswith(prefixes))):
+                keep = False
+        if raw is None:
+            if keep:
+                out += (name, ": ", value, "\r\n")
+        elif not keep and run >= 0:
+            parts.append(p[run:off])
+            run = -1
+        elif keep and run < 0:
+            run = off
+        if raw is not None:
+            off = end
+    if tokens and tokens - _REQUEST_DROP:
+        kept = [
+            (hn, hv)
+            for hn, hv in headers
+            if hn.lower() not in tokens and hn.lower() != "connection"
+        ]
         return edited_request_head(method, target, kept, client, framing, edits, upgrade)
-    if not has_forwarded and (xff or xfh or xfp) and _FWD not in removed:
-        out.append("Forwarded: ")
-        out.append(synthesize_forwarded(xff, xfh, xfp))
-        out.append("\r\n")
-    if _XFF not in removed:
+    if raw is not None and run >= 0:
+        parts.append(p[run:off])
+    if not has_forwarded and (xff or xfh or xfp) and not (removed and _FWD in removed):
+        out += ("Forwarded: ", synthesize_forwarded(xff, xfh, xfp), "\r\n")
+    if not (removed and _XFF in removed):
         out.append("X-Forwarded-For: ")
         if xff:
-            out.append(", ".join(xff))
-            out.append(", ")
-        out.append(client)
-        out.append("\r\n")
+            out += (", ".join(xff), ", ")
+        out += (client, "\r\n")
     for name, value in sets:
-        out.append(name)
-        out.append(": ")
-        out.append(value)
-        out.append("\r\n")
+        out += (name, ": ", value, "\r\n")
     if upgrade is not None:
-        out.append("Connection: Upgrade\r\nUpgrade: ")
-        out.append(upgrade)
-        out.append("\r\n")
+        out += ("Connection: Upgrade\r\nUpgrade: ", upgrade, "\r\n")
     out.append(framing.decode("latin-1"))
     out.append("\r\n")
-    return "".join(out).encode("latin-1")
+    if raw is None:
+        return "".join(out).encode("latin-1")
+    parts.append("".join(out).encode("latin-1"))
+    return b"".join(parts)
 
 
 def scan_response_headers(headers: Sequence[tuple[bytes, bytes]]) -> tuple[bytes, bytes, bool]:
@@ -358,7 +386,7 @@ def simple_response(data: bytes) -> SimpleResponse | None:
                     if p[i] < 48 or p[i] > 57:
                         return None
                     clen = clen * 10 + p[i] - 48
-                length = data[v:line_end]
+                length = p[v:line_end]
                 drop = True
             elif _lower_is(data, pos, j, b"connection"):
                 if _lower_is(data, v, line_end, b"close"):
@@ -373,7 +401,7 @@ def simple_response(data: bytes) -> SimpleResponse | None:
                 drop = low in _RESPONSE_DROP_B or low.startswith(b"proxy-")
             if drop:
                 if run >= 0:
-                    parts.append(data[run:pos])
+                    parts.append(p[run:pos])
                     run = -1
                 pos = line_end + 2
                 continue
@@ -382,16 +410,16 @@ def simple_response(data: bytes) -> SimpleResponse | None:
                 run = pos
         else:
             if run >= 0:
-                parts.append(data[run:pos])
+                parts.append(p[run:pos])
                 run = -1
-            parts.append(data[pos:j] + b": " + data[v : line_end + 2])
+            parts.append(p[pos:j] + b": " + p[v : line_end + 2])
         pos = line_end + 2
     if not length or n - (pos + 2) != clen:
         return None
     if run >= 0:
-        parts.append(data[run:pos])
+        parts.append(p[run:pos])
     lines = parts[0] if len(parts) == 1 else b"".join(parts)
-    return status, data[:status_end], lines, length, data[pos + 2 :], keep_alive
+    return status, p[:status_end], lines, length, p[pos + 2 : n], keep_alive
 
 
 _METHODS = tuple(
@@ -402,8 +430,9 @@ _REQUEST_FIRST, _REQUEST_LENGTH = _table(
     (b"content-length", b"transfer-encoding", b"upgrade", b"expect", b"connection")
 )
 
-SimpleRequest = tuple[str, str, list[tuple[str, str]], int, bool, bytes]
-"""(method, target, headers, Content-Length or -1, keep-alive, body)."""
+SimpleRequest = tuple[str, str, list[tuple[str, str]], int, bool, bytes, bytes]
+"""(method, target, headers, Content-Length or -1, keep-alive, body, the request line and
+header lines as they came: ``raw`` for :func:`edited_request_head`)."""
 
 
 def simple_request(data: bytes) -> SimpleRequest | None:
@@ -431,7 +460,7 @@ def simple_request(data: bytes) -> SimpleRequest | None:
     i = t
     while i < n and 33 <= p[i] <= 126:
         i += 1
-    if i + 10 >= n or data[i : i + 11] != b" HTTP/1.1\r\n":
+    if not data.startswith(b" HTTP/1.1\r\n", i):
         return None
     target = data[t:i].decode("latin-1")
     tchar = _TCHAR
@@ -482,7 +511,7 @@ def simple_request(data: bytes) -> SimpleRequest | None:
         pos = line_end + 2
     if n - (pos + 2) != (clen if clen > 0 else 0):
         return None
-    return method, target, headers, clen, keep_alive, data[pos + 2 :]
+    return method, target, headers, clen, keep_alive, p[pos + 2 : n], p[:pos]
 
 
 def status_line(status: int, reason: bytes) -> bytes:

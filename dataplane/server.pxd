@@ -39,6 +39,7 @@ cdef class _Exchange:
     cdef public bint _http10
     cdef public bint _keep_alive
     cdef public str _method
+    cdef public bytes _raw_head
     cdef public bint _response_close
     cdef public bint _response_done
     cdef public bint _started

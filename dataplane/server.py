@@ -57,6 +57,7 @@ class _Exchange:
         "_http10",
         "_keep_alive",
         "_method",
+        "_raw_head",
         "_response_close",
         "_response_done",
         "_started",
@@ -71,6 +72,7 @@ class _Exchange:
         self._method = ""
         self._target = ""
         self._headers: list[tuple[str, str]] = []
+        self._raw_head: bytes | None = None  # request line and header lines, if read whole
         self._content_length = -1
         self._chunked = False
         self._expect_continue = False
@@ -173,6 +175,7 @@ class _Exchange:
             framing,
             request_edits(set_headers, remove_headers, remove_prefixes),
             self.header("Upgrade") if self._upgrade else None,
+            self._raw_head,
         )
 
     def _refusal(self) -> ForwardResult | None:
@@ -395,8 +398,9 @@ class _Connection:
     def _simple_request(self, request: SimpleRequest) -> None:
         """A whole request read at once without the parser (:func:`simple_request`): what the
         parser's callbacks would do for it, then its handler."""
-        method, target, headers, length, keep_alive, body = request
+        method, target, headers, length, keep_alive, body, raw = request
         ex = _Exchange(self)
+        ex._raw_head = raw
         ex._method = method
         ex._target = target
         ex._headers = headers

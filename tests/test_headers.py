@@ -96,13 +96,15 @@ def test_forwarded_for_appended_and_forwarded_synthesized() -> None:
         ("x-forwarded-FOR", "203.0.113.7"),
         ("X-Forwarded-For", "10.1.1.1, 10.2.2.2"),
         ("X-FORWARDED-PROTO", "https"),
+        ("x-forwarded-host", "svc.example"),
         ("Accept", "*/*"),
     ]
     head = request_head("GET", "/", headers, "127.0.0.1", framing=b"")
-    assert _lines(head)[1:] == [
+    assert _lines(head)[1:] == [  # X-Forwarded-Host and -Proto pass on; -For is rewritten
         "X-FORWARDED-PROTO: https",
+        "x-forwarded-host: svc.example",
         "Accept: */*",
-        "Forwarded: for=203.0.113.7;proto=https, for=10.1.1.1, for=10.2.2.2",
+        "Forwarded: for=203.0.113.7;host=svc.example;proto=https, for=10.1.1.1, for=10.2.2.2",
         "X-Forwarded-For: 203.0.113.7, 10.1.1.1, 10.2.2.2, 127.0.0.1",
     ]
     # A client's own Forwarded is passed on as it is, not synthesized.
