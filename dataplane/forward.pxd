@@ -1,8 +1,12 @@
 # Cython declarations for forward.py (compiled when built; see setup.py).
 cimport cython
 
+from dataplane.headers cimport scan_response_headers, status_line
 from dataplane.server cimport _Exchange
 from dataplane.upstream cimport UpstreamConnection
+
+
+cdef object _completed(int status)
 
 
 @cython.final
@@ -50,5 +54,7 @@ cdef class Forward:
     cpdef flush(self)
     cpdef on_message_complete(self)
     cpdef _cancel_start_timer(self)
+    cpdef _detach(self, bint reuse)
+    cpdef _finish(self, object result, bint answered=*)
     cpdef cleanup_timers(self)
     cpdef cleanup(self)

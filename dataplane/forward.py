@@ -500,7 +500,7 @@ class Forward:
             )
 
     # --- ending ---
-    def _detach(self, *, reuse: bool) -> None:
+    def _detach(self, reuse: bool) -> None:
         conn, self._conn = self._conn, None
         self.streaming_body = False
         if conn is None:
@@ -517,7 +517,7 @@ class Forward:
             self._ex._conn._server.deadlines().remove(self._start_key, self, "response-start")
             self._start_key = 0
 
-    def _finish(self, result: ForwardResult, *, answered: bool = True) -> None:
+    def _finish(self, result: ForwardResult, answered: bool = True) -> None:
         self.cleanup_timers()
         if answered:
             self._ex._response_finished()

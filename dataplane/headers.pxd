@@ -99,3 +99,8 @@ cpdef tuple simple_request(bytes data)
 
 @cython.locals(k=Py_ssize_t, p=cython.p_uchar)
 cdef bint _lower_is(bytes data, Py_ssize_t start, Py_ssize_t end, bytes low) except -1
+
+
+@cython.locals(sets=tuple, removes=tuple, prefixes=tuple, edits=tuple)
+cpdef tuple request_edits(object set_headers=*, object remove_headers=*, object remove_prefixes=*)
+cpdef bytes status_line(int status, bytes reason)

@@ -96,19 +96,23 @@ def request_edits(
     if not (sets or removes or prefixes):
         return _NO_EDITS
     if sets:
-        removes = (*removes, *(name for name, _ in sets))
+        removes = removes + tuple([name for name, _ in sets])
     key = (removes, prefixes)
     edits = _EDITS.get(key)
     if edits is None:
-        removed = frozenset(n.lower() for n in removes)
-        low_prefixes = tuple(p.lower() for p in prefixes)
-        firsts = {c for n in (*removed, *low_prefixes) if n for c in (n[0], n[0].upper())}
-        # an empty prefix removes every header: each is looked at ("" lets none through)
-        looked = "" if "" in low_prefixes else _REQUEST_FIRSTS + "".join(sorted(firsts))
-        edits = ((), removed, low_prefixes, looked)
+        edits = _new_edits(removes, prefixes)
         if len(_EDITS) < _CACHE_MAX:
             _EDITS[key] = edits
     return (sets, edits[1], edits[2], edits[3]) if sets else edits
+
+
+def _new_edits(removes: tuple[str, ...], prefixes: tuple[str, ...]) -> RequestEdits:
+    removed = frozenset(n.lower() for n in removes)
+    low_prefixes = tuple(p.lower() for p in prefixes)
+    firsts = {c for n in (*removed, *low_prefixes) if n for c in (n[0], n[0].upper())}
+    # an empty prefix removes every header: each is looked at ("" lets none through)
+    looked = "" if "" in low_prefixes else _REQUEST_FIRSTS + "".join(sorted(firsts))
+    return ((), removed, low_prefixes, looked)
 
 
 def request_head(

@@ -2,6 +2,7 @@
 cimport cython
 
 from dataplane.deadlines cimport Deadlines
+from dataplane.headers cimport edited_request_head, request_edits, simple_request
 from dataplane.forward cimport Forward
 from dataplane.upstream cimport UpstreamPool
 

@@ -1,6 +1,8 @@
 # Cython declarations for upstream.py (compiled when built; see setup.py).
 cimport cython
 
+from dataplane.headers cimport simple_response
+
 
 @cython.final
 cdef class UpstreamConnection:
@@ -26,5 +28,6 @@ cdef class UpstreamPool:
     cdef public dict _idle
     cdef public dict _addr
     cdef public bint _closed
+    @cython.locals(conn=UpstreamConnection)
     cpdef UpstreamConnection take_idle(self, str hostport, double now)
     cpdef release(self, UpstreamConnection conn, double now)
