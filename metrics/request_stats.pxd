@@ -14,3 +14,5 @@ cdef class RequestStats:
     cdef public double _last
     cdef public double _period_start
     cdef inline void _accumulate(self, double now)
+    cpdef request_in(self, double now, bint proxied=*)
+    cpdef request_out(self, double now, bint proxied=*)

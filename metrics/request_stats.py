@@ -60,7 +60,7 @@ class RequestStats:
             self._proxied_conc_time += self._proxied_concurrency * dt
             self._last = now
 
-    def request_in(self, now: float, *, proxied: bool = False) -> None:
+    def request_in(self, now: float, proxied: bool = False) -> None:
         self._accumulate(now)
         self._concurrency += 1
         self._count += 1
@@ -68,7 +68,7 @@ class RequestStats:
             self._proxied_concurrency += 1
             self._proxied_count += 1
 
-    def request_out(self, now: float, *, proxied: bool = False) -> None:
+    def request_out(self, now: float, proxied: bool = False) -> None:
         self._accumulate(now)
         self._concurrency -= 1
         if proxied:

@@ -9,7 +9,7 @@ forward to the model server (timeouts, header rewrites).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from dataplane.api import Exchange, ForwardResult, Handler, Timeouts, UpstreamConnectError
 from dataplane.breaker import Breaker, QueueFullError
@@ -41,6 +41,30 @@ def _host_edits(host: str | None) -> tuple[tuple[tuple[str, str], ...], tuple[st
     return (("Host", host),), _ORIGINAL_HOST
 
 
+def request_marks(
+    headers: Sequence[tuple[str, str]],
+) -> tuple[bool, str | None, str | None, bool]:
+    """One pass over a request's headers for what the queue-proxy reads in them (``K-*`` and
+    ``User-Agent``): (proxied by the activator, ``K-Original-Host``, ``K-Network-Probe``, a
+    health check)."""
+    proxied = kubelet = False
+    host: str | None = None
+    probe: str | None = None
+    for name, value in headers:
+        if not name or name[0] not in "kKuU":
+            continue
+        low = name.lower()
+        if low == "k-proxy-request":
+            proxied = value == "activator"
+        elif low == "k-original-host":
+            host = value
+        elif low == "k-network-probe":
+            probe = value
+        elif low == "k-kubelet-probe" or (low == "user-agent" and value.startswith(_HEALTH_AGENTS)):
+            kubelet = True
+    return proxied, host, probe, kubelet
+
+
 def build_breaker(container_concurrency: int) -> Breaker | None:
     """Knative's ``buildBreaker``: none when CC < 1, else CC active + 10×CC waiting."""
     if container_concurrency < 1:
@@ -70,11 +94,12 @@ def build_handler(
     refusal = metrics.refusal
     observe = metrics.observe
     clock = stats.clock
-    loop_time = asyncio.get_running_loop().time if isinstance(clock, LoopClock) else clock.monotonic
+    arrival_clock = isinstance(clock, LoopClock)  # a request's arrival time is its in-time
+    loop_time = asyncio.get_running_loop().time if arrival_clock else clock.monotonic
 
     def finish(ex: Exchange, proxied: bool, status: int) -> None:
         end = loop_time()
-        requests.request_out(end, proxied=proxied)
+        requests.request_out(end, proxied)
         observe(status, end - ex.arrived_at)
 
     def count_failure(result: ForwardResult) -> None:
@@ -157,24 +182,7 @@ def build_handler(
             ex.respond_now(200, b"", (("K-Network-Hash", probe_hash),))
 
     def handler(ex: Exchange) -> Awaitable[None] | None:
-        probe: str | None = None
-        kubelet = proxied = False
-        host: str | None = None
-        for name, value in ex.headers:  # one pass; only k-* and user-agent matter here
-            c = name[0]
-            if c not in "kKuU":
-                continue
-            low = name.lower()
-            if low == "k-proxy-request":
-                proxied = value == "activator"
-            elif low == "k-original-host":
-                host = value
-            elif low == "k-network-probe":
-                probe = value
-            elif low == "k-kubelet-probe" or (
-                low == "user-agent" and value.startswith(_HEALTH_AGENTS)
-            ):
-                kubelet = True
+        proxied, host, probe, kubelet = request_marks(ex.headers)
         if probe == "probe":
             kingress_probe(ex)
             return None
@@ -184,7 +192,7 @@ def build_handler(
         if drainer.draining:
             drainer.touch()  # every request restarts the quiet period
         # Recorded before the breaker: queued requests count as concurrency (§2.1).
-        requests.request_in(loop_time(), proxied=proxied)
+        requests.request_in(ex.arrived_at if arrival_clock else clock.monotonic(), proxied)
         release: Callable[[], None] | None = None
         if breaker is not None:
             release = breaker.reserve()  # a slot free now, or None: wait in the slow path
