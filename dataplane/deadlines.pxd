@@ -1,4 +1,5 @@
 # Cython declarations for deadlines.py (compiled when built; see setup.py).
+cimport cython
 
 
 cdef class Deadlines:
@@ -8,5 +9,7 @@ cdef class Deadlines:
     cdef public list _heap
     cdef public object _loop
     cdef public double _per_s
+    @cython.locals(bucket=dict, key=object)
     cpdef object add(self, double when, object entry, str kind)
+    @cython.locals(bucket=dict)
     cpdef remove(self, object key, object entry, str kind)

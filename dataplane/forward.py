@@ -86,20 +86,20 @@ class Forward:
         on_done: Callable[[ForwardResult], None] | None = None,
         on_refused: Callable[[UpstreamConnectError], Awaitable[None]] | None = None,
     ) -> None:
-        self._ex = ex
+        self._ex = ex  # (typed from here: read it back rather than the argument)
         self._head = head
         self._timeouts = timeouts
-        self._loop = ex._conn._loop
+        self._loop = self._ex._conn._loop
         self._conn: UpstreamConnection | None = None
         self._on_done = on_done
         self._on_refused = on_refused
         self._upstream = ""
         self._done: asyncio.Future[ForwardResult | None] | None = None
         self._resolved = False
-        self._chunked_in = ex._chunked
+        self._chunked_in = self._ex._chunked
         # the upstream connection may read a whole simple response without its parser (not
         # for HEAD, whose response announces a body it does not have, nor for an upgrade)
-        self.simple_ok = ex._method != "HEAD" and not ex._upgrade
+        self.simple_ok = self._ex._method != "HEAD" and not self._ex._upgrade
         self.streaming_body = False  # client body chunks go straight upstream
         self._replay: list[bytes] | None = None  # the whole body, kept until a response byte
         self._body_sent = False  # streamed body bytes went upstream: no retry
@@ -232,15 +232,16 @@ class Forward:
         else:
             self._body_sent = bool(chunks)
             self.streaming_body = True
-        now = self._loop.time()
         t = self._timeouts
-        if t.response_start_s > 0:
-            self._start_key = ex._conn._server.deadlines().add(
-                now + t.response_start_s, self, "response-start"
-            )
-        if t.idle_s > 0:
-            self._last_write = now
-            self._idle_handle = self._loop.call_at(now + t.idle_s, self._on_idle)
+        if t.response_start_s > 0 or t.idle_s > 0:
+            now = self._loop.time()
+            if t.response_start_s > 0:
+                self._start_key = ex._conn._server.deadlines().add(
+                    now + t.response_start_s, self, "response-start"
+                )
+            if t.idle_s > 0:
+                self._last_write = now
+                self._idle_handle = self._loop.call_at(now + t.idle_s, self._on_idle)
         if ex._conn.write_paused:
             conn.transport.pause_reading()
 
@@ -312,21 +313,26 @@ class Forward:
             self._cancel_start_timer()
         ex = self._ex
         head_only = ex._method == "HEAD"
+        framing = b""
         if head_only or status in (204, 304):
-            framing = b"Content-Length: " + length + b"\r\n" if length and head_only else b""
+            if not head_only:
+                length = b""
         elif length and not chunked:
-            framing = b"Content-Length: " + length + b"\r\n"
+            pass
         elif ex._http10:
-            framing = b""
+            length = b""
             self._close_delimited = True
             ex._response_close = True
         else:
+            length = b""
             framing = _CHUNKED
             self._chunked_out = True
-        if ex._close_after_response():
-            framing += b"Connection: close\r\n"
+        end = b"Connection: close\r\n\r\n" if ex._close_after_response() else b"\r\n"
         ex._started = True
-        self._out.append(line + lines + framing + b"\r\n")
+        if length:
+            self._out.append(b"".join((line, lines, b"Content-Length: ", length, b"\r\n", end)))
+        else:
+            self._out.append(b"".join((line, lines, framing, end)))
         if self._idle_handle is not None:
             self._last_write = self._loop.time()
         if head_only:  # httptools cannot skip a HEAD response's body: this connection is done

@@ -17,5 +17,5 @@ cdef class QueueMetrics:
     cdef public object gpu_memory_total
     cdef public tuple gpu_labels
 
-    @cython.locals(c=Py_ssize_t)
+    @cython.locals(c=Py_ssize_t, i=Py_ssize_t, bound=double)
     cpdef observe(self, int status, double seconds)

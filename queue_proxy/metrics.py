@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -109,7 +108,12 @@ class QueueMetrics:
     def observe(self, status: int, seconds: float) -> None:
         c = status // 100
         self.by_class[1 if c < 1 else 5 if c > 5 else c] += 1
-        self.latency_counts[bisect_left(_BUCKETS, seconds)] += 1
+        i = 0  # the first bucket whose bound is not below seconds (bisect_left, unrolled)
+        for bound in _BUCKETS:
+            if seconds <= bound:
+                break
+            i += 1
+        self.latency_counts[i] += 1
         self.latency_sum += seconds
 
     def track(self, queue_depth: Callable[[], float], in_flight: Callable[[], float]) -> None:
