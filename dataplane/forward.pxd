@@ -6,6 +6,7 @@ from dataplane.server cimport _Exchange
 from dataplane.upstream cimport UpstreamConnection
 
 
+cdef dict _COMPLETED
 cdef object _completed(int status)
 
 
@@ -48,7 +49,9 @@ cdef class Forward:
     cpdef end_body(self)
     cpdef on_headers_complete(self)
     cpdef on_simple_response(self, tuple response)
-    cpdef _response_head(self, int status, bytes line, bytes lines, bytes length, bint chunked)
+    cpdef _response_head(
+        self, int status, bytes line, bytes lines, bytes length, bint chunked, bytes body=*
+    )
     cpdef _response_end(self, bint keep_alive)
     cpdef on_body(self, body)
     cpdef flush(self)

@@ -242,7 +242,7 @@ class Forward:
             if t.idle_s > 0:
                 self._last_write = now
                 self._idle_handle = self._loop.call_at(now + t.idle_s, self._on_idle)
-        if ex._conn.write_paused:
+        if ex._conn._write_paused:
             conn.transport.pause_reading()
 
     # --- request body, from the client connection ---
@@ -298,15 +298,20 @@ class Forward:
         """A whole response read at once without the parser (:func:`simple_response`): what
         ``on_headers_complete``, ``on_body`` and ``on_message_complete`` would do for it."""
         status, line, lines, length, body, keep_alive = response
-        self._response_head(status, line, lines, length, False)
-        if body:
-            self._out.append(body)
+        self._response_head(status, line, lines, length, False, body)
         self._response_end(keep_alive)
 
     def _response_head(
-        self, status: int, line: bytes, lines: bytes, length: bytes, chunked: bool
+        self,
+        status: int,
+        line: bytes,
+        lines: bytes,
+        length: bytes,
+        chunked: bool,
+        body: bytes = b"",
     ) -> None:
-        """The client's response head, from the upstream's status line and end-to-end lines."""
+        """The client's response head, from the upstream's status line and end-to-end lines
+        (and ``body``, a whole body read with the head, in the same bytes)."""
         self._replay = None
         self._status = status
         if self._start_key:
@@ -330,9 +335,10 @@ class Forward:
         end = b"Connection: close\r\n\r\n" if ex._close_after_response() else b"\r\n"
         ex._started = True
         if length:
-            self._out.append(b"".join((line, lines, b"Content-Length: ", length, b"\r\n", end)))
+            head = (line, lines, b"Content-Length: ", length, b"\r\n", end, body)
+            self._out.append(b"".join(head))
         else:
-            self._out.append(b"".join((line, lines, framing, end)))
+            self._out.append(b"".join((line, lines, framing, end, body)))
         if self._idle_handle is not None:
             self._last_write = self._loop.time()
         if head_only:  # httptools cannot skip a HEAD response's body: this connection is done

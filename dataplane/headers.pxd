@@ -5,7 +5,9 @@ cimport cython
 # the byte tables of the simple-message passes: C globals, read through pointers
 cdef bytes _TCHAR, _VCHAR, _RESPONSE_FIRST, _RESPONSE_LENGTH, _REQUEST_FIRST, _REQUEST_LENGTH
 # the names the request-head pass looks up for every header it looks at
-cdef frozenset _REQUEST_SPECIAL
+cdef set _REQUEST_SPECIAL
+# caches of the request-head pass
+cdef dict _EDITS, _XFF_LINES
 
 
 @cython.locals(
@@ -104,3 +106,5 @@ cdef bint _lower_is(bytes data, Py_ssize_t start, Py_ssize_t end, bytes low) exc
 @cython.locals(sets=tuple, removes=tuple, prefixes=tuple, edits=tuple)
 cpdef tuple request_edits(object set_headers=*, object remove_headers=*, object remove_prefixes=*)
 cpdef bytes status_line(int status, bytes reason)
+
+cdef bytes _xff_line(str client)

@@ -61,7 +61,7 @@ def synthesize_forwarded(xff: Sequence[str], xfh: str | None, xfp: str | None) -
 
 
 _XFF, _XFH, _XFP, _FWD = "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "forwarded"
-_REQUEST_SPECIAL = _REQUEST_DROP | {_XFF, _XFH, _XFP, _FWD}
+_REQUEST_SPECIAL = set(_REQUEST_DROP | {_XFF, _XFH, _XFP, _FWD})  # (a set: a faster lookup)
 _RESPONSE_DROP_B = frozenset(n.encode() for n in _RESPONSE_DROP)
 
 
@@ -224,20 +224,34 @@ def edited_request_head(
     if not has_forwarded and (xff or xfh or xfp) and not (removed and _FWD in removed):
         out += ("Forwarded: ", synthesize_forwarded(xff, xfh, xfp), "\r\n")
     if not (removed and _XFF in removed):
-        out.append("X-Forwarded-For: ")
         if xff:
-            out += (", ".join(xff), ", ")
-        out += (client, "\r\n")
+            out += ("X-Forwarded-For: ", ", ".join(xff), ", ", client, "\r\n")
+        else:
+            parts.append("".join(out).encode("latin-1") if out else b"")
+            out = []
+            parts.append(_xff_line(client))
     for name, value in sets:
         out += (name, ": ", value, "\r\n")
     if upgrade is not None:
         out += ("Connection: Upgrade\r\nUpgrade: ", upgrade, "\r\n")
-    out.append(framing.decode("latin-1"))
-    out.append("\r\n")
-    if raw is None:
-        return "".join(out).encode("latin-1")
-    parts.append("".join(out).encode("latin-1"))
+    if out:
+        parts.append("".join(out).encode("latin-1"))
+    parts += (framing, b"\r\n")
     return b"".join(parts)
+
+
+_XFF_LINES: dict[str, bytes] = {}
+
+
+def _xff_line(client: str) -> bytes:
+    """``X-Forwarded-For: <client>`` for a request without one (the same few clients again and
+    again: kept per client, up to a bound)."""
+    line = _XFF_LINES.get(client)
+    if line is None:
+        line = b"X-Forwarded-For: " + client.encode("latin-1") + b"\r\n"
+        if len(_XFF_LINES) < _CACHE_MAX:
+            _XFF_LINES[client] = line
+    return line
 
 
 def scan_response_headers(headers: Sequence[tuple[bytes, bytes]]) -> tuple[bytes, bytes, bool]:
@@ -466,7 +480,7 @@ def simple_request(data: bytes) -> SimpleRequest | None:
         i += 1
     if not data.startswith(b" HTTP/1.1\r\n", i):
         return None
-    target = data[t:i].decode("latin-1")
+    target = p[t:i].decode("latin-1")
     tchar = _TCHAR
     vchar = _VCHAR
     first = _REQUEST_FIRST
@@ -509,9 +523,13 @@ def simple_request(data: bytes) -> SimpleRequest | None:
                     keep_alive = False
                 elif not _lower_is(data, v, line_end, b"keep-alive"):
                     return None
-            elif data[pos:j].lower() in (b"transfer-encoding", b"upgrade", b"expect"):
+            elif (
+                _lower_is(data, pos, j, b"transfer-encoding")
+                or _lower_is(data, pos, j, b"upgrade")
+                or _lower_is(data, pos, j, b"expect")
+            ):
                 return None
-        headers.append((data[pos:j].decode("latin-1"), data[v:line_end].decode("latin-1")))
+        headers.append((p[pos:j].decode("latin-1"), p[v:line_end].decode("latin-1")))
         pos = line_end + 2
     if n - (pos + 2) != (clen if clen > 0 else 0):
         return None
