@@ -328,6 +328,10 @@ def _lower_is(data: bytes, start: int, end: int, low: bytes) -> bool:
     return True
 
 
+# The simple-message passes pay off compiled only: run by the interpreter, their byte loops
+# cost more than the parser's callbacks, so the core takes them only in a compiled build.
+SIMPLE_PATHS = not (__file__ or "").endswith(".py")
+
 SimpleResponse = tuple[int, bytes, bytes, bytes, bytes, bool]
 """(status, status line, end-to-end header lines, Content-Length value, body, keep-alive)."""
 

@@ -2,6 +2,9 @@
 cimport cython
 
 from dataplane.deadlines cimport Deadlines
+# whether the simple-message passes are taken (dataplane.headers.SIMPLE_PATHS)
+cdef bint SIMPLE_PATHS
+
 from dataplane.headers cimport edited_request_head, request_edits, simple_request
 from dataplane.forward cimport Forward
 from dataplane.upstream cimport UpstreamPool

@@ -22,6 +22,7 @@ from dataplane.deadlines import Deadlines
 from dataplane.forward import Forward
 from dataplane.headers import (
     REASONS,
+    SIMPLE_PATHS,
     SimpleRequest,
     edited_request_head,
     request_edits,
@@ -375,7 +376,7 @@ class _Connection:
         if self._tunnel is not None:
             self._tunnel.tunnel_to_upstream(data)
             return
-        if self._fresh and self._current is None:  # between requests, none being answered
+        if self._fresh and self._current is None and SIMPLE_PATHS:  # between requests, idle
             simple = simple_request(data)
             if simple is not None:
                 self._simple_request(simple)

@@ -1,6 +1,9 @@
 # Cython declarations for upstream.py (compiled when built; see setup.py).
 cimport cython
 
+# whether the simple-message passes are taken (dataplane.headers.SIMPLE_PATHS)
+cdef bint SIMPLE_PATHS
+
 from dataplane.headers cimport simple_response
 
 

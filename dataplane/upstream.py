@@ -14,7 +14,7 @@ from typing import Protocol, cast
 import httptools
 
 from dataplane.api import UpstreamConnectError
-from dataplane.headers import SimpleResponse, simple_response
+from dataplane.headers import SIMPLE_PATHS, SimpleResponse, simple_response
 
 log = logging.getLogger("dataplane.upstream")
 
@@ -85,7 +85,7 @@ class UpstreamConnection:
         if self.tunnel:
             sink.on_tunnel_data(data)
             return
-        if self.fresh and sink.simple_ok:  # nothing of this response parsed yet
+        if self.fresh and sink.simple_ok and SIMPLE_PATHS:  # nothing of it parsed yet
             simple = simple_response(data)
             if simple is not None:
                 sink.on_simple_response(simple)

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import httptools
 
+import dataplane
+from dataplane import headers
 from dataplane.headers import (
     edited_request_head,
     request_edits,
@@ -391,3 +393,8 @@ def test_head_from_the_raw_lines_reads_as_the_head_written_anew() -> None:
         assert _parse_request(from_raw + b"abc"[: 3 if framing else 0]) == _parse_request(
             anew + b"abc"[: 3 if framing else 0]
         ), (data, edits)
+
+
+def test_the_core_takes_the_simple_paths_only_when_compiled() -> None:
+    # Run by the interpreter, the byte loops cost more than the parser's callbacks.
+    assert headers.SIMPLE_PATHS is dataplane.compiled()
