@@ -130,6 +130,10 @@ class ActivatorHandler:
     # --- the handler -------------------------------------------------------------------------
 
     def __call__(self, ex: Exchange) -> Awaitable[None] | None:
+        return self.handle(ex)
+
+    def handle(self, ex: Exchange) -> Awaitable[None] | None:
+        """The handler's body (a method of its own, so that its locals are typed compiled)."""
         host: str | None = None
         probe: str | None = None
         kubelet = False

@@ -1,0 +1,50 @@
+# Cython declarations for handler.py (compiled when built; see setup.py): the handler and its
+# per-revision lane as extension types, the hot path's locals typed.
+cimport cython
+
+from activator.reporter cimport RevisionCounter
+from activator.throttler cimport Admission, RevisionThrottler
+
+
+@cython.final
+cdef class PathCounts:
+    cdef public long long dialed
+    cdef public long long hot
+    cdef public long long refused
+    cdef public long long waited
+
+
+@cython.final
+cdef class _Lane:
+    cdef public object revision
+    cdef public object key
+    cdef public RevisionThrottler throttler
+    cdef public object metrics
+    cdef public RevisionCounter counter
+    cdef public object timeouts
+
+
+cdef class ActivatorHandler:
+    cdef public object router
+    cdef public object throttler
+    cdef public object reporter
+    cdef public object sink
+    cdef public object metrics
+    cdef public bint draining
+    cdef public double last_request_at
+    cdef public dict _lanes
+    cdef public dict _host_lanes
+    cdef public object _clock
+    cdef public PathCounts paths
+
+    @cython.locals(
+        name=str,
+        value=str,
+        low=str,
+        lane=_Lane,
+        counter=RevisionCounter,
+        admission=Admission,
+        now=double,
+        kubelet=cython.bint,
+    )
+    cpdef object handle(self, object ex)
