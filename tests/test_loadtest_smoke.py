@@ -10,6 +10,7 @@ zero. The report must show zero errors, replicas that rose to at least two, and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -22,6 +23,40 @@ from loadtests import report
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "loadtests" / "specs" / "smoke-step.yaml"
+
+
+def _running_the_spec() -> dict[int, str]:
+    """Processes whose command line names the smoke spec (the runner's ``zeroserve up``)."""
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if str(SPEC).encode() in cmd:
+            found[int(entry.name)] = cmd.replace(b"\0", b" ").decode(errors="replace")
+    return found
+
+
+async def _leftovers_after(grace_s: float) -> dict[int, str]:
+    """What still runs the spec ``grace_s`` after the runner ended, killed (with its process
+    group) so that it holds no port for the tests after this one."""
+    left = _running_the_spec()
+    for _ in range(int(grace_s / 0.2)):  # polled: a process's end has no event to wait on here
+        if not left:
+            break
+        await asyncio.sleep(0.2)
+        left = _running_the_spec()
+    for pid in left:
+        with contextlib.suppress(OSError):
+            group = os.getpgid(pid)
+            if group != os.getpgrp():  # (its own group, as the runner starts it: all of it)
+                os.killpg(group, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
+    return left
 
 
 @pytest.mark.e2e
@@ -60,6 +95,8 @@ async def test_step_smoke_run_scales_up_and_back_down_without_errors(tmp_path: P
             await asyncio.wait_for(proc.wait(), 60)
     log = stdout.decode(errors="replace")
     assert proc.returncode == 0, log
+    left = await _leftovers_after(10.0)
+    assert not left, f"processes of the run outlived it (killed now): {left}\n{log}"
 
     summary = json.loads((out / report.SUMMARY_JSON).read_text())
     assert summary["passed"], log
