@@ -148,7 +148,10 @@ class FakeApiServer:
         self.requests: list[tuple[str, str]] = []
         self.fail_next: list[int] = []
         """Statuses to answer the next requests with (an injected outage), first first."""
-        self._changed = asyncio.Condition()
+        # Set, and replaced by a fresh one, on every change: a watch waits on the one it saw
+        # before reading the history. (An asyncio.Condition waited on through wait_for could,
+        # cancelled at shutdown, leave its lock unacquired and hang the loop's close.)
+        self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._watches: set[web.StreamResponse] = set()
         self._dropped: set[web.StreamResponse] = set()
@@ -193,8 +196,7 @@ class FakeApiServer:
     async def drop_watches(self) -> None:
         """End every open watch (a network blip or an API server restart)."""
         self._dropped |= self._watches
-        async with self._changed:
-            self._changed.notify_all()
+        self._notify()
 
     def compact(self) -> None:
         """Forget the history up to now: watches from an older version get 410 Gone."""
@@ -216,8 +218,11 @@ class FakeApiServer:
 
     async def _record(self, resource: str, kind: str, obj: Obj) -> None:
         self.history.append(_Event(self.rv, resource, kind, obj))
-        async with self._changed:
-            self._changed.notify_all()
+        self._notify()
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
     # -- REST ------------------------------------------------------------------------------------
 
@@ -295,6 +300,7 @@ class FakeApiServer:
         self._watches.add(resp)
         try:
             while loop.time() < deadline and resp not in self._dropped:
+                changed = self._changed  # (before the history is read: no change is missed)
                 if since < self.compacted:
                     await send("ERROR", status(410, "Expired", "too old resource version"))
                     return resp
@@ -313,9 +319,8 @@ class FakeApiServer:
                     meta = {"resourceVersion": str(since)}
                     await send("BOOKMARK", {"kind": KINDS[resource], "metadata": meta})
                 wait = min(self.bookmark_interval_s, deadline - loop.time())
-                async with self._changed:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._changed.wait(), max(0.0, wait))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), max(0.0, wait))
         except ConnectionResetError:
             return resp
         finally:
