@@ -65,7 +65,7 @@ cpdef tuple scan_response_headers(object headers)
     length=bytes,
     low=bytes,
     drop=cython.bint,
-    tchar=cython.p_uchar,
+    token=int,
     vchar=cython.p_uchar,
     first=cython.p_uchar,
     lengths=cython.p_uchar,
@@ -80,7 +80,6 @@ cpdef tuple simple_response(bytes data)
     t=Py_ssize_t,
     i=Py_ssize_t,
     j=Py_ssize_t,
-    k=Py_ssize_t,
     v=Py_ssize_t,
     pos=Py_ssize_t,
     line_end=Py_ssize_t,
@@ -89,8 +88,7 @@ cpdef tuple simple_response(bytes data)
     headers=list,
     method=str,
     target=str,
-    tchar=cython.p_uchar,
-    vchar=cython.p_uchar,
+    token=int,
     first=cython.p_uchar,
     lengths=cython.p_uchar,
     prefix=bytes,
@@ -101,6 +99,22 @@ cpdef tuple simple_request(bytes data)
 
 @cython.locals(k=Py_ssize_t, p=cython.p_uchar)
 cdef bint _lower_is(bytes data, Py_ssize_t start, Py_ssize_t end, bytes low) except -1
+
+
+# one header line of the simple-message passes, and the two values they read
+@cython.locals(
+    p=cython.p_uchar,
+    n=Py_ssize_t,
+    j=Py_ssize_t,
+    v=Py_ssize_t,
+    end=Py_ssize_t,
+    tchar=cython.p_uchar,
+    vchar=cython.p_uchar,
+)
+cdef (Py_ssize_t, Py_ssize_t, Py_ssize_t) _header_line(bytes data, Py_ssize_t pos) except *
+@cython.locals(p=cython.p_uchar, k=Py_ssize_t, value=cython.longlong)
+cdef long long _digits(bytes data, Py_ssize_t start, Py_ssize_t end) except? -2
+cdef int _keep_alive(bytes data, Py_ssize_t start, Py_ssize_t end) except? -2
 
 
 @cython.locals(sets=tuple, removes=tuple, prefixes=tuple, edits=tuple)

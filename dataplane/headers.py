@@ -332,6 +332,51 @@ def _lower_is(data: bytes, start: int, end: int, low: bytes) -> bool:
 # cost more than the parser's callbacks, so the core takes them only in a compiled build.
 SIMPLE_PATHS = not (__file__ or "").endswith(".py")
 
+
+def _header_line(data: bytes, pos: int) -> tuple[int, int, int]:
+    """The header line at ``pos``, each byte checked as llhttp checks it: (the end of its name,
+    the start of its value past the leading whitespace, the value's end at the line's CRLF), or
+    (-1, -1, -1) when it is not a valid ``name: value`` line."""
+    p = data
+    n = len(data)
+    tchar = _TCHAR
+    vchar = _VCHAR
+    j = pos
+    while j < n and tchar[p[j]]:
+        j += 1
+    if j == pos or j >= n or p[j] != 58:  # a name, then ":"
+        return -1, -1, -1
+    v = j + 1
+    while v < n and (p[v] == 32 or p[v] == 9):
+        v += 1
+    end = v
+    while end < n and vchar[p[end]]:
+        end += 1
+    if end + 1 >= n or p[end] != 13 or p[end + 1] != 10:
+        return -1, -1, -1
+    return j, v, end
+
+
+def _digits(data: bytes, start: int, end: int) -> int:
+    """A ``Content-Length`` value: ``data[start:end]``, 1 to 15 digits; else -1."""
+    p = data
+    if start == end or end - start > 15:
+        return -1
+    value = 0
+    for k in range(start, end):
+        if p[k] < 48 or p[k] > 57:
+            return -1
+        value = value * 10 + p[k] - 48
+    return value
+
+
+def _keep_alive(data: bytes, start: int, end: int) -> int:
+    """A ``Connection`` value the simple paths take: 1 for keep-alive, 0 for close, -1 else."""
+    if _lower_is(data, start, end, b"keep-alive"):
+        return 1
+    return 0 if _lower_is(data, start, end, b"close") else -1
+
+
 SimpleResponse = tuple[int, bytes, bytes, bytes, bytes, bool]
 """(status, status line, end-to-end header lines, Content-Length value, body, keep-alive)."""
 
@@ -361,7 +406,6 @@ def simple_response(data: bytes) -> SimpleResponse | None:
     status = d0 * 100 + d1 * 10 + d2
     if status == 204 or status == 304:
         return None
-    tchar = _TCHAR
     vchar = _VCHAR
     first = _RESPONSE_FIRST
     lengths = _RESPONSE_LENGTH
@@ -385,36 +429,23 @@ def simple_response(data: bytes) -> SimpleResponse | None:
             if p[pos + 1] != 10:
                 return None
             break
-        j = pos
-        while j < n and tchar[p[j]]:
-            j += 1
-        if j == pos or j >= n or p[j] != 58:  # a name, then ":"
-            return None
-        v = j + 1
-        while v < n and (p[v] == 32 or p[v] == 9):
-            v += 1
-        line_end = v
-        while line_end < n and vchar[p[line_end]]:
-            line_end += 1
-        if line_end + 1 >= n or p[line_end] != 13 or p[line_end + 1] != 10:
+        j, v, line_end = _header_line(data, pos)
+        if j < 0:
             return None
         if first[p[pos]] and (
             lengths[j - pos if j - pos < 31 else 31] or p[pos] | 32 == 112  # "p"
         ):
             if _lower_is(data, pos, j, b"content-length"):
-                if length or v == line_end or line_end - v > 15:
+                clen = -1 if length else _digits(data, v, line_end)
+                if clen < 0:
                     return None
-                for i in range(v, line_end):
-                    if p[i] < 48 or p[i] > 57:
-                        return None
-                    clen = clen * 10 + p[i] - 48
                 length = p[v:line_end]
                 drop = True
             elif _lower_is(data, pos, j, b"connection"):
-                if _lower_is(data, v, line_end, b"close"):
-                    keep_alive = False
-                elif not _lower_is(data, v, line_end, b"keep-alive"):
+                token = _keep_alive(data, v, line_end)
+                if token < 0:
                     return None
+                keep_alive = token == 1
                 drop = True
             else:
                 low = data[pos:j].lower()
@@ -485,8 +516,6 @@ def simple_request(data: bytes) -> SimpleRequest | None:
     if not data.startswith(b" HTTP/1.1\r\n", i):
         return None
     target = p[t:i].decode("latin-1")
-    tchar = _TCHAR
-    vchar = _VCHAR
     first = _REQUEST_FIRST
     lengths = _REQUEST_LENGTH
     headers: list[tuple[str, str]] = []
@@ -500,33 +529,19 @@ def simple_request(data: bytes) -> SimpleRequest | None:
             if p[pos + 1] != 10:
                 return None
             break
-        j = pos
-        while j < n and tchar[p[j]]:
-            j += 1
-        if j == pos or j >= n or p[j] != 58:  # a name, then ":"
-            return None
-        v = j + 1
-        while v < n and (p[v] == 32 or p[v] == 9):
-            v += 1
-        line_end = v
-        while line_end < n and vchar[p[line_end]]:
-            line_end += 1
-        if line_end + 1 >= n or p[line_end] != 13 or p[line_end + 1] != 10:
+        j, v, line_end = _header_line(data, pos)
+        if j < 0:
             return None
         if first[p[pos]] and lengths[j - pos if j - pos < 31 else 31]:
             if _lower_is(data, pos, j, b"content-length"):
-                if clen >= 0 or v == line_end or line_end - v > 15:
+                clen = -1 if clen >= 0 else _digits(data, v, line_end)
+                if clen < 0:
                     return None
-                clen = 0
-                for k in range(v, line_end):
-                    if p[k] < 48 or p[k] > 57:
-                        return None
-                    clen = clen * 10 + p[k] - 48
             elif _lower_is(data, pos, j, b"connection"):
-                if _lower_is(data, v, line_end, b"close"):
-                    keep_alive = False
-                elif not _lower_is(data, v, line_end, b"keep-alive"):
+                token = _keep_alive(data, v, line_end)
+                if token < 0:
                     return None
+                keep_alive = token == 1
             elif (
                 _lower_is(data, pos, j, b"transfer-encoding")
                 or _lower_is(data, pos, j, b"upgrade")
