@@ -112,8 +112,13 @@ async def test_scale_fills_endpoint_slices(admin: AioKubeApi) -> None:
         await deployments.wait_synced()
         await scale.set_scale(key, 2)
         await eventually(lambda: len(endpoints.current().get(key, ())) == 2)
-        await eventually(lambda: scale.ready_pods(key), 60)
-        assert await scale.ready_pods(key) == 2
+
+        # The ReplicaSet and Deployment controllers count ready pods one sync at a time, and
+        # the slices can show both pods before the Deployment's status does: wait for 2.
+        async def two_ready() -> bool:
+            return await scale.ready_pods(key) == 2
+
+        await eventually(two_ready, 60)
         await scale.set_scale(key, 0)
         await eventually(lambda: not endpoints.current().get(key))
     finally:
