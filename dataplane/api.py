@@ -79,6 +79,14 @@ class Exchange(Protocol):
         ...
 
     @property
+    def raw_head(self) -> bytes | None:
+        """The request line and header lines (each ending in CRLF) exactly as received, when
+        the request was read whole in its plain form (``dataplane.headers.simple_request``;
+        ``dataplane.headers.raw_line`` reads its lines); else None. A handler on the hot path
+        may read the few headers it needs here instead of having ``headers`` made."""
+        ...
+
+    @property
     def client(self) -> str:
         """The client's IP address."""
         ...

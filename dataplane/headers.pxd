@@ -2,6 +2,8 @@
 # two per-request header passes.
 cimport cython
 
+from dataplane cimport _bytes
+
 # the byte tables of the simple-message passes: C globals, read through pointers
 cdef bytes _TCHAR, _VCHAR, _RESPONSE_FIRST, _RESPONSE_LENGTH, _REQUEST_FIRST, _REQUEST_LENGTH
 # the names the request-head pass looks up for every header it looks at
@@ -16,17 +18,24 @@ cdef dict _EDITS, _XFF_LINES
     low=str,
     out=list,
     parts=list,
-    xff=list,
     has_forwarded=cython.bint,
     keep=cython.bint,
     sets=tuple,
     removed=frozenset,
     prefixes=tuple,
-    firsts=str,
+    masks=tuple,
+    mask=cython.ulong,
+    look=cython.bint,
+    c=cython.int,
+    length=Py_ssize_t,
     p=cython.p_uchar,
     n=Py_ssize_t,
+    i=Py_ssize_t,
+    count=Py_ssize_t,
+    j=Py_ssize_t,
+    v=Py_ssize_t,
     off=Py_ssize_t,
-    end=Py_ssize_t,
+    line_end=Py_ssize_t,
     run=Py_ssize_t,
 )
 cpdef bytes edited_request_head(
@@ -85,7 +94,6 @@ cpdef tuple simple_response(bytes data)
     line_end=Py_ssize_t,
     clen=cython.longlong,
     keep_alive=cython.bint,
-    headers=list,
     method=str,
     target=str,
     token=int,
@@ -97,8 +105,15 @@ cpdef tuple simple_response(bytes data)
 cpdef tuple simple_request(bytes data)
 
 
+# a header line of a head simple_request read, and all of them
+@cython.locals(p=cython.p_uchar, n=Py_ssize_t, j=Py_ssize_t, v=Py_ssize_t, end=Py_ssize_t)
+cpdef (Py_ssize_t, Py_ssize_t, Py_ssize_t) raw_line(bytes raw, Py_ssize_t pos) noexcept
+@cython.locals(p=cython.p_uchar, n=Py_ssize_t, pos=Py_ssize_t, j=Py_ssize_t, v=Py_ssize_t, end=Py_ssize_t, headers=list)
+cpdef list raw_headers(bytes raw)
+
+
 @cython.locals(k=Py_ssize_t, p=cython.p_uchar)
-cdef bint _lower_is(bytes data, Py_ssize_t start, Py_ssize_t end, bytes low) except -1
+cpdef bint lower_is(bytes data, Py_ssize_t start, Py_ssize_t end, bytes low) except -1
 
 
 # one header line of the simple-message passes, and the two values they read

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from http import HTTPStatus
 
+from dataplane import _bytes
+
 # RFC 9110 §7.6.1 plus what Go's ReverseProxy drops. Transfer-Encoding is re-framed by the core;
 # Expect is answered by the core (100-continue), so the upstream never sends its own 100.
 HOP_BY_HOP = frozenset(
@@ -65,22 +67,37 @@ _REQUEST_SPECIAL = set(_REQUEST_DROP | {_XFF, _XFH, _XFP, _FWD})  # (a set: a fa
 _RESPONSE_DROP_B = frozenset(n.encode() for n in _RESPONSE_DROP)
 
 
-# The first letters, both cases, of every request header name that ``request_head`` drops or
-# reads: a header whose name starts with another letter (most of them) is passed on without
-# lowering its name.
-_REQUEST_FIRSTS = "".join(
-    sorted({c for n in (*_REQUEST_SPECIAL, "proxy-") for c in (n[0], n[0].upper())})
-)
 _RESPONSE_FIRSTS = "".join(
     sorted({c for n in (*_RESPONSE_DROP, "proxy-") for c in (n[0], n[0].upper())})
 ).encode()
 
-RequestEdits = tuple[tuple[tuple[str, str], ...], frozenset[str], tuple[str, ...], str]
+_ALL_LENGTHS = (1 << 32) - 1
+
+
+def _look_masks(names: Iterable[str], prefixes: Iterable[str]) -> tuple[int, ...]:
+    """Which request header names :func:`edited_request_head` must look at: per first byte
+    (both cases), a mask of name lengths (bit ``min(length, 31)``). ``names`` are looked at by
+    their length, ``prefixes`` at every length from theirs; a name with no bit set passes on
+    as it came without being lowered or decoded (most of them)."""
+    masks = [0] * 256
+    for n, bits in (
+        *((n, 1 << min(len(n), 31)) for n in names),
+        *((p, _ALL_LENGTHS & ~((1 << min(len(p), 31)) - 1)) for p in prefixes),
+    ):
+        if not n:  # an empty prefix removes every header: each is looked at
+            return (_ALL_LENGTHS,) * 256
+        for c in {ord(n[0]), ord(n[0].upper()), ord(n[0].lower())}:
+            if c < 256:
+                masks[c] |= bits
+    return tuple(masks)
+
+
+RequestEdits = tuple[tuple[tuple[str, str], ...], frozenset[str], tuple[str, ...], tuple[int, ...]]
 """What a handler asks to change in a request head: the headers to set, the lower-cased names
-and prefixes to remove, and the first letters (both cases) a name needs to be looked at."""
+and prefixes to remove, and the name lengths to look at per first byte (:func:`_look_masks`)."""
 
 _EDITS: dict[tuple[tuple[str, ...], tuple[str, ...]], RequestEdits] = {}
-_NO_EDITS: RequestEdits = ((), frozenset(), (), _REQUEST_FIRSTS)
+_NO_EDITS: RequestEdits = ((), frozenset(), (), _look_masks(_REQUEST_SPECIAL, ("proxy-",)))
 _CACHE_MAX = 256  # components pass the same few header-name tuples on every request
 
 
@@ -109,10 +126,8 @@ def request_edits(
 def _new_edits(removes: tuple[str, ...], prefixes: tuple[str, ...]) -> RequestEdits:
     removed = frozenset(n.lower() for n in removes)
     low_prefixes = tuple(p.lower() for p in prefixes)
-    firsts = {c for n in (*removed, *low_prefixes) if n for c in (n[0], n[0].upper())}
-    # an empty prefix removes every header: each is looked at ("" lets none through)
-    looked = "" if "" in low_prefixes else _REQUEST_FIRSTS + "".join(sorted(firsts))
-    return ((), removed, low_prefixes, looked)
+    masks = _look_masks((*_REQUEST_SPECIAL, *removed), ("proxy-", *low_prefixes))
+    return ((), removed, low_prefixes, masks)
 
 
 def request_head(
@@ -141,7 +156,7 @@ def request_head(
 def edited_request_head(
     method: str,
     target: str,
-    headers: Sequence[tuple[str, str]],
+    headers: Sequence[tuple[str, str]] | None,
     client: str,
     framing: bytes,
     edits: RequestEdits,
@@ -151,41 +166,61 @@ def edited_request_head(
     """:func:`request_head` with its edits made by :func:`request_edits`.
 
     ``raw``, when the request was read by :func:`simple_request`, is its request line and header
-    lines as they came (one per item of ``headers``, in order): the lines kept are then copied
-    from it, a run of them as one slice, instead of being written anew from ``headers``.
+    lines as they came: the lines are then read from it (``headers`` is not needed) and those
+    kept are copied, a run of them as one slice, instead of being written anew. Only the lines
+    whose name the edits look at (by first letter and length) are decoded.
     """
-    sets, removed, prefixes, firsts = edits
-    out: list[str] = []
-    parts: list[bytes] = []  # with raw: the slices kept, then the rest encoded
-    xff: list[str] = []
+    sets, removed, prefixes, masks = edits
+    out: list[str] = []  # without raw: the head written anew
+    parts: list[bytes] = []  # with raw: the slices kept
+    xff: list[str] | None = None
     xfh = xfp = None
     has_forwarded = False
     tokens: frozenset[str] = frozenset()
+    name = value = ""
+    i = count = 0
     if raw is None:
+        assert headers is not None
         out += (method, " ", target, " HTTP/1.1\r\n")
         p = b""
-        n = run = off = end = 0
+        n = off = line_end = 0
+        count = len(headers)
     else:
         p = raw
         n = len(raw)
-        off = 0
-        while off < n and p[off] != 10:  # past the request line: it is kept as it came
-            off += 1
-        off += 1
-        run = 0  # where the current run of lines kept as they came starts
-    for name, value in headers:
-        if raw is not None:
-            end = off
-            while end < n and p[end] != 10:  # each line ends in CRLF; no LF before it
-                end += 1
-            end += 1
-        if name and firsts and name[0] not in firsts:
+        off = _bytes.find_byte(p, 0, n, 10) + 1  # past the request line: kept as it came
+    run = 0  # with raw: where the current run of lines kept as they came starts
+    while True:
+        if raw is None:
+            if i == count:
+                break
+            name, value = headers[i]  # type: ignore[index]
+            i += 1
+            c = ord(name[0]) if name else 0
+            length = len(name)
+        else:
+            if off >= n:
+                break
+            j, v, line_end = raw_line(raw, off)
+            c = p[off]
+            length = j - off
+        if c == 0 or c > 255:
+            look = True
+        else:
+            mask = masks[c]
+            look = (mask >> (length if length < 31 else 31)) & 1 != 0
+        if not look:
             keep = True
         else:
+            if raw is not None:
+                name = p[off:j].decode("latin-1")
+                value = p[v:line_end].decode("latin-1")
             keep = False
             low = name.lower()
             if low in _REQUEST_SPECIAL:
                 if low == _XFF:
+                    if xff is None:
+                        xff = []
                     xff.append(value)
                 elif low == _XFH:
                     xfh = value
@@ -205,29 +240,34 @@ def edited_request_head(
         if raw is None:
             if keep:
                 out += (name, ": ", value, "\r\n")
-        elif not keep and run >= 0:
-            parts.append(p[run:off])
-            run = -1
-        elif keep and run < 0:
-            run = off
-        if raw is not None:
-            off = end
+        else:
+            if not keep and run >= 0:
+                parts.append(p[run:off])
+                run = -1
+            elif keep and run < 0:
+                run = off
+            off = line_end + 2
     if tokens and tokens - _REQUEST_DROP:
         kept = [
             (hn, hv)
-            for hn, hv in headers
+            for hn, hv in (raw_headers(raw) if raw is not None else headers or ())
             if hn.lower() not in tokens and hn.lower() != "connection"
         ]
         return edited_request_head(method, target, kept, client, framing, edits, upgrade)
-    if raw is not None and run >= 0:
-        parts.append(p[run:off])
+    if raw is not None:
+        if run == 0:  # every line kept (the common case): the head as it came
+            parts.append(raw)
+        elif run > 0:
+            parts.append(p[run:n])
     if not has_forwarded and (xff or xfh or xfp) and not (removed and _FWD in removed):
-        out += ("Forwarded: ", synthesize_forwarded(xff, xfh, xfp), "\r\n")
+        out += ("Forwarded: ", synthesize_forwarded(xff or (), xfh, xfp), "\r\n")
     if not (removed and _XFF in removed):
         if xff:
             out += ("X-Forwarded-For: ", ", ".join(xff), ", ", client, "\r\n")
+        elif not out:
+            parts.append(_xff_line(client))
         else:
-            parts.append("".join(out).encode("latin-1") if out else b"")
+            parts.append("".join(out).encode("latin-1"))
             out = []
             parts.append(_xff_line(client))
     for name, value in sets:
@@ -236,7 +276,8 @@ def edited_request_head(
         out += ("Connection: Upgrade\r\nUpgrade: ", upgrade, "\r\n")
     if out:
         parts.append("".join(out).encode("latin-1"))
-    parts += (framing, b"\r\n")
+    parts.append(framing)
+    parts.append(b"\r\n")
     return b"".join(parts)
 
 
@@ -317,7 +358,7 @@ def _table(names: Iterable[bytes]) -> tuple[bytes, bytes]:
 _RESPONSE_FIRST, _RESPONSE_LENGTH = _table((*_RESPONSE_DROP_B, b"proxy-"))
 
 
-def _lower_is(data: bytes, start: int, end: int, low: bytes) -> bool:
+def lower_is(data: bytes, start: int, end: int, low: bytes) -> bool:
     """``data[start:end]`` is ``low`` (lower-case; no CR in ``data`` there) in any letter case."""
     if end - start != len(low):
         return False
@@ -372,9 +413,9 @@ def _digits(data: bytes, start: int, end: int) -> int:
 
 def _keep_alive(data: bytes, start: int, end: int) -> int:
     """A ``Connection`` value the simple paths take: 1 for keep-alive, 0 for close, -1 else."""
-    if _lower_is(data, start, end, b"keep-alive"):
+    if lower_is(data, start, end, b"keep-alive"):
         return 1
-    return 0 if _lower_is(data, start, end, b"close") else -1
+    return 0 if lower_is(data, start, end, b"close") else -1
 
 
 SimpleResponse = tuple[int, bytes, bytes, bytes, bytes, bool]
@@ -435,13 +476,13 @@ def simple_response(data: bytes) -> SimpleResponse | None:
         if first[p[pos]] and (
             lengths[j - pos if j - pos < 31 else 31] or p[pos] | 32 == 112  # "p"
         ):
-            if _lower_is(data, pos, j, b"content-length"):
+            if lower_is(data, pos, j, b"content-length"):
                 clen = -1 if length else _digits(data, v, line_end)
                 if clen < 0:
                     return None
                 length = p[v:line_end]
                 drop = True
-            elif _lower_is(data, pos, j, b"connection"):
+            elif lower_is(data, pos, j, b"connection"):
                 token = _keep_alive(data, v, line_end)
                 if token < 0:
                     return None
@@ -483,9 +524,9 @@ _REQUEST_FIRST, _REQUEST_LENGTH = _table(
     (b"content-length", b"transfer-encoding", b"upgrade", b"expect", b"connection")
 )
 
-SimpleRequest = tuple[str, str, list[tuple[str, str]], int, bool, bytes, bytes]
-"""(method, target, headers, Content-Length or -1, keep-alive, body, the request line and
-header lines as they came: ``raw`` for :func:`edited_request_head`)."""
+SimpleRequest = tuple[str, str, int, bool, bytes, bytes]
+"""(method, target, Content-Length or -1, keep-alive, body, ``raw``: the request line and header
+lines as they came, for :func:`raw_headers` and :func:`edited_request_head`)."""
 
 
 def simple_request(data: bytes) -> SimpleRequest | None:
@@ -495,8 +536,9 @@ def simple_request(data: bytes) -> SimpleRequest | None:
     no ``Transfer-Encoding``, ``Upgrade`` or ``Expect``, ``Connection`` absent or one of
     keep-alive and close, at most one ``Content-Length`` (digits only) and exactly that many
     body bytes after the head (nothing more: a pipelined request goes to the parser). Bytes
-    are checked as llhttp checks them; the headers come out as the parser's callbacks give
-    them (names as sent, values without leading whitespace, latin-1). Anything else is None.
+    are checked as llhttp checks them; :func:`raw_headers` gives the headers as the parser's
+    callbacks give them (names as sent, values without leading whitespace, latin-1), when they
+    are wanted. Anything else is None.
     """
     n = len(data)
     p = data  # (compiled: a pointer to the bytes; every index is checked against n)
@@ -518,7 +560,6 @@ def simple_request(data: bytes) -> SimpleRequest | None:
     target = p[t:i].decode("latin-1")
     first = _REQUEST_FIRST
     lengths = _REQUEST_LENGTH
-    headers: list[tuple[str, str]] = []
     clen = -1
     keep_alive = True
     pos = i + 11
@@ -533,26 +574,51 @@ def simple_request(data: bytes) -> SimpleRequest | None:
         if j < 0:
             return None
         if first[p[pos]] and lengths[j - pos if j - pos < 31 else 31]:
-            if _lower_is(data, pos, j, b"content-length"):
+            if lower_is(data, pos, j, b"content-length"):
                 clen = -1 if clen >= 0 else _digits(data, v, line_end)
                 if clen < 0:
                     return None
-            elif _lower_is(data, pos, j, b"connection"):
+            elif lower_is(data, pos, j, b"connection"):
                 token = _keep_alive(data, v, line_end)
                 if token < 0:
                     return None
                 keep_alive = token == 1
             elif (
-                _lower_is(data, pos, j, b"transfer-encoding")
-                or _lower_is(data, pos, j, b"upgrade")
-                or _lower_is(data, pos, j, b"expect")
+                lower_is(data, pos, j, b"transfer-encoding")
+                or lower_is(data, pos, j, b"upgrade")
+                or lower_is(data, pos, j, b"expect")
             ):
                 return None
-        headers.append((p[pos:j].decode("latin-1"), p[v:line_end].decode("latin-1")))
         pos = line_end + 2
     if n - (pos + 2) != (clen if clen > 0 else 0):
         return None
-    return method, target, headers, clen, keep_alive, p[pos + 2 : n], p[:pos]
+    return method, target, clen, keep_alive, p[pos + 2 : n], p[:pos]
+
+
+def raw_line(raw: bytes, pos: int) -> tuple[int, int, int]:
+    """The header line at ``pos`` of a head :func:`simple_request` read (so a valid one): (the
+    end of its name at ":", the start of its value past the leading whitespace, the value's end
+    at the line's CR)."""
+    p = raw  # (compiled: a pointer to the bytes; every index is checked against n)
+    n = len(raw)
+    j = _bytes.find_byte(p, pos, n, 58)
+    v = j + 1
+    while v < n and (p[v] == 32 or p[v] == 9):
+        v += 1
+    return j, v, _bytes.find_byte(p, v, n, 13)
+
+
+def raw_headers(raw: bytes) -> list[tuple[str, str]]:
+    """The headers of a head :func:`simple_request` read, as the parser's callbacks give them."""
+    p = raw
+    n = len(raw)
+    pos = _bytes.find_byte(p, 0, n, 10) + 1  # past the request line
+    headers: list[tuple[str, str]] = []
+    while pos < n:
+        j, v, end = raw_line(raw, pos)
+        headers.append((p[pos:j].decode("latin-1"), p[v:end].decode("latin-1")))
+        pos = end + 2
+    return headers
 
 
 def status_line(status: int, reason: bytes) -> bytes:

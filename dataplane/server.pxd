@@ -5,7 +5,7 @@ from dataplane.deadlines cimport Deadlines
 # whether the simple-message passes are taken (dataplane.headers.SIMPLE_PATHS)
 cdef bint SIMPLE_PATHS
 
-from dataplane.headers cimport edited_request_head, request_edits, simple_request
+from dataplane.headers cimport edited_request_head, raw_headers, request_edits, simple_request
 from dataplane.forward cimport Forward
 from dataplane.upstream cimport UpstreamPool
 
@@ -52,6 +52,7 @@ cdef class _Exchange:
     cdef public bint _upgrade
     cdef public double arrived_at
 
+    cpdef list _header_list(self)
     cpdef respond_now(self, int status, bytes body=*, object headers=*)
     cpdef bytes _request_head(self, object set_headers, object remove_headers, object remove_prefixes)
     cpdef object _refusal(self)

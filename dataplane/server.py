@@ -25,6 +25,7 @@ from dataplane.headers import (
     SIMPLE_PATHS,
     SimpleRequest,
     edited_request_head,
+    raw_headers,
     request_edits,
     simple_request,
 )
@@ -72,7 +73,8 @@ class _Exchange:
         self._conn = conn
         self._method = ""
         self._target = ""
-        self._headers: list[tuple[str, str]] = []
+        # (None when read whole: made from the raw head when first asked for)
+        self._headers: list[tuple[str, str]] | None = []
         self._raw_head: bytes | None = None  # request line and header lines, if read whole
         self._content_length = -1
         self._chunked = False
@@ -103,7 +105,18 @@ class _Exchange:
 
     @property
     def headers(self) -> Sequence[tuple[str, str]]:
-        return self._headers
+        return self._header_list()
+
+    @property
+    def raw_head(self) -> bytes | None:
+        return self._raw_head
+
+    def _header_list(self) -> list[tuple[str, str]]:
+        headers = self._headers
+        if headers is None:
+            assert self._raw_head is not None
+            headers = self._headers = raw_headers(self._raw_head)
+        return headers
 
     @property
     def client(self) -> str:
@@ -112,7 +125,7 @@ class _Exchange:
     def header(self, name: str) -> str | None:
         n = len(name)
         low = name.lower()
-        for k, v in self._headers:
+        for k, v in self._header_list():
             if len(k) == n and k.lower() == low:
                 return v
         return None
@@ -399,12 +412,12 @@ class _Connection:
     def _simple_request(self, request: SimpleRequest) -> None:
         """A whole request read at once without the parser (:func:`simple_request`): what the
         parser's callbacks would do for it, then its handler."""
-        method, target, headers, length, keep_alive, body, raw = request
+        method, target, length, keep_alive, body, raw = request
         ex = _Exchange(self)
         ex._raw_head = raw
         ex._method = method
         ex._target = target
-        ex._headers = headers
+        ex._headers = None
         ex._content_length = length
         ex._keep_alive = keep_alive
         ex.arrived_at = self._loop.time()
@@ -461,7 +474,7 @@ class _Connection:
             raise ValueError("request head too large")
         n = name.decode("latin-1")
         v = value.decode("latin-1")
-        ex._headers.append((n, v))
+        ex._header_list().append((n, v))
         ln = len(n)
         if ln == 14 and n.lower() == "content-length":
             ex._content_length = int(v)

@@ -1,6 +1,23 @@
 # Cython declarations for handler.py (compiled when built; see setup.py).
 cimport cython
 
+from dataplane cimport _bytes
+from dataplane.headers cimport lower_is, raw_line
+
 
 @cython.locals(name=str, value=str, low=str, proxied=cython.bint, kubelet=cython.bint)
 cpdef tuple request_marks(object headers)
+
+
+@cython.locals(
+    p=cython.p_uchar,
+    n=Py_ssize_t,
+    pos=Py_ssize_t,
+    j=Py_ssize_t,
+    v=Py_ssize_t,
+    end=Py_ssize_t,
+    c=int,
+    proxied=cython.bint,
+    kubelet=cython.bint,
+)
+cpdef tuple raw_request_marks(bytes raw)

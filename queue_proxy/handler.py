@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
+from dataplane import _bytes
 from dataplane.api import Exchange, ForwardResult, Handler, Timeouts, UpstreamConnectError
 from dataplane.breaker import Breaker, QueueFullError
+from dataplane.headers import lower_is, raw_line
 from metrics.clock import LoopClock
 from queue_proxy.drain import Drainer
 from queue_proxy.metrics import QueueMetrics
@@ -62,6 +64,34 @@ def request_marks(
             probe = value
         elif low == "k-kubelet-probe" or (low == "user-agent" and value.startswith(_HEALTH_AGENTS)):
             kubelet = True
+    return proxied, host, probe, kubelet
+
+
+def raw_request_marks(raw: bytes) -> tuple[bool, str | None, str | None, bool]:
+    """:func:`request_marks` over a request's raw head (``Exchange.raw_head``), by bytes: a
+    value is decoded only for a name that matters here."""
+    p = raw  # (compiled: a pointer to the bytes; every index is checked against n)
+    n = len(raw)
+    pos = _bytes.find_byte(p, 0, n, 10) + 1  # past the request line
+    proxied = kubelet = False
+    host: str | None = None
+    probe: str | None = None
+    while pos < n:
+        j, v, end = raw_line(raw, pos)
+        c = p[pos] | 32
+        if c == 107 and j - pos == 15:  # "k", and the length of the four K-* names
+            if lower_is(raw, pos, j, b"k-proxy-request"):
+                proxied = p[v:end] == b"activator"
+            elif lower_is(raw, pos, j, b"k-original-host"):
+                host = p[v:end].decode("latin-1")
+            elif lower_is(raw, pos, j, b"k-network-probe"):
+                probe = p[v:end].decode("latin-1")
+            elif lower_is(raw, pos, j, b"k-kubelet-probe"):
+                kubelet = True
+        elif c == 117 and v < end and p[v] | 32 == 107 and lower_is(raw, pos, j, b"user-agent"):
+            # (every health-check agent starts with a K)
+            kubelet = kubelet or p[v:end].decode("latin-1").startswith(_HEALTH_AGENTS)
+        pos = end + 2
     return proxied, host, probe, kubelet
 
 
@@ -182,7 +212,11 @@ def build_handler(
             ex.respond_now(200, b"", (("K-Network-Hash", probe_hash),))
 
     def handler(ex: Exchange) -> Awaitable[None] | None:
-        proxied, host, probe, kubelet = request_marks(ex.headers)
+        raw = ex.raw_head
+        if raw is not None:
+            proxied, host, probe, kubelet = raw_request_marks(raw)
+        else:
+            proxied, host, probe, kubelet = request_marks(ex.headers)
         if probe == "probe":
             kingress_probe(ex)
             return None

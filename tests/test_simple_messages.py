@@ -15,12 +15,14 @@ import dataplane
 from dataplane import headers
 from dataplane.headers import (
     edited_request_head,
+    raw_headers,
     request_edits,
     scan_response_headers,
     simple_request,
     simple_response,
     status_line,
 )
+from queue_proxy.handler import raw_request_marks, request_marks
 
 NGINX = (
     b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Mon, 23 Nov 2026 03:00:00 GMT\r\n"
@@ -243,6 +245,15 @@ def _parse_request(data: bytes) -> tuple[str, str, list[tuple[str, str]], int, b
     return p.method, p.url.decode("latin-1"), p.headers, length, p.keep_alive, p.body
 
 
+def _as_parsed(
+    got: tuple[str, str, int, bool, bytes, bytes],
+) -> tuple[str, str, list[tuple[str, str]], int, bool, bytes]:
+    """A :func:`simple_request` result in :func:`_parse_request`'s form (its headers made from
+    the raw head, as the core makes them when a handler asks)."""
+    method, target, length, keep_alive, body, raw = got
+    return method, target, raw_headers(raw), length, keep_alive, body
+
+
 def test_a_typical_request_is_read_whole() -> None:
     data = (
         b"POST /v1/models/m:predict?x=1 HTTP/1.1\r\nHost: m.default.example.com\r\n"
@@ -253,7 +264,7 @@ def test_a_typical_request_is_read_whole() -> None:
     assert got is not None
     # the request line and header lines as they came (for the head sent upstream)
     assert got[-1] == data[: data.index(b"\r\n\r\n") + 2]
-    assert got[:-1] == (
+    assert _as_parsed(got) == (
         "POST",
         "/v1/models/m:predict?x=1",
         [
@@ -267,7 +278,7 @@ def test_a_typical_request_is_read_whole() -> None:
         True,
         b'{"a":1}',
     )
-    assert got[:-1] == _parse_request(data)
+    assert _as_parsed(got) == _parse_request(data)
 
 
 def test_requests_left_to_the_parser() -> None:
@@ -330,7 +341,7 @@ def test_random_requests_against_the_parser() -> None:
         if got is None:
             continue
         accepted += 1
-        assert got[:-1] == want, data
+        assert _as_parsed(got) == want, data
     assert accepted > 0.25 * valid, (accepted, valid)
 
 
@@ -349,7 +360,7 @@ def test_every_plain_request_is_taken() -> None:
         data = b"\r\n".join(lines) + b"\r\n\r\n" + body
         got = simple_request(data)
         assert got is not None, data
-        assert got[:-1] == _parse_request(data), data
+        assert _as_parsed(got) == _parse_request(data), data
 
 
 # --- the head sent upstream, from the lines as they came --------------------------------------
@@ -384,12 +395,13 @@ def test_head_from_the_raw_lines_reads_as_the_head_written_anew() -> None:
         data = b"\r\n".join(lines) + b"\r\n\r\n"
         req = simple_request(data)
         assert req is not None, data
-        method, target, headers, _, _, _, raw = req
+        method, target, _, _, _, raw = req
         edits = request_edits(**rng.choice(_EDITS))  # type: ignore[arg-type]
         framing = rng.choice([b"", b"Content-Length: 3\r\n"])
-        args = (method, target, headers, "10.1.2.3", framing, edits, None)
-        from_raw = edited_request_head(*args, raw)
-        anew = edited_request_head(*args)
+        from_raw = edited_request_head(method, target, None, "10.1.2.3", framing, edits, None, raw)
+        anew = edited_request_head(
+            method, target, raw_headers(raw), "10.1.2.3", framing, edits, None
+        )
         assert _parse_request(from_raw + b"abc"[: 3 if framing else 0]) == _parse_request(
             anew + b"abc"[: 3 if framing else 0]
         ), (data, edits)
@@ -398,3 +410,39 @@ def test_head_from_the_raw_lines_reads_as_the_head_written_anew() -> None:
 def test_the_core_takes_the_simple_paths_only_when_compiled() -> None:
     # Run by the interpreter, the byte loops cost more than the parser's callbacks.
     assert headers.SIMPLE_PATHS is dataplane.compiled()
+
+
+# --- the queue-proxy's marks, read from the raw head ------------------------------------------
+
+_MARK_NAMES = [
+    b"K-Proxy-Request", b"k-proxy-request", b"K-Original-Host", b"K-Network-Probe",
+    b"K-Kubelet-Probe", b"User-Agent", b"user-agent", b"K-Network-Hash", b"K-Proxy-Requests",
+    b"Host", b"Kube", b"U",
+]  # fmt: skip
+_MARK_VALUES = [
+    b"activator", b"Activator", b"activator ", b"queue", b"probe", b"kube-probe/1.30",
+    b"Knative-Activator-Probe", b"knative-activator-probe", b"hey/0.0.1", b"", b"k",
+    b"m.default.example.com",
+]  # fmt: skip
+
+
+def test_raw_marks_read_as_the_header_marks() -> None:
+    """The queue-proxy reads its marks (K-* and health-check agents) from the raw head by
+    bytes; they must be those of the decoded headers, for every mix of them."""
+    rng = random.Random(9)
+    for _ in range(3000):
+        lines = [b"GET / HTTP/1.1"]
+        for _ in range(rng.randrange(0, 7)):
+            value = rng.choice(_MARK_VALUES)
+            lines.append(rng.choice(_MARK_NAMES) + rng.choice(_SEPS[:4]) + value)
+        data = b"\r\n".join(lines) + b"\r\n\r\n"
+        req = simple_request(data)
+        assert req is not None, data
+        raw = req[-1]
+        assert raw_request_marks(raw) == request_marks(raw_headers(raw)), data
+    # and each mark is seen
+    head = (
+        b"GET / HTTP/1.1\r\nk-proxy-request: activator\r\nK-Original-Host: m.example\r\n"
+        b"K-Network-Probe: queue\r\nUser-Agent: kube-probe/1.30\r\n"
+    )
+    assert raw_request_marks(head) == (True, "m.example", "queue", True)
