@@ -2,14 +2,38 @@
 cimport cython
 
 
+cdef class _Queue
+
+
+
+@cython.final
+cdef class Deadline:
+    cdef public Deadline _next
+    cdef public Deadline _prev
+    cdef public _Queue queue
+    cdef public object entry
+    cdef public str kind
+    cdef public double when
+
+
+@cython.locals(d=Deadline)
+cpdef Deadline new_deadline(object entry, str kind)
+
+
+@cython.final
+cdef class _Queue:
+    cdef public Deadline head
+    cdef public Deadline tail
+
+
 cdef class Deadlines:
-    cdef public object _armed
-    cdef public dict _buckets
+    cdef public double _armed
+    cdef public Py_ssize_t _count
     cdef public object _handle
-    cdef public list _heap
     cdef public object _loop
     cdef public double _per_s
-    @cython.locals(bucket=dict, key=object)
-    cpdef object add(self, double when, object entry, str kind)
-    @cython.locals(bucket=dict)
-    cpdef remove(self, object key, object entry, str kind)
+    cdef public dict _queues
+    @cython.locals(q=_Queue, after=Deadline, first=Deadline, following=Deadline, when=double)
+    cpdef add(self, Deadline d, double start, double duration)
+    @cython.locals(q=_Queue, before=Deadline, following=Deadline)
+    cpdef remove(self, Deadline d)

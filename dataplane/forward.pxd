@@ -1,6 +1,7 @@
 # Cython declarations for forward.py (compiled when built; see setup.py).
 cimport cython
 
+from dataplane.deadlines cimport Deadline, new_deadline
 from dataplane.headers cimport scan_response_headers, status_line
 from dataplane.server cimport _Exchange
 from dataplane.upstream cimport UpstreamConnection
@@ -31,10 +32,10 @@ cdef class Forward:
     cdef public list _replay
     cdef public bint _request_sent
     cdef public bint _resolved
-    cdef public object _start_key
+    cdef public Deadline _start
     cdef public int _status
     cdef public object _timeouts
-    cdef public object _total_key
+    cdef public Deadline _total
     cdef public bint _tunnel
     cdef public str _upstream
     cdef public bint simple_ok

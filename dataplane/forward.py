@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from dataplane.api import ForwardResult, Timeouts, UpstreamConnectError
+from dataplane.deadlines import Deadline, new_deadline
 from dataplane.headers import SimpleResponse, response_head, scan_response_headers, status_line
 from dataplane.upstream import UpstreamConnection
 
@@ -68,10 +69,10 @@ class Forward:
         "_replay",
         "_request_sent",
         "_resolved",
-        "_start_key",
+        "_start",
         "_status",
         "_timeouts",
-        "_total_key",
+        "_total",
         "_tunnel",
         "_upstream",
         "simple_ok",
@@ -112,8 +113,9 @@ class Forward:
         self._close_delimited = False
         self._out: list[bytes] = []  # response bytes parsed from one upstream read, not yet written
         self._last_write = 0.0
-        self._total_key = 0  # its bucket in the server's deadlines, 0 = none
-        self._start_key = 0
+        # its total and response-start deadlines in the server's Deadlines (made when armed)
+        self._total: Deadline | None = None
+        self._start: Deadline | None = None
         self._idle_handle: asyncio.TimerHandle | None = None
 
     # --- the coroutine the handler awaits ---
@@ -177,10 +179,12 @@ class Forward:
         self._attach(conn, replay)
 
     def _arm_total(self) -> None:
-        if self._timeouts.total_s > 0:
-            self._total_key = self._ex._conn._server.deadlines().add(
-                self._ex.arrived_at + self._timeouts.total_s, self, "total"
-            )
+        total_s = self._timeouts.total_s
+        if total_s > 0:
+            d = self._total
+            if d is None:
+                d = self._total = new_deadline(self, "total")
+            self._ex._conn._server.deadlines().add(d, self._ex.arrived_at, total_s)
 
     def expire(self, kind: str) -> None:
         """A deadline of the server's :class:`Deadlines` (``total``, ``response-start``)."""
@@ -236,9 +240,10 @@ class Forward:
         if t.response_start_s > 0 or t.idle_s > 0:
             now = self._loop.time()
             if t.response_start_s > 0:
-                self._start_key = ex._conn._server.deadlines().add(
-                    now + t.response_start_s, self, "response-start"
-                )
+                d = self._start
+                if d is None:
+                    d = self._start = new_deadline(self, "response-start")
+                ex._conn._server.deadlines().add(d, now, t.response_start_s)
             if t.idle_s > 0:
                 self._last_write = now
                 self._idle_handle = self._loop.call_at(now + t.idle_s, self._on_idle)
@@ -314,7 +319,7 @@ class Forward:
         (and ``body``, a whole body read with the head, in the same bytes)."""
         self._replay = None
         self._status = status
-        if self._start_key:
+        if self._start is not None:
             self._cancel_start_timer()
         ex = self._ex
         head_only = ex._method == "HEAD"
@@ -478,10 +483,6 @@ class Forward:
             self._on_timeout("idle")
 
     def _on_timeout(self, kind: str) -> None:
-        if kind == "total":
-            self._total_key = 0
-        elif kind == "response-start":
-            self._start_key = 0
         if self._resolved:
             return
         self._detach(reuse=False)
@@ -525,9 +526,9 @@ class Forward:
         self._ex._conn.pause_for_upstream(False)
 
     def _cancel_start_timer(self) -> None:
-        if self._start_key:
-            self._ex._conn._server.deadlines().remove(self._start_key, self, "response-start")
-            self._start_key = 0
+        d = self._start
+        if d is not None and d.queue is not None:
+            self._ex._conn._server.deadlines().remove(d)
 
     def _finish(self, result: ForwardResult, answered: bool = True) -> None:
         self.cleanup_timers()
@@ -537,13 +538,18 @@ class Forward:
             self._resolve(result)
 
     def cleanup_timers(self) -> None:
-        if self._total_key or self._start_key:
+        total = self._total
+        start = self._start
+        if (total is not None and total.queue is not None) or (
+            start is not None and start.queue is not None
+        ):
             deadlines = self._ex._conn._server.deadlines()
-            if self._total_key:
-                deadlines.remove(self._total_key, self, "total")
-            if self._start_key:
-                deadlines.remove(self._start_key, self, "response-start")
-            self._total_key = self._start_key = 0
+            if total is not None:
+                deadlines.remove(total)
+            if start is not None:
+                deadlines.remove(start)
+        # (a deadline refers to this forward: dropped, they leave no cycle for the collector)
+        self._total = self._start = None
         if self._idle_handle is not None:
             self._idle_handle.cancel()
             self._idle_handle = None
