@@ -189,13 +189,15 @@ class ActivatorHandler:
             return self._wait_and_proxy(ex, lane, host)
         try:
             address = admission.address
+            # (by position: set_headers, remove_headers, remove_prefixes, timeouts, on_refused)
             if ex.forward_now(
                 address,
                 partial(self._forwarded, ex, lane, admission),
-                set_headers=_proxy_headers(host, address),
-                remove_prefixes=STRIPPED_PREFIXES,
-                timeouts=lane.timeouts,
-                on_refused=partial(self._refused, ex, lane, host, admission),
+                _proxy_headers(host, address),
+                (),
+                STRIPPED_PREFIXES,
+                lane.timeouts,
+                partial(self._refused, ex, lane, host, admission),
             ):
                 self.paths.hot += 1
                 return None

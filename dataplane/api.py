@@ -135,7 +135,6 @@ class Exchange(Protocol):
         self,
         upstream: str,
         on_done: Callable[[ForwardResult], None],
-        *,
         set_headers: Iterable[tuple[str, str]] = (),
         remove_headers: Iterable[str] = (),
         remove_prefixes: Iterable[str] = (),
@@ -143,6 +142,9 @@ class Exchange(Protocol):
         on_refused: Callable[[UpstreamConnectError], Awaitable[None]] | None = None,
     ) -> bool:
         """:meth:`forward` without a task: the hot path of a handler that need not wait.
+
+        The arguments may also be given by position, in this order (a hot path does: no
+        keyword dictionary is made per call).
 
         Returns False, having done nothing, when no idle pooled connection to ``upstream`` is
         at hand (the handler then goes the async way and awaits :meth:`forward`). Otherwise

@@ -225,7 +225,6 @@ class _Exchange:
         self,
         upstream: str,
         on_done: Callable[[ForwardResult], None],
-        *,
         set_headers: Iterable[tuple[str, str]] = (),
         remove_headers: Iterable[str] = (),
         remove_prefixes: Iterable[str] = (),

@@ -240,14 +240,8 @@ def build_handler(
             finish(ex, proxied, result.status)
 
         sets, removes = _host_edits(host)
-        if ex.forward_now(
-            upstream,
-            done,
-            set_headers=sets,
-            remove_headers=removes,
-            remove_prefixes=_KNATIVE_PREFIXES,
-            timeouts=timeouts,
-        ):
+        # (by position: set_headers, remove_headers, remove_prefixes, timeouts)
+        if ex.forward_now(upstream, done, sets, removes, _KNATIVE_PREFIXES, timeouts):
             return None
         return slow_path(ex, proxied, host, release)  # no idle connection: dial
 
