@@ -178,7 +178,7 @@ def edited_request_head(
     has_forwarded = False
     tokens: frozenset[str] = frozenset()
     name = value = ""
-    i = count = 0
+    i = count = j = v = 0
     if raw is None:
         assert headers is not None
         out += (method, " ", target, " HTTP/1.1\r\n")
