@@ -21,3 +21,15 @@ cpdef tuple request_marks(object headers)
     kubelet=cython.bint,
 )
 cpdef tuple raw_request_marks(bytes raw)
+
+
+@cython.final
+cdef class _Done:
+    cdef public object end
+    cdef public object ex
+    cdef public bint proxied
+    cdef public object release
+
+
+@cython.locals(done=_Done)
+cpdef _Done _new_done(object end, object ex, bint proxied, object release)

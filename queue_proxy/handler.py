@@ -95,6 +95,39 @@ def raw_request_marks(raw: bytes) -> tuple[bool, str | None, str | None, bool]:
     return proxied, host, probe, kubelet
 
 
+class _Done:
+    """The end of a request handed to ``Exchange.forward_now``: its breaker slot back, then
+    ``end(ex, proxied, result)`` (refusals counted, accounting ended). A small object made per
+    request (a closure would be, with its cell and its annotations)."""
+
+    __slots__ = ("end", "ex", "proxied", "release")  # set by _new_done
+
+    end: Callable[[Exchange, bool, ForwardResult], None]
+    ex: Exchange
+    proxied: bool
+    release: Callable[[], None] | None
+
+    def __call__(self, result: ForwardResult) -> None:
+        if self.release is not None:
+            self.release()
+        self.end(self.ex, self.proxied, result)
+
+
+def _new_done(
+    end: Callable[[Exchange, bool, ForwardResult], None],
+    ex: Exchange,
+    proxied: bool,
+    release: Callable[[], None] | None,
+) -> _Done:
+    """``_Done(end, ex, proxied, release)``, made without a Python-level call when compiled."""
+    done = _Done.__new__(_Done)
+    done.end = end
+    done.ex = ex
+    done.proxied = proxied
+    done.release = release
+    return done
+
+
 def build_breaker(container_concurrency: int) -> Breaker | None:
     """Knative's ``buildBreaker``: none when CC < 1, else CC active + 10×CC waiting."""
     if container_concurrency < 1:
@@ -135,6 +168,10 @@ def build_handler(
     def count_failure(result: ForwardResult) -> None:
         if not result.completed:
             refusal[_REFUSAL_BY_REASON.get(result.reason, "upstream_error")].inc()
+
+    def end(ex: Exchange, proxied: bool, result: ForwardResult) -> None:
+        count_failure(result)
+        finish(ex, proxied, result.status)
 
     async def forward(ex: Exchange, host: str | None) -> int:
         """To the model server; ``K-Original-Host`` (from the activator) becomes the Host."""
@@ -233,12 +270,7 @@ def build_handler(
             if release is None:
                 return slow_path(ex, proxied, host, None)
 
-        def done(result: ForwardResult) -> None:
-            if release is not None:
-                release()
-            count_failure(result)
-            finish(ex, proxied, result.status)
-
+        done = _new_done(end, ex, proxied, release)
         sets, removes = _host_edits(host)
         # (by position: set_headers, remove_headers, remove_prefixes, timeouts)
         if ex.forward_now(upstream, done, sets, removes, _KNATIVE_PREFIXES, timeouts):
