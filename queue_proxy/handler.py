@@ -16,6 +16,7 @@ from dataplane.api import Exchange, ForwardResult, Handler, Timeouts, UpstreamCo
 from dataplane.breaker import Breaker, QueueFullError
 from dataplane.headers import lower_is, raw_line
 from metrics.clock import LoopClock
+from metrics.request_stats import RequestStats
 from queue_proxy.drain import Drainer
 from queue_proxy.metrics import QueueMetrics
 from queue_proxy.probe import Readiness
@@ -95,14 +96,37 @@ def raw_request_marks(raw: bytes) -> tuple[bool, str | None, str | None, bool]:
     return proxied, host, probe, kubelet
 
 
+class _Accounting:
+    """The end of a request's accounting, shared by a handler's requests: its refusal counted,
+    its stats out, its status and latency observed."""
+
+    __slots__ = ("loop_time", "metrics", "requests")
+
+    def __init__(
+        self, requests: RequestStats, metrics: QueueMetrics, loop_time: Callable[[], float]
+    ) -> None:
+        self.requests = requests
+        self.metrics = metrics
+        self.loop_time = loop_time
+
+    def count_failure(self, result: ForwardResult) -> None:
+        if not result.completed:
+            self.metrics.refusal[_REFUSAL_BY_REASON.get(result.reason, "upstream_error")].inc()
+
+    def finish(self, ex: Exchange, proxied: bool, status: int) -> None:
+        end = self.loop_time()
+        self.requests.request_out(end, proxied)
+        self.metrics.observe(status, end - ex.arrived_at)
+
+
 class _Done:
-    """The end of a request handed to ``Exchange.forward_now``: its breaker slot back, then
-    ``end(ex, proxied, result)`` (refusals counted, accounting ended). A small object made per
-    request (a closure would be, with its cell and its annotations)."""
+    """The end of a request handed to ``Exchange.forward_now``: its breaker slot back, then its
+    accounting. A small object made per request (a closure would be, with its cell and its
+    annotations)."""
 
-    __slots__ = ("end", "ex", "proxied", "release")  # set by _new_done
+    __slots__ = ("acc", "ex", "proxied", "release")  # set by _new_done
 
-    end: Callable[[Exchange, bool, ForwardResult], None]
+    acc: _Accounting
     ex: Exchange
     proxied: bool
     release: Callable[[], None] | None
@@ -110,18 +134,17 @@ class _Done:
     def __call__(self, result: ForwardResult) -> None:
         if self.release is not None:
             self.release()
-        self.end(self.ex, self.proxied, result)
+        acc = self.acc
+        acc.count_failure(result)
+        acc.finish(self.ex, self.proxied, result.status)
 
 
 def _new_done(
-    end: Callable[[Exchange, bool, ForwardResult], None],
-    ex: Exchange,
-    proxied: bool,
-    release: Callable[[], None] | None,
+    acc: _Accounting, ex: Exchange, proxied: bool, release: Callable[[], None] | None
 ) -> _Done:
-    """``_Done(end, ex, proxied, release)``, made without a Python-level call when compiled."""
+    """``_Done`` with these fields, made without a Python-level call when compiled."""
     done = _Done.__new__(_Done)
-    done.end = end
+    done.acc = acc
     done.ex = ex
     done.proxied = proxied
     done.release = release
@@ -155,23 +178,12 @@ def build_handler(
     upstream = f"127.0.0.1:{user_port}"
     requests = stats.requests
     refusal = metrics.refusal
-    observe = metrics.observe
     clock = stats.clock
     arrival_clock = isinstance(clock, LoopClock)  # a request's arrival time is its in-time
     loop_time = asyncio.get_running_loop().time if arrival_clock else clock.monotonic
-
-    def finish(ex: Exchange, proxied: bool, status: int) -> None:
-        end = loop_time()
-        requests.request_out(end, proxied)
-        observe(status, end - ex.arrived_at)
-
-    def count_failure(result: ForwardResult) -> None:
-        if not result.completed:
-            refusal[_REFUSAL_BY_REASON.get(result.reason, "upstream_error")].inc()
-
-    def end(ex: Exchange, proxied: bool, result: ForwardResult) -> None:
-        count_failure(result)
-        finish(ex, proxied, result.status)
+    acc = _Accounting(requests, metrics, loop_time)
+    finish = acc.finish
+    count_failure = acc.count_failure
 
     async def forward(ex: Exchange, host: str | None) -> int:
         """To the model server; ``K-Original-Host`` (from the activator) becomes the Host."""
@@ -270,7 +282,7 @@ def build_handler(
             if release is None:
                 return slow_path(ex, proxied, host, None)
 
-        done = _new_done(end, ex, proxied, release)
+        done = _new_done(acc, ex, proxied, release)
         sets, removes = _host_edits(host)
         # (by position: set_headers, remove_headers, remove_prefixes, timeouts)
         if ex.forward_now(upstream, done, sets, removes, _KNATIVE_PREFIXES, timeouts):
