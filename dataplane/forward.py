@@ -126,7 +126,7 @@ class Forward:
         self._arm_total()
         replay: list[bytes] | None = None
         for attempt in (0, 1):
-            conn = pool.take_idle(upstream, self._loop.time()) if attempt == 0 else None
+            conn = pool.take_idle(upstream, self._ex._conn._time()) if attempt == 0 else None
             if conn is None:
                 try:
                     conn = await pool.connect(upstream)
@@ -229,7 +229,7 @@ class Forward:
         else:
             parts += chunks
         assert conn.transport is not None
-        conn.transport.write(b"".join(parts))
+        conn.write(b"".join(parts))
         if ex._body_done:
             self._replay = chunks
             self._request_sent = True
@@ -238,7 +238,7 @@ class Forward:
             self.streaming_body = True
         t = self._timeouts
         if t.response_start_s > 0 or t.idle_s > 0:
-            now = self._loop.time()
+            now = self._ex._conn._time()
             if t.response_start_s > 0:
                 d = self._start
                 if d is None:
@@ -257,9 +257,9 @@ class Forward:
             return
         self._body_sent = True
         if self._chunked_in:
-            conn.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+            conn.write(b"%x\r\n%b\r\n" % (len(data), data))
         else:
-            conn.transport.write(data)
+            conn.write(data)
 
     def end_body(self) -> None:
         self.streaming_body = False
@@ -267,7 +267,7 @@ class Forward:
         if conn is None or conn.transport is None:
             return
         if self._chunked_in:
-            conn.transport.write(_LAST_CHUNK)
+            conn.write(_LAST_CHUNK)
         self._request_sent = True
 
     def upstream_pause_writing(self) -> None:
@@ -345,7 +345,7 @@ class Forward:
         else:
             self._out.append(b"".join((line, lines, framing, end, body)))
         if self._idle_handle is not None:
-            self._last_write = self._loop.time()
+            self._last_write = self._ex._conn._time()
         if head_only:  # httptools cannot skip a HEAD response's body: this connection is done
             self.flush()
             self._detach(reuse=False)
@@ -359,7 +359,7 @@ class Forward:
         else:
             self._out.append(body)
         if self._idle_handle is not None:
-            self._last_write = self._loop.time()
+            self._last_write = self._ex._conn._time()
 
     def flush(self) -> None:
         """Write what one upstream read produced to the client in one write (head and body
@@ -420,7 +420,7 @@ class Forward:
         """Bytes from the client, through the tunnel."""
         conn = self._conn
         if conn is not None and conn.transport is not None:
-            conn.transport.write(data)
+            conn.write(data)
 
     def upstream_lost(self, exc: Exception | None) -> None:
         if self._tunnel:  # the upstream ended the tunnel: so does the client connection
@@ -477,7 +477,7 @@ class Forward:
     def _on_idle(self) -> None:
         self._idle_handle = None
         due = self._last_write + self._timeouts.idle_s
-        if self._loop.time() < due:
+        if self._ex._conn._time() < due:
             self._idle_handle = self._loop.call_at(due, self._on_idle)
         else:
             self._on_timeout("idle")
@@ -520,7 +520,7 @@ class Forward:
             return
         conn.sink = None
         if reuse:
-            self._ex._conn._server.pool.release(conn, self._loop.time())
+            self._ex._conn._server.pool.release(conn, self._ex._conn._time())
         else:
             conn.abort()
         self._ex._conn.pause_for_upstream(False)

@@ -86,6 +86,8 @@ cdef class _Connection:
     cdef public bytes _tunnel_early
     cdef public list _url
     cdef public bint _write_paused
+    cdef public object _time
+    cdef public object _transport_write
     cdef public str client_ip
     cdef public bint closing
     cdef public double idle_since

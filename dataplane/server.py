@@ -235,7 +235,7 @@ class _Exchange:
         if refused is not None:
             self._call_done(on_done, refused)
             return True
-        conn = self._conn._server.pool.take_idle(upstream, self._conn._loop.time())
+        conn = self._conn._server.pool.take_idle(upstream, self._conn._time())
         if conn is None:
             return False
         head = self._request_head(set_headers, remove_headers, remove_prefixes)
@@ -338,6 +338,8 @@ class _Connection:
         "_reading_paused",
         "_server",
         "_starting",
+        "_time",
+        "_transport_write",
         "_tunnel",
         "_tunnel_early",
         "_url",
@@ -352,6 +354,10 @@ class _Connection:
     def __init__(self, server: Server) -> None:
         self._server = server
         self._loop = asyncio.get_running_loop()
+        # the loop's clock and the transport's write, bound once (a method looked up per call
+        # costs more)
+        self._time = self._loop.time
+        self._transport_write: Callable[[bytes], None] | None = None
         self._parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.client_ip = ""
@@ -371,7 +377,7 @@ class _Connection:
         self._write_paused = False
         self._tunnel: Forward | None = None  # after a 101: bytes go straight upstream
         self._tunnel_early = b""  # bytes after an upgrade request's head, before the 101
-        self.idle_since = self._loop.time()  # when the last response ended (the keep-alive sweep)
+        self.idle_since = self._time()  # when the last response ended (the keep-alive sweep)
         self._linger_handle: asyncio.TimerHandle | None = None
         self.closing = False
         self.lost = False
@@ -380,6 +386,7 @@ class _Connection:
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses: no isinstance check here.
         self.transport = cast(asyncio.Transport, transport)
+        self._transport_write = self.transport.write
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
         self._server.connections.add(self)
@@ -419,7 +426,7 @@ class _Connection:
         ex._headers = None
         ex._content_length = length
         ex._keep_alive = keep_alive
-        ex.arrived_at = self._loop.time()
+        ex.arrived_at = self._time()
         if body:
             ex.on_body(body)
         ex._body_done = True
@@ -496,7 +503,7 @@ class _Connection:
         if self._head_connection or not ex._keep_alive:
             ex._http10 = p.get_http_version() == "1.0"
         ex._upgrade = p.should_upgrade()
-        ex.arrived_at = self._loop.time()
+        ex.arrived_at = self._time()
         if self._current is None:
             self._current = self._starting = ex  # started at the end of data_received
         else:  # pipelined: answer in order, read no further until its turn
@@ -599,7 +606,7 @@ class _Connection:
         if self.closing:
             self.close()
         else:
-            self.idle_since = self._loop.time()
+            self.idle_since = self._time()
 
     def _close_lingering(self, ex: _Exchange) -> None:
         """Close after the response without a reset losing it: half-close, drain a little."""
@@ -663,9 +670,9 @@ class _Connection:
         return self._write_paused
 
     def write(self, data: bytes) -> None:
-        t = self.transport
-        if t is not None and not self.lost:
-            t.write(data)
+        write = self._transport_write
+        if write is not None and not self.lost:
+            write(data)
 
     # --- closing ---
     def _bad_request(self, reason: str) -> None:

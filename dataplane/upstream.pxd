@@ -20,6 +20,7 @@ cdef class UpstreamConnection:
     cdef public list headers
     cdef public bint tunnel
     cdef public bint fresh
+    cdef public object write
     cpdef close(self)
     cpdef abort(self)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol, cast
 
 import httptools
@@ -37,6 +38,10 @@ class ResponseSink(Protocol):
     def upstream_resume_writing(self) -> None: ...
 
 
+def _not_connected(data: bytes) -> None:
+    raise RuntimeError("the upstream connection is not made yet")
+
+
 class UpstreamConnection:
     """One keep-alive connection to an upstream (an ``asyncio.Protocol`` by duck typing, so that
     it compiles to an extension type); parses responses and hands them to its sink.
@@ -57,12 +62,15 @@ class UpstreamConnection:
         "sink",
         "transport",
         "tunnel",
+        "write",
     )
 
     def __init__(self, hostport: str) -> None:
         self.hostport = hostport
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
+        # the transport's write, bound once (a method looked up per call costs more)
+        self.write: Callable[[bytes], None] = _not_connected
         self.sink: ResponseSink | None = None
         self.closed = False
         self.reused = False
@@ -76,6 +84,7 @@ class UpstreamConnection:
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses: no isinstance check here.
         self.transport = cast(asyncio.Transport, transport)
+        self.write = self.transport.write
 
     def data_received(self, data: bytes) -> None:
         sink = self.sink
