@@ -4,6 +4,26 @@ cimport cython
 
 from activator.reporter cimport RevisionCounter
 from activator.throttler cimport Admission, RevisionThrottler
+from dataplane cimport _bytes
+from dataplane.headers cimport lower_is, raw_line
+
+
+@cython.locals(name=str, value=str, low=str, n=Py_ssize_t, kubelet=cython.bint)
+cpdef tuple header_marks(object headers)
+
+
+@cython.locals(
+    p=cython.p_uchar,
+    n=Py_ssize_t,
+    pos=Py_ssize_t,
+    j=Py_ssize_t,
+    v=Py_ssize_t,
+    end=Py_ssize_t,
+    c=int,
+    length=Py_ssize_t,
+    kubelet=cython.bint,
+)
+cpdef tuple raw_header_marks(bytes raw)
 
 
 @cython.final
@@ -38,9 +58,6 @@ cdef class ActivatorHandler:
     cdef public PathCounts paths
 
     @cython.locals(
-        name=str,
-        value=str,
-        low=str,
         lane=_Lane,
         counter=RevisionCounter,
         admission=Admission,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
 from activator.metrics import ActivatorMetrics, RevisionMetrics
@@ -32,7 +32,9 @@ from activator.throttler import (
     WaitTimeoutError,
 )
 from cluster.spec import Revision, RevisionKey
+from dataplane import _bytes
 from dataplane.api import Exchange, ForwardResult, Timeouts, UpstreamConnectError
+from dataplane.headers import lower_is, raw_line
 
 log = logging.getLogger("activator")
 
@@ -40,6 +42,66 @@ HEALTH_PATH = "/healthz"
 # Headers a client must not choose: they would pick a revision or fake a proxied request.
 STRIPPED_PREFIXES = ("k-", "knative-serving-")
 _HOST_CACHE_MAX = 10_000
+
+
+def header_marks(headers: Sequence[tuple[str, str]]) -> tuple[str | None, str | None, bool]:
+    """What the activator reads in a request's headers, in one pass: (the first ``Host``, the
+    first ``K-Network-Probe``, a health check: ``K-Kubelet-Probe`` or a kubelet user agent)."""
+    host: str | None = None
+    probe: str | None = None
+    kubelet = False
+    for name, value in headers:
+        if not name or name[0] not in "hHkKuU":
+            continue
+        n = len(name)
+        if n == 4:
+            if host is None and name.lower() == "host":
+                host = value
+        elif n == 15:
+            low = name.lower()
+            if low == "k-network-probe":
+                if probe is None:
+                    probe = value
+            elif low == "k-kubelet-probe" and value:
+                kubelet = True
+        elif n == 10 and name.lower() == "user-agent" and value.startswith("kube-probe/"):
+            kubelet = True
+    return host, probe, kubelet
+
+
+def raw_header_marks(raw: bytes) -> tuple[str | None, str | None, bool]:
+    """:func:`header_marks` over a request's raw head (``Exchange.raw_head``), by bytes: a
+    value is decoded only for a name that matters here."""
+    p = raw  # (compiled: a pointer to the bytes; every index is checked against n)
+    n = len(raw)
+    pos = _bytes.find_byte(p, 0, n, 10) + 1  # past the request line
+    host: str | None = None
+    probe: str | None = None
+    kubelet = False
+    while pos < n:
+        j, v, end = raw_line(raw, pos)
+        c = p[pos] | 32
+        length = j - pos
+        if c == 104 and length == 4:  # "h"
+            if host is None and lower_is(raw, pos, j, b"host"):
+                host = p[v:end].decode("latin-1")
+        elif c == 107 and length == 15:  # "k"
+            if lower_is(raw, pos, j, b"k-network-probe"):
+                if probe is None:
+                    probe = p[v:end].decode("latin-1")
+            elif end > v and lower_is(raw, pos, j, b"k-kubelet-probe"):
+                kubelet = True
+        elif (
+            c == 117
+            and length == 10
+            and v < end
+            and p[v] == 107  # "k"
+            and lower_is(raw, pos, j, b"user-agent")
+            and raw.startswith(b"kube-probe/", v)
+        ):
+            kubelet = True
+        pos = end + 2
+    return host, probe, kubelet
 
 
 class PathCounts:
@@ -134,26 +196,11 @@ class ActivatorHandler:
 
     def handle(self, ex: Exchange) -> Awaitable[None] | None:
         """The handler's body (a method of its own, so that its locals are typed compiled)."""
-        host: str | None = None
-        probe: str | None = None
-        kubelet = False
-        for name, value in ex.headers:  # one pass; only Host, K-* and User-Agent matter here
-            c = name[0]
-            if c not in "hHkKuU":
-                continue
-            n = len(name)
-            if n == 4:
-                if host is None and name.lower() == "host":
-                    host = value
-            elif n == 15:
-                low = name.lower()
-                if low == "k-network-probe":
-                    if probe is None:
-                        probe = value
-                elif low == "k-kubelet-probe" and value:
-                    kubelet = True
-            elif n == 10 and name.lower() == "user-agent" and value.startswith("kube-probe/"):
-                kubelet = True
+        raw = ex.raw_head
+        if raw is not None:
+            host, probe, kubelet = raw_header_marks(raw)
+        else:
+            host, probe, kubelet = header_marks(ex.headers)
         if kubelet:
             self._health(ex)
             return None

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import httptools
 
 import dataplane
+from activator.handler import header_marks, raw_header_marks
 from dataplane import headers
 from dataplane.headers import (
     edited_request_head,
@@ -446,3 +447,33 @@ def test_raw_marks_read_as_the_header_marks() -> None:
         b"K-Network-Probe: queue\r\nUser-Agent: kube-probe/1.30\r\n"
     )
     assert raw_request_marks(head) == (True, "m.example", "queue", True)
+
+
+_ACT_NAMES = [
+    b"Host", b"host", b"HOST", b"K-Network-Probe", b"k-network-probe", b"K-Kubelet-Probe",
+    b"User-Agent", b"user-agent", b"K-Network-Hash", b"Hosts", b"Kube", b"K-Original-Host",
+]  # fmt: skip
+_ACT_VALUES = [
+    b"m.default.example.com", b"probe", b"queue", b"activator", b"", b"kube-probe/1.30",
+    b"Kube-probe/1.30", b"hey/0.0.1", b"x",
+]  # fmt: skip
+
+
+def test_activator_raw_marks_read_as_the_header_marks() -> None:
+    """The activator reads Host, K-Network-Probe and health checks from the raw head by
+    bytes; they must be those of the decoded headers, first Host and probe winning."""
+    rng = random.Random(13)
+    for _ in range(3000):
+        lines = [b"GET / HTTP/1.1"]
+        for _ in range(rng.randrange(0, 7)):
+            lines.append(rng.choice(_ACT_NAMES) + rng.choice(_SEPS[:4]) + rng.choice(_ACT_VALUES))
+        data = b"\r\n".join(lines) + b"\r\n\r\n"
+        req = simple_request(data)
+        assert req is not None, data
+        raw = req[-1]
+        assert raw_header_marks(raw) == header_marks(raw_headers(raw)), data
+    head = (
+        b"GET / HTTP/1.1\r\nhost: a.example\r\nHost: b.example\r\nK-Network-Probe: probe\r\n"
+        b"User-Agent: kube-probe/1.30\r\n"
+    )
+    assert raw_header_marks(head) == ("a.example", "probe", True)
