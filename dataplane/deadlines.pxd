@@ -33,7 +33,7 @@ cdef class Deadlines:
     cdef public object _loop
     cdef public double _per_s
     cdef public dict _queues
-    @cython.locals(q=_Queue, after=Deadline, first=Deadline, following=Deadline, when=double)
+    @cython.locals(q=_Queue, after=Deadline, following=Deadline, when=double)
     cpdef add(self, Deadline d, double start, double duration)
     @cython.locals(q=_Queue, before=Deadline, following=Deadline)
     cpdef remove(self, Deadline d)

@@ -41,10 +41,6 @@ class Deadline:
         self._prev: Deadline | None = None
         self.queue: _Queue | None = None  # while armed: the queue it is in
 
-    @property
-    def armed(self) -> bool:
-        return self.queue is not None
-
 
 def new_deadline(entry: Expiring, kind: str) -> Deadline:
     """``Deadline(entry, kind)``, made without a Python-level call when compiled."""
@@ -106,26 +102,19 @@ class Deadlines:
         after = q.tail
         while after is not None and after.when > when:  # (one that started earlier: rare)
             after = after._prev
-        if after is None:  # the queue's earliest
-            first = q.head
-            d._prev = None
-            d._next = first
-            if first is None:
-                q.tail = d
-            else:
-                first._prev = d
+        following = q.head if after is None else after._next
+        d._prev = after
+        d._next = following
+        if following is None:
+            q.tail = d
+        else:
+            following._prev = d
+        if after is not None:
+            after._next = d
+        else:  # the queue's earliest
             q.head = d
             if self._handle is None or when < self._armed:
                 self._arm(when)
-        else:
-            following = after._next
-            d._prev = after
-            d._next = following
-            if following is None:
-                q.tail = d
-            else:
-                following._prev = d
-            after._next = d
         self._count += 1
 
     def remove(self, d: Deadline) -> None:

@@ -7,6 +7,7 @@ the common messages (else the fast paths would be dead code)."""
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import httptools
@@ -427,20 +428,27 @@ _MARK_VALUES = [
 ]  # fmt: skip
 
 
-def test_raw_marks_read_as_the_header_marks() -> None:
-    """The queue-proxy reads its marks (K-* and health-check agents) from the raw head by
-    bytes; they must be those of the decoded headers, for every mix of them."""
-    rng = random.Random(9)
-    for _ in range(3000):
+def _random_raw_heads(
+    seed: int, names: list[bytes], values: list[bytes], count: int = 3000
+) -> Iterator[bytes]:
+    """Raw heads (as ``simple_request`` gives them) of up to 6 lines mixing ``names`` and
+    ``values``."""
+    rng = random.Random(seed)
+    for _ in range(count):
         lines = [b"GET / HTTP/1.1"]
         for _ in range(rng.randrange(0, 7)):
-            value = rng.choice(_MARK_VALUES)
-            lines.append(rng.choice(_MARK_NAMES) + rng.choice(_SEPS[:4]) + value)
+            lines.append(rng.choice(names) + rng.choice(_SEPS[:4]) + rng.choice(values))
         data = b"\r\n".join(lines) + b"\r\n\r\n"
         req = simple_request(data)
         assert req is not None, data
-        raw = req[-1]
-        assert raw_request_marks(raw) == request_marks(raw_headers(raw)), data
+        yield req[-1]
+
+
+def test_raw_marks_read_as_the_header_marks() -> None:
+    """The queue-proxy reads its marks (K-* and health-check agents) from the raw head by
+    bytes; they must be those of the decoded headers, for every mix of them."""
+    for raw in _random_raw_heads(9, _MARK_NAMES, _MARK_VALUES):
+        assert raw_request_marks(raw) == request_marks(raw_headers(raw)), raw
     # and each mark is seen
     head = (
         b"GET / HTTP/1.1\r\nk-proxy-request: activator\r\nK-Original-Host: m.example\r\n"
@@ -462,16 +470,8 @@ _ACT_VALUES = [
 def test_activator_raw_marks_read_as_the_header_marks() -> None:
     """The activator reads Host, K-Network-Probe and health checks from the raw head by
     bytes; they must be those of the decoded headers, first Host and probe winning."""
-    rng = random.Random(13)
-    for _ in range(3000):
-        lines = [b"GET / HTTP/1.1"]
-        for _ in range(rng.randrange(0, 7)):
-            lines.append(rng.choice(_ACT_NAMES) + rng.choice(_SEPS[:4]) + rng.choice(_ACT_VALUES))
-        data = b"\r\n".join(lines) + b"\r\n\r\n"
-        req = simple_request(data)
-        assert req is not None, data
-        raw = req[-1]
-        assert raw_header_marks(raw) == header_marks(raw_headers(raw)), data
+    for raw in _random_raw_heads(13, _ACT_NAMES, _ACT_VALUES):
+        assert raw_header_marks(raw) == header_marks(raw_headers(raw)), raw
     head = (
         b"GET / HTTP/1.1\r\nhost: a.example\r\nHost: b.example\r\nK-Network-Probe: probe\r\n"
         b"User-Agent: kube-probe/1.30\r\n"
