@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import math
 import os
 import re
@@ -289,6 +290,32 @@ async def open_loop(
         _, proto = await loop.create_connection(lambda: _Client(bad), "127.0.0.1", port)
         clients.append(proto)
     req = _request(port, host)
+    # One untimed request on every connection first, so that the timed ones measure requests
+    # on open, served connections, not the target accepting 32 new ones all at once.
+    warm = []
+    for c in clients:
+        fut = loop.create_future()
+        c.pending.append((time.perf_counter(), fut))
+        assert c.transport is not None
+        c.transport.write(req)
+        warm.append(fut)
+    await asyncio.wait_for(asyncio.gather(*warm), 30)
+    # The client's own collector would stall it for milliseconds at a time, timed as the
+    # target's: collect now, then not until the answers are in.
+    gc.collect()
+    gc.disable()
+    await asyncio.sleep(0.05)  # (and let the machine settle after the collection)
+    try:
+        return await _timed(clients, req, rate, seconds)
+    finally:
+        gc.enable()
+        for c in clients:
+            if c.transport is not None:
+                c.transport.close()
+
+
+async def _timed(clients: list[_Client], req: bytes, rate: float, seconds: float) -> list[float]:
+    loop = asyncio.get_running_loop()
     futs: list[asyncio.Future[float]] = []
     start = time.perf_counter()
     total = int(rate * seconds)
@@ -304,11 +331,12 @@ async def open_loop(
         assert c.transport is not None
         c.transport.write(req)
         futs.append(fut)
-    results = await asyncio.wait_for(asyncio.gather(*futs), 30)
-    for c in clients:
-        assert c.transport is not None
-        c.transport.close()
-    return list(results)
+    # Wait for the answers still due only: gathering every future would schedule a callback
+    # per request while the last answers arrive, and time the client's work as theirs.
+    left = [f for f in futs if not f.done()]
+    if left:
+        await asyncio.wait_for(asyncio.gather(*left), 30)
+    return [f.result() for f in futs]
 
 
 def run_open_loop(
@@ -414,7 +442,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of :func:`measure_all`, the same in every hop benchmark."""
     p.add_argument("--seconds", type=float, default=10.0, help="of each measure, per target")
     p.add_argument("--rate", type=float, default=1000.0, help="requests/s for latency")
-    p.add_argument("--slice", type=float, default=2.0, help="seconds per turn (targets take turns)")
+    p.add_argument(
+        "--slice", type=float, default=2.0, help="seconds per turn under wrk (targets take turns)"
+    )
+    p.add_argument(
+        "--rate-slice",
+        type=float,
+        default=0.5,
+        help="seconds per turn at the rate (open loop and hey; at most --slice)",
+    )
     p.add_argument(
         "--pin", action="store_true", help="proxies on CPU 0, upstream and load on CPU 1"
     )
@@ -427,10 +463,17 @@ def measure_all(
     hey_workers: int = 0,
 ) -> list[Row]:
     """Each target gets ``--seconds`` under wrk, ``--seconds`` at the rate with the open-loop
-    client and, with ``hey_workers``, ``--seconds`` with hey, in slices of ``--slice`` seconds
-    taken in turn (direct, nginx, proxy, …, direct, …): load from elsewhere on the machine then
-    falls on every column alike, not on whichever target ran last. The load generators run on
-    ``load_cpus`` (this process and its children)."""
+    client and, with ``hey_workers``, ``--seconds`` with hey, in turns (direct, nginx, proxy,
+    …, direct, …): load from elsewhere on the machine then falls on every column alike, not on
+    whichever target ran last. Turns under wrk last ``--slice`` seconds; turns at the rate,
+    ``--rate-slice`` seconds, several between two wrk turns: a p99 is decided by the worst
+    percent of a run, and the machine's bursts (a few hundred ms) spread over every target
+    when the turns are short. The load generators run on ``load_cpus`` (this process and its
+    children)."""
+    if not 0 < args.rate_slice <= args.slice:
+        raise ValueError(
+            f"--rate-slice {args.rate_slice}: must be > 0 and at most --slice {args.slice}"
+        )
     if load_cpus:
         os.sched_setaffinity(0, load_cpus)
     for t in targets:
@@ -438,15 +481,17 @@ def measure_all(
         run_open_loop(t.port, args.rate, 1.0, t.host)  # warm-up (connections, probes)
     slices = max(1, round(args.seconds / args.slice))
     each = args.seconds / slices
+    turns = max(1, round(each / args.rate_slice))  # turns at the rate per wrk turn
     for i in range(slices):
         print(f"slice {i + 1}/{slices}", file=sys.stderr)
         for t in targets:
             t.wrk_slice(each)
-        for t in targets:
-            t.rate_slice(args.rate, each)
-        if hey_workers:
+        for _ in range(turns):
             for t in targets:
-                t.hey_slice(args.rate, each, hey_workers)
+                t.rate_slice(args.rate, each / turns)
+        for _ in range(turns if hey_workers else 0):
+            for t in targets:
+                t.hey_slice(args.rate, each / turns, hey_workers)
     return [t.row() for t in targets]
 
 
