@@ -23,9 +23,14 @@ def _app(status: int, seen: list[str]) -> web.Application:
 
 async def test_open_loop_times_each_scheduled_request_after_one_untimed_per_connection() -> None:
     seen: list[str] = []
+    # what the meter reads: the requests the server has answered (a target's CPU, in the bench)
+    meter = harness.Meter(lambda: float(len(seen)))
     async with run_app(_app(200, seen)) as (_, port):
-        latencies = await harness.open_loop(port, rate=200, seconds=0.25, conns=4, host="m.test")
+        latencies = await harness.open_loop(
+            port, rate=200, seconds=0.25, conns=4, host="m.test", meter=meter
+        )
     assert len(latencies) == 50
+    assert meter.total == 50  # read after the untimed requests and once every answer was in
     assert all(0 <= v < 1 for v in latencies)
     assert len(seen) == 50 + 4  # the timed requests, and one per connection before them
     assert set(seen) == {"m.test"}
