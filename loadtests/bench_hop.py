@@ -1,15 +1,16 @@
 """Queue-proxy hop benchmark: capacity, added latency, CPU and RSS against direct and nginx.
 
-    .venv/bin/python -m loadtests.bench_hop --seconds 10 [--rate 1000 --slice 2 --hey-workers 10
-                                              --pin --python-core --relay]
+    .venv/bin/python -m loadtests.bench_hop --seconds 10 [--rate 1000 --slice 2 --rate-slice 0.5
+                                              --hey-workers 10 --pin --python-core --relay]
 
 Starts nginx (1 worker, ``return 200`` with a small JSON body) as the upstream ("direct"),
 nginx (1 worker, keep-alive upstream) as a reverse proxy to it, and the queue-proxy
 (``python -O -m queue_proxy``, one process, CC=0) in front of it. Then, with
-:mod:`loadtests.harness`, in turns of ``--slice`` seconds (direct, nginx, queue-proxy, direct,
-…) until each target has had ``--seconds`` of each: capacity with ``wrk -t1 -c64``; latency at
-``--rate`` requests/s with an open-loop client (32 keep-alive connections, each request timed
-from its scheduled send, so a stall counts) and with ``hey -c <--hey-workers> -q rate/workers``
+:mod:`loadtests.harness`, in turns (direct, nginx, queue-proxy, direct, …; ``--slice`` seconds
+under wrk, ``--rate-slice`` at the rate) until each target has had ``--seconds`` of each:
+capacity with ``wrk -t1 -c64``; latency at ``--rate`` requests/s with an open-loop client (32
+keep-alive connections, each request timed from its scheduled send, so a stall counts) and
+with ``hey -c <--hey-workers> -q rate/workers``
 (its workers start in phase: 10 at 1,000/s send bursts of 10 every 10 ms, timed to 0.1 ms);
 CPU of the proxy process (nginx's worker) per request under wrk and at the rate; its RSS idle
 and at peak. The cores are shared, so compare the columns of one run; ``--pin`` puts the
