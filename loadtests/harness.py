@@ -532,9 +532,10 @@ def measure_all(
         for _ in range(turns):
             for t in targets:
                 t.rate_slice(args.rate, each / turns)
-        for _ in range(turns if hey_workers else 0):
-            for t in targets:
-                t.hey_slice(args.rate, each / turns, hey_workers)
+        if hey_workers:
+            for _ in range(turns):
+                for t in targets:
+                    t.hey_slice(args.rate, each / turns, hey_workers)
     return [t.row() for t in targets]
 
 
