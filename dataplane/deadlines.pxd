@@ -30,6 +30,8 @@ cdef class Deadlines:
     cdef public double _armed
     cdef public Py_ssize_t _count
     cdef public object _handle
+    cdef public double _last_duration
+    cdef public _Queue _last_queue
     cdef public object _loop
     cdef public double _per_s
     cdef public dict _queues

@@ -73,7 +73,16 @@ class Deadlines:
     ``remove(deadline)`` disarms it (nothing happens if it is not armed).
     """
 
-    __slots__ = ("_armed", "_count", "_handle", "_loop", "_per_s", "_queues")
+    __slots__ = (
+        "_armed",
+        "_count",
+        "_handle",
+        "_last_duration",
+        "_last_queue",
+        "_loop",
+        "_per_s",
+        "_queues",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, resolution_s: float = 0.01) -> None:
         if resolution_s <= 0:
@@ -81,6 +90,10 @@ class Deadlines:
         self._loop = loop
         self._per_s = 1.0 / resolution_s
         self._queues: dict[float, _Queue] = {}
+        # the queue of the duration added last, and that duration: a proxy adds one or two
+        # durations over and over, and a float key's hash and lookup cost more than a compare
+        self._last_queue: _Queue | None = None
+        self._last_duration = 0.0
         self._handle: asyncio.TimerHandle | None = None
         self._armed = 0.0  # when the timer fires
         self._count = 0
@@ -91,11 +104,15 @@ class Deadlines:
     def add(self, d: Deadline, start: float, duration: float) -> None:
         if d.queue is not None:
             self.remove(d)
-        q = self._queues.get(duration)
-        if q is None:
-            if len(self._queues) >= _MAX_QUEUES:
-                self._queues = {k: v for k, v in self._queues.items() if v.head is not None}
-            q = self._queues[duration] = _Queue()
+        q = self._last_queue
+        if q is None or duration != self._last_duration:
+            q = self._queues.get(duration)
+            if q is None:
+                if len(self._queues) >= _MAX_QUEUES:
+                    self._queues = {k: v for k, v in self._queues.items() if v.head is not None}
+                q = self._queues[duration] = _Queue()
+            self._last_queue = q  # (in the dict: the dict drops a queue only when it is new)
+            self._last_duration = duration
         when = start + duration
         d.when = when
         d.queue = q
@@ -143,6 +160,7 @@ class Deadlines:
             while q.head is not None:
                 self.remove(q.head)
         self._queues.clear()
+        self._last_queue = None
 
     def _arm(self, when: float) -> None:
         if self._handle is not None:

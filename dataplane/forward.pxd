@@ -4,15 +4,16 @@ cimport cython
 from dataplane.deadlines cimport Deadline, new_deadline
 from dataplane.headers cimport scan_response_headers, status_line
 from dataplane.server cimport _Exchange
-from dataplane.upstream cimport UpstreamConnection
+from dataplane.upstream cimport ResponseSink, UpstreamConnection
 
 
 cdef dict _COMPLETED
+cdef list _NO_HEADERS
 cdef object _completed(int status)
 
 
-@cython.final
-cdef class Forward:
+# (not final: its methods override ResponseSink's, which a final type's may not)
+cdef class Forward(ResponseSink):
     cdef public bint _body_sent
     cdef public bint _chunked_in
     cdef public bint _chunked_out
@@ -38,9 +39,9 @@ cdef class Forward:
     cdef public Deadline _total
     cdef public bint _tunnel
     cdef public str _upstream
-    cdef public bint simple_ok
     cdef public bint streaming_body
 
+    cpdef _init(self, _Exchange ex, bytes head, object timeouts, object on_done, object on_refused)
     cpdef start(self, UpstreamConnection conn)
     cpdef _arm_total(self)
     cpdef expire(self, str kind)
@@ -60,5 +61,12 @@ cdef class Forward:
     cpdef _cancel_start_timer(self)
     cpdef _detach(self, bint reuse)
     cpdef _finish(self, object result, bint answered=*)
+    cpdef on_upgraded(self, rest)
+    cpdef on_tunnel_data(self, data)
+    cpdef upstream_lost(self, exc)
+    cpdef upstream_error(self, reason)
+    cpdef upstream_pause_writing(self)
+    cpdef upstream_resume_writing(self)
     cpdef cleanup_timers(self)
     cpdef cleanup(self)
+

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from dataplane.api import ForwardResult, Timeouts, UpstreamConnectError
 from dataplane.deadlines import Deadline, new_deadline
 from dataplane.headers import SimpleResponse, response_head, scan_response_headers, status_line
-from dataplane.upstream import UpstreamConnection
+from dataplane.upstream import ResponseSink, UpstreamConnection
 
 if TYPE_CHECKING:
     from dataplane.server import _Exchange
@@ -39,9 +39,10 @@ def _completed(status: int) -> ForwardResult:
 
 
 _LAST_CHUNK = b"0\r\n\r\n"
+_NO_HEADERS: list[tuple[bytes, bytes]] = []  # shared, never added to
 
 
-class Forward:
+class Forward(ResponseSink):
     """The state of one forwarded request (a :class:`dataplane.upstream.ResponseSink`).
 
     Two ways to drive it, one state machine: :meth:`run` is awaited by ``Exchange.forward``;
@@ -75,7 +76,6 @@ class Forward:
         "_total",
         "_tunnel",
         "_upstream",
-        "simple_ok",
         "streaming_body",
     )
 
@@ -86,6 +86,16 @@ class Forward:
         timeouts: Timeouts,
         on_done: Callable[[ForwardResult], None] | None = None,
         on_refused: Callable[[UpstreamConnectError], Awaitable[None]] | None = None,
+    ) -> None:
+        self._init(ex, head, timeouts, on_done, on_refused)
+
+    def _init(
+        self,
+        ex: _Exchange,
+        head: bytes,
+        timeouts: Timeouts,
+        on_done: Callable[[ForwardResult], None] | None,
+        on_refused: Callable[[UpstreamConnectError], Awaitable[None]] | None,
     ) -> None:
         self._ex = ex  # (typed from here: read it back rather than the argument)
         self._head = head
@@ -106,7 +116,7 @@ class Forward:
         self._body_sent = False  # streamed body bytes went upstream: no retry
         self._request_sent = False
         self._status = 0
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._headers: list[tuple[bytes, bytes]] = _NO_HEADERS  # (the parser's, once read)
         self._informational = False
         self._tunnel = False  # the upstream answered 101 to an upgrade: bytes flow both ways
         self._chunked_out = False

@@ -4,10 +4,28 @@ cimport cython
 from dataplane.deadlines cimport Deadlines
 # whether the simple-message passes are taken (dataplane.headers.SIMPLE_PATHS)
 cdef bint SIMPLE_PATHS
+cdef list _NO_BODY
 
 from dataplane.headers cimport edited_request_head, raw_headers, request_edits, simple_request
 from dataplane.forward cimport Forward
 from dataplane.upstream cimport UpstreamPool
+
+
+cdef class _Exchange
+
+
+@cython.locals(fwd=Forward)
+cdef Forward _new_forward(
+    _Exchange ex, bytes head, object timeouts, object on_done=*, object on_refused=*
+)
+
+
+cdef class DirectHandler:
+    cpdef object handle(self, _Exchange ex)
+
+
+cdef class ForwardDone:
+    cpdef forward_done(self, object result)
 
 
 cdef class Server:
@@ -43,7 +61,6 @@ cdef class _Exchange:
     cdef public bint _http10
     cdef public bint _keep_alive
     cdef public str _method
-    cdef public bytes _raw_head
     cdef public bint _response_close
     cdef public bint _response_done
     cdef public bint _started
@@ -51,12 +68,18 @@ cdef class _Exchange:
     cdef public object _task
     cdef public bint _upgrade
     cdef public double arrived_at
+    cdef public bytes raw_head
 
     cpdef list _header_list(self)
     cpdef respond_now(self, int status, bytes body=*, object headers=*)
+    cpdef bint forward_now(
+        self, str upstream, object on_done, object set_headers=*, object remove_headers=*,
+        object remove_prefixes=*, object timeouts=*, object on_refused=*
+    ) except -1
     cpdef bytes _request_head(self, object set_headers, object remove_headers, object remove_prefixes)
     cpdef object _refusal(self)
     cpdef _forward_done(self, Forward fwd, object result)
+    @cython.locals(done=ForwardDone)
     cpdef _call_done(self, object on_done, object result)
     cpdef list _take_body(self)
     cpdef on_body(self, data)
@@ -96,6 +119,7 @@ cdef class _Connection:
 
     cpdef _simple_request(self, tuple request)
     cpdef _start(self, _Exchange ex)
+    @cython.locals(direct=DirectHandler)
     cpdef call_handler(self, _Exchange ex, object handler, object arg)
     cpdef sync_request_done(self, _Exchange ex)
     cpdef exchange_response_done(self, _Exchange ex)

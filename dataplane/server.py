@@ -17,7 +17,7 @@ from typing import Any, cast
 
 import httptools
 
-from dataplane.api import ForwardResult, Handler, Timeouts, UpstreamConnectError
+from dataplane.api import Exchange, ForwardResult, Handler, Timeouts, UpstreamConnectError
 from dataplane.deadlines import Deadlines
 from dataplane.forward import Forward
 from dataplane.headers import (
@@ -38,7 +38,50 @@ _DISCARD_MAX = 256 * 1024  # body left unread after an early answer: read and dr
 _LINGER_S = 2.0  # after an early answer with Connection: close, read (and drop) this long
 _MAX_HEAD = 1024 * 1024  # Go's DefaultMaxHeaderBytes
 _NO_TIMEOUTS = Timeouts()
+_NO_BODY: list[bytes] = []  # what _take_body gives when nothing is buffered (never added to)
 _CLIENT_GONE = 499  # status in a ForwardResult when the client left first (nginx's convention)
+
+
+def _new_forward(
+    ex: _Exchange,
+    head: bytes,
+    timeouts: Timeouts,
+    on_done: Callable[[ForwardResult], None] | None = None,
+    on_refused: Callable[[UpstreamConnectError], Awaitable[None]] | None = None,
+) -> Forward:
+    """``Forward(ex, head, timeouts, on_done, on_refused)``, made without a Python-level call
+    (nor its keyword parsing) when compiled."""
+    fwd = Forward.__new__(Forward)
+    fwd._init(ex, head, timeouts, on_done, on_refused)
+    return fwd
+
+
+class DirectHandler:
+    """A handler the core calls directly (compiled: through the extension type's method table,
+    without a Python-level call): :meth:`handle` takes the request as the handler would.
+    Calling the object calls it too, so it serves wherever a :data:`dataplane.api.Handler`
+    does."""
+
+    __slots__ = ()
+
+    def __call__(self, ex: Exchange) -> Awaitable[None] | None:
+        return self.handle(cast(_Exchange, ex))  # (the core's exchanges are all _Exchange)
+
+    def handle(self, ex: _Exchange) -> Awaitable[None] | None:
+        raise NotImplementedError
+
+
+class ForwardDone:
+    """A ``forward_now`` callback the core calls directly (compiled: through the method table):
+    :meth:`forward_done` gets the result. Calling the object calls it too."""
+
+    __slots__ = ()
+
+    def __call__(self, result: ForwardResult) -> None:
+        self.forward_done(result)
+
+    def forward_done(self, result: ForwardResult) -> None:
+        raise NotImplementedError
 
 
 class _Exchange:
@@ -59,7 +102,6 @@ class _Exchange:
         "_http10",
         "_keep_alive",
         "_method",
-        "_raw_head",
         "_response_close",
         "_response_done",
         "_started",
@@ -67,15 +109,19 @@ class _Exchange:
         "_task",
         "_upgrade",
         "arrived_at",
+        "raw_head",
     )
 
     def __init__(self, conn: _Connection) -> None:
         self._conn = conn
         self._method = ""
         self._target = ""
-        # (None when read whole: made from the raw head when first asked for)
-        self._headers: list[tuple[str, str]] | None = []
-        self._raw_head: bytes | None = None  # request line and header lines, if read whole
+        # (None when read whole: made from the raw head when first asked for; the parser's
+        # requests get a list to fill in on_message_begin)
+        self._headers: list[tuple[str, str]] | None = None
+        # the request line and header lines, if read whole (an attribute, not a property: a
+        # compiled handler reads it without a lookup)
+        self.raw_head: bytes | None = None
         self._content_length = -1
         self._chunked = False
         self._expect_continue = False
@@ -83,7 +129,7 @@ class _Exchange:
         self._http10 = False
         self._keep_alive = True
         self.arrived_at = 0.0
-        self._body_buf: list[bytes] = []
+        self._body_buf: list[bytes] | None = None  # (None: nothing buffered)
         self._body_bytes = 0  # buffered, not yet taken by a forward
         self._body_read = 0  # received in all
         self._body_done = False
@@ -107,15 +153,11 @@ class _Exchange:
     def headers(self) -> Sequence[tuple[str, str]]:
         return self._header_list()
 
-    @property
-    def raw_head(self) -> bytes | None:
-        return self._raw_head
-
     def _header_list(self) -> list[tuple[str, str]]:
         headers = self._headers
         if headers is None:
-            assert self._raw_head is not None
-            headers = self._headers = raw_headers(self._raw_head)
+            assert self.raw_head is not None
+            headers = self._headers = raw_headers(self.raw_head)
         return headers
 
     @property
@@ -189,7 +231,7 @@ class _Exchange:
             framing,
             request_edits(set_headers, remove_headers, remove_prefixes),
             self.header("Upgrade") if self._upgrade else None,
-            self._raw_head,
+            self.raw_head,
         )
 
     def _refusal(self) -> ForwardResult | None:
@@ -213,7 +255,7 @@ class _Exchange:
         if refused is not None:
             return refused
         head = self._request_head(set_headers, remove_headers, remove_prefixes)
-        fwd = Forward(self, head, timeouts)
+        fwd = _new_forward(self, head, timeouts)
         self._forward = fwd
         try:
             return await fwd.run(upstream)
@@ -239,7 +281,7 @@ class _Exchange:
         if conn is None:
             return False
         head = self._request_head(set_headers, remove_headers, remove_prefixes)
-        fwd = Forward(self, head, timeouts, on_done, on_refused)
+        fwd = _new_forward(self, head, timeouts, on_done, on_refused)
         self._forward = fwd
         fwd.start(conn)
         return True
@@ -267,20 +309,26 @@ class _Exchange:
 
     def _call_done(self, on_done: Callable[[ForwardResult], None], result: ForwardResult) -> None:
         try:
-            on_done(result)
+            if isinstance(on_done, ForwardDone):
+                done = on_done  # (compiled: typed, so called through the method table)
+                done.forward_done(result)
+            else:
+                on_done(result)
         except Exception:
             log.exception("forward callback failed", extra={"target": self._target})
 
     # --- body plumbing ---
     def _take_body(self) -> list[bytes]:
-        buf, self._body_buf = self._body_buf, []
+        buf, self._body_buf = self._body_buf, None
+        if buf is None:
+            buf = _NO_BODY
         self._body_bytes = 0
         self._conn.resume_for_body()
         return buf
 
     def _restore_body(self, chunks: list[bytes]) -> None:
-        self._body_buf = chunks + self._body_buf
-        self._body_bytes = sum(len(c) for c in self._body_buf)
+        buf = self._body_buf = chunks + (self._body_buf or [])
+        self._body_bytes = sum(len(c) for c in buf)
 
     def on_body(self, data: bytes) -> None:
         self._body_read += len(data)
@@ -290,7 +338,10 @@ class _Exchange:
         elif self._response_done or self._started:
             return  # answered already: drop the rest
         else:
-            self._body_buf.append(data)
+            buf = self._body_buf
+            if buf is None:
+                buf = self._body_buf = []
+            buf.append(data)
             self._body_bytes += len(data)
             if self._body_bytes > _BODY_HIGH:
                 self._conn.pause_for_body()
@@ -313,7 +364,7 @@ class _Exchange:
 
     def _response_finished(self) -> None:
         self._response_done = True
-        self._body_buf = []
+        self._body_buf = None
         self._body_bytes = 0
         self._conn.exchange_response_done(self)
 
@@ -420,10 +471,9 @@ class _Connection:
         parser's callbacks would do for it, then its handler."""
         method, target, length, keep_alive, body, raw = request
         ex = _Exchange(self)
-        ex._raw_head = raw
+        ex.raw_head = raw
         ex._method = method
         ex._target = target
-        ex._headers = None
         ex._content_length = length
         ex._keep_alive = keep_alive
         ex.arrived_at = self._time()
@@ -463,7 +513,8 @@ class _Connection:
     # --- httptools callbacks ---
     def on_message_begin(self) -> None:
         self._fresh = False
-        self._parsing = _Exchange(self)
+        self._parsing = ex = _Exchange(self)
+        ex._headers = []
         self._url = []
         self._head_bytes = 0
         self._head_connection = False
@@ -538,7 +589,11 @@ class _Connection:
         ``on_refused``): a coroutine it returns runs in a task; else the request has ended,
         unless a ``forward_now`` still runs."""
         try:
-            pending = handler(arg)
+            if arg is ex and isinstance(handler, DirectHandler):
+                direct = handler  # (compiled: typed, so called through the method table)
+                pending = direct.handle(ex)
+            else:
+                pending = handler(arg)
         except Exception:
             log.exception("handler failed", extra={"method": ex._method, "target": ex._target})
             pending = None

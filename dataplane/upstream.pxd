@@ -7,12 +7,27 @@ cdef bint SIMPLE_PATHS
 from dataplane.headers cimport simple_response
 
 
+cdef class ResponseSink:
+    cdef public bint simple_ok
+    cpdef on_headers_complete(self)
+    cpdef on_simple_response(self, tuple response)
+    cpdef on_body(self, body)
+    cpdef on_message_complete(self)
+    cpdef on_upgraded(self, rest)
+    cpdef on_tunnel_data(self, data)
+    cpdef flush(self)
+    cpdef upstream_lost(self, exc)
+    cpdef upstream_error(self, reason)
+    cpdef upstream_pause_writing(self)
+    cpdef upstream_resume_writing(self)
+
+
 @cython.final
 cdef class UpstreamConnection:
     cdef public str hostport
     cdef public object parser
     cdef public object transport
-    cdef public object sink
+    cdef public ResponseSink sink
     cdef public bint closed
     cdef public bint reused
     cdef public double idle_since
@@ -23,6 +38,8 @@ cdef class UpstreamConnection:
     cdef public object write
     cpdef close(self)
     cpdef abort(self)
+    @cython.locals(sink=ResponseSink)
+    cpdef data_received(self, data)
 
 
 cdef class UpstreamPool:

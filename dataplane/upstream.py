@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import cast
 
 import httptools
 
@@ -20,22 +20,50 @@ from dataplane.headers import SIMPLE_PATHS, SimpleResponse, simple_response
 log = logging.getLogger("dataplane.upstream")
 
 
-class ResponseSink(Protocol):
-    """What receives one upstream response (the core's forward state)."""
+class ResponseSink:
+    """What receives one upstream response (the core's forward state derives from it).
 
-    simple_ok: bool  # a whole response in one read may skip the parser
+    A base class rather than a protocol: compiled, it is an extension type whose methods the
+    connection calls through its method table, without a Python-level call or lookup.
+    """
 
-    def on_headers_complete(self) -> None: ...
-    def on_simple_response(self, response: SimpleResponse) -> None: ...
-    def on_body(self, body: bytes) -> None: ...
-    def on_message_complete(self) -> None: ...
-    def on_upgraded(self, rest: bytes) -> None: ...
-    def on_tunnel_data(self, data: bytes) -> None: ...
-    def flush(self) -> None: ...
-    def upstream_lost(self, exc: Exception | None) -> None: ...
-    def upstream_error(self, reason: str) -> None: ...
-    def upstream_pause_writing(self) -> None: ...
-    def upstream_resume_writing(self) -> None: ...
+    __slots__ = ("simple_ok",)
+
+    def __init__(self) -> None:
+        self.simple_ok = False  # a whole response in one read may skip the parser
+
+    def on_headers_complete(self) -> None:
+        raise NotImplementedError
+
+    def on_simple_response(self, response: SimpleResponse) -> None:
+        raise NotImplementedError
+
+    def on_body(self, body: bytes) -> None:
+        raise NotImplementedError
+
+    def on_message_complete(self) -> None:
+        raise NotImplementedError
+
+    def on_upgraded(self, rest: bytes) -> None:
+        raise NotImplementedError
+
+    def on_tunnel_data(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        raise NotImplementedError
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        raise NotImplementedError
+
+    def upstream_error(self, reason: str) -> None:
+        raise NotImplementedError
+
+    def upstream_pause_writing(self) -> None:
+        raise NotImplementedError
+
+    def upstream_resume_writing(self) -> None:
+        raise NotImplementedError
 
 
 def _not_connected(data: bytes) -> None:

@@ -3,6 +3,7 @@ cimport cython
 
 from dataplane cimport _bytes
 from dataplane.headers cimport lower_is, raw_line
+from dataplane.server cimport DirectHandler, ForwardDone, _Exchange
 from metrics.request_stats cimport RequestStats
 from queue_proxy.metrics cimport QueueMetrics
 
@@ -32,16 +33,38 @@ cdef class _Accounting:
     cdef public RequestStats requests
     cpdef count_failure(self, object result)
     @cython.locals(end=double)
-    cpdef finish(self, object ex, bint proxied, int status)
+    cpdef finish(self, _Exchange ex, bint proxied, int status)
 
 
-@cython.final
-cdef class _Done:
+# (not final, nor is _Handler: a final type may not override its base's methods)
+cdef class _Done(ForwardDone):
     cdef public _Accounting acc
-    cdef public object ex
+    cdef public _Exchange ex
     cdef public bint proxied
     cdef public object release
+    cpdef forward_done(self, object result)
 
 
 @cython.locals(done=_Done)
-cpdef _Done _new_done(_Accounting acc, object ex, bint proxied, object release)
+cpdef _Done _new_done(_Accounting acc, _Exchange ex, bint proxied, object release)
+
+
+cpdef tuple _host_edits(str host)
+
+
+cdef class _Handler(DirectHandler):
+    cdef public _Accounting acc
+    cdef public bint arrival_clock
+    cdef public object breaker
+    cdef public object clock
+    cdef public object drainer
+    cdef public object health
+    cdef public object kingress_probe
+    cdef public RequestStats requests
+    cdef public object slow_path
+    cdef public object timeouts
+    cdef public str upstream
+    @cython.locals(
+        raw=bytes, proxied=cython.bint, kubelet=cython.bint, host=str, probe=str, release=object
+    )
+    cpdef object handle(self, _Exchange ex)

@@ -15,7 +15,8 @@ from dataplane import _bytes
 from dataplane.api import Exchange, ForwardResult, Handler, Timeouts, UpstreamConnectError
 from dataplane.breaker import Breaker, QueueFullError
 from dataplane.headers import lower_is, raw_line
-from metrics.clock import LoopClock
+from dataplane.server import DirectHandler, ForwardDone, _Exchange
+from metrics.clock import Clock, LoopClock
 from metrics.request_stats import RequestStats
 from queue_proxy.drain import Drainer
 from queue_proxy.metrics import QueueMetrics
@@ -113,34 +114,35 @@ class _Accounting:
         if not result.completed:
             self.metrics.refusal[_REFUSAL_BY_REASON.get(result.reason, "upstream_error")].inc()
 
-    def finish(self, ex: Exchange, proxied: bool, status: int) -> None:
+    def finish(self, ex: _Exchange, proxied: bool, status: int) -> None:
         end = self.loop_time()
         self.requests.request_out(end, proxied)
         self.metrics.observe(status, end - ex.arrived_at)
 
 
-class _Done:
+class _Done(ForwardDone):
     """The end of a request handed to ``Exchange.forward_now``: its breaker slot back, then its
     accounting. A small object made per request (a closure would be, with its cell and its
-    annotations)."""
+    annotations) that the core calls without a Python-level call when compiled."""
 
     __slots__ = ("acc", "ex", "proxied", "release")  # set by _new_done
 
     acc: _Accounting
-    ex: Exchange
+    ex: _Exchange
     proxied: bool
     release: Callable[[], None] | None
 
-    def __call__(self, result: ForwardResult) -> None:
+    def forward_done(self, result: ForwardResult) -> None:
         if self.release is not None:
             self.release()
-        acc = self.acc
-        acc.count_failure(result)
-        acc.finish(self.ex, self.proxied, result.status)
+        # (status, completed, reason), read by index: no attribute lookups when compiled
+        if not result[1]:
+            self.acc.count_failure(result)
+        self.acc.finish(self.ex, self.proxied, result[0])
 
 
 def _new_done(
-    acc: _Accounting, ex: Exchange, proxied: bool, release: Callable[[], None] | None
+    acc: _Accounting, ex: _Exchange, proxied: bool, release: Callable[[], None] | None
 ) -> _Done:
     """``_Done`` with these fields, made without a Python-level call when compiled."""
     done = _Done.__new__(_Done)
@@ -149,6 +151,88 @@ def _new_done(
     done.proxied = proxied
     done.release = release
     return done
+
+
+class _Handler(DirectHandler):
+    """The handler's hot path: a request counted in, a breaker slot free now, forwarded on an
+    idle pooled connection with :meth:`Exchange.forward_now` and ended by a :class:`_Done`.
+    Probes and everything that waits (the breaker's queue, a dial) go to the callables of
+    :func:`build_handler`. An object the core calls without a Python-level call when compiled."""
+
+    __slots__ = (
+        "acc",
+        "arrival_clock",
+        "breaker",
+        "clock",
+        "drainer",
+        "health",
+        "kingress_probe",
+        "requests",
+        "slow_path",
+        "timeouts",
+        "upstream",
+    )
+
+    def __init__(
+        self,
+        *,
+        acc: _Accounting,
+        requests: RequestStats,
+        clock: Clock,
+        breaker: Breaker | None,
+        drainer: Drainer,
+        upstream: str,
+        timeouts: Timeouts,
+        slow_path: Callable[
+            [_Exchange, bool, str | None, Callable[[], None] | None], Awaitable[None]
+        ],
+        health: Callable[[_Exchange, str | None], None],
+        kingress_probe: Callable[[_Exchange], None],
+    ) -> None:
+        self.acc = acc
+        self.requests = requests
+        self.clock = clock
+        # a request's arrival time is its in-time (the stats' clock is the loop's)
+        self.arrival_clock = isinstance(clock, LoopClock)
+        self.breaker = breaker
+        self.drainer = drainer
+        self.upstream = upstream
+        self.timeouts = timeouts
+        self.slow_path = slow_path
+        self.health = health
+        self.kingress_probe = kingress_probe
+
+    def handle(self, ex: _Exchange) -> Awaitable[None] | None:
+        raw = ex.raw_head
+        if raw is not None:
+            proxied, host, probe, kubelet = raw_request_marks(raw)
+        else:
+            proxied, host, probe, kubelet = request_marks(ex.headers)
+        if probe == "probe":
+            self.kingress_probe(ex)
+            return None
+        if probe is not None or kubelet:
+            self.health(ex, probe)
+            return None
+        drainer = self.drainer
+        if drainer.draining:
+            drainer.touch()  # every request restarts the quiet period
+        # Recorded before the breaker: queued requests count as concurrency (§2.1).
+        self.requests.request_in(
+            ex.arrived_at if self.arrival_clock else self.clock.monotonic(), proxied
+        )
+        release: Callable[[], None] | None = None
+        breaker = self.breaker
+        if breaker is not None:
+            release = breaker.reserve()  # a slot free now, or None: wait in the slow path
+            if release is None:
+                return self.slow_path(ex, proxied, host, None)
+        done = _new_done(self.acc, ex, proxied, release)
+        sets, removes = _host_edits(host)
+        # (by position: set_headers, remove_headers, remove_prefixes, timeouts)
+        if ex.forward_now(self.upstream, done, sets, removes, _KNATIVE_PREFIXES, self.timeouts):
+            return None
+        return self.slow_path(ex, proxied, host, release)  # no idle connection: dial
 
 
 def build_breaker(container_concurrency: int) -> Breaker | None:
@@ -172,15 +256,15 @@ def build_handler(
     readiness: Readiness,
     drainer: Drainer,
 ) -> Handler:
-    """The handler. Its hot path (a breaker slot free now, an idle pooled connection to the
-    model server) runs without a task: :meth:`Exchange.forward_now` with a callback that ends the
-    request's accounting. Everything else (waiting in the breaker, dialing) is a coroutine."""
+    """The handler (a :class:`_Handler`). Its hot path (a breaker slot free now, an idle pooled
+    connection to the model server) runs without a task: :meth:`Exchange.forward_now` with a
+    callback that ends the request's accounting. Everything else (waiting in the breaker,
+    dialing) is a coroutine, made here."""
     upstream = f"127.0.0.1:{user_port}"
     requests = stats.requests
     refusal = metrics.refusal
     clock = stats.clock
-    arrival_clock = isinstance(clock, LoopClock)  # a request's arrival time is its in-time
-    loop_time = asyncio.get_running_loop().time if arrival_clock else clock.monotonic
+    loop_time = asyncio.get_running_loop().time if isinstance(clock, LoopClock) else clock.monotonic
     acc = _Accounting(requests, metrics, loop_time)
     finish = acc.finish
     count_failure = acc.count_failure
@@ -222,7 +306,7 @@ def build_handler(
             return 504
 
     async def slow_path(
-        ex: Exchange, proxied: bool, host: str | None, release: Callable[[], None] | None
+        ex: _Exchange, proxied: bool, host: str | None, release: Callable[[], None] | None
     ) -> None:
         """The request was counted in; ``release`` is its breaker slot if it holds one."""
         status = 499
@@ -260,33 +344,15 @@ def build_handler(
         else:
             ex.respond_now(200, b"", (("K-Network-Hash", probe_hash),))
 
-    def handler(ex: Exchange) -> Awaitable[None] | None:
-        raw = ex.raw_head
-        if raw is not None:
-            proxied, host, probe, kubelet = raw_request_marks(raw)
-        else:
-            proxied, host, probe, kubelet = request_marks(ex.headers)
-        if probe == "probe":
-            kingress_probe(ex)
-            return None
-        if probe is not None or kubelet:
-            health(ex, probe)
-            return None
-        if drainer.draining:
-            drainer.touch()  # every request restarts the quiet period
-        # Recorded before the breaker: queued requests count as concurrency (§2.1).
-        requests.request_in(ex.arrived_at if arrival_clock else clock.monotonic(), proxied)
-        release: Callable[[], None] | None = None
-        if breaker is not None:
-            release = breaker.reserve()  # a slot free now, or None: wait in the slow path
-            if release is None:
-                return slow_path(ex, proxied, host, None)
-
-        done = _new_done(acc, ex, proxied, release)
-        sets, removes = _host_edits(host)
-        # (by position: set_headers, remove_headers, remove_prefixes, timeouts)
-        if ex.forward_now(upstream, done, sets, removes, _KNATIVE_PREFIXES, timeouts):
-            return None
-        return slow_path(ex, proxied, host, release)  # no idle connection: dial
-
-    return handler
+    return _Handler(
+        acc=acc,
+        requests=requests,
+        clock=clock,
+        breaker=breaker,
+        drainer=drainer,
+        upstream=upstream,
+        timeouts=timeouts,
+        slow_path=slow_path,
+        health=health,
+        kingress_probe=kingress_probe,
+    )

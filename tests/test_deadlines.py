@@ -159,3 +159,26 @@ async def test_memory_follows_the_live_deadlines_not_the_ended_ones() -> None:
 async def test_resolution_must_be_positive() -> None:
     with pytest.raises(ValueError, match="resolution_s = 0"):
         Deadlines(asyncio.get_running_loop(), resolution_s=0)
+
+
+async def test_alternating_durations_and_dropped_queues_keep_every_deadline() -> None:
+    """The queue of the duration added last is reused without a lookup; a duration's queue
+    dropped while empty (past the queue limit) is made again, and the deadlines of every
+    duration still fire, each in its own queue's order."""
+    loop = asyncio.get_running_loop()
+    d = Deadlines(loop, resolution_s=0.01)
+    rec = Recorder(loop)
+    t0 = loop.time()
+    # more durations than the queue limit (64), each emptied at once: the dict drops them
+    for i in range(70):
+        gone = Deadline(rec, f"gone-{i}")
+        d.add(gone, t0, 10.0 + i)
+        d.remove(gone)
+    short, long_, short2 = Deadline(rec, "a"), Deadline(rec, "b"), Deadline(rec, "c")
+    d.add(short, t0, 0.05)
+    d.add(long_, t0, 0.08)
+    d.add(short2, t0 + 0.01, 0.05)  # back to the first duration: a lookup again
+    assert len(d) == 3
+    await asyncio.sleep(0.2)
+    assert [k for k, _ in rec.fired] == ["a", "c", "b"]
+    assert len(d) == 0
