@@ -10,6 +10,7 @@ cdef bytes _TCHAR, _VCHAR, _RESPONSE_FIRST, _RESPONSE_LENGTH, _REQUEST_FIRST, _R
 cdef set _REQUEST_SPECIAL
 # caches of the request-head pass
 cdef dict _EDITS, _XFF_LINES
+cdef tuple _LAST_EDITS
 
 
 @cython.locals(
@@ -132,7 +133,7 @@ cdef long long _digits(bytes data, Py_ssize_t start, Py_ssize_t end) except? -2
 cdef int _keep_alive(bytes data, Py_ssize_t start, Py_ssize_t end) except? -2
 
 
-@cython.locals(sets=tuple, removes=tuple, prefixes=tuple, edits=tuple)
+@cython.locals(sets=tuple, removes=tuple, prefixes=tuple, edits=tuple, last=tuple)
 cpdef tuple request_edits(object set_headers=*, object remove_headers=*, object remove_prefixes=*)
 cpdef bytes status_line(int status, bytes reason)
 

@@ -97,6 +97,9 @@ RequestEdits = tuple[tuple[tuple[str, str], ...], frozenset[str], tuple[str, ...
 and prefixes to remove, and the name lengths to look at per first byte (:func:`_look_masks`)."""
 
 _EDITS: dict[tuple[tuple[str, ...], tuple[str, ...]], RequestEdits] = {}
+# the (remove_headers, remove_prefixes) tuples asked for last without set_headers, and their
+# edits: found by identity, without the key's hash and the dict's lookup
+_LAST_EDITS: tuple[tuple[str, ...], tuple[str, ...], RequestEdits] | None = None
 _NO_EDITS: RequestEdits = ((), frozenset(), (), _look_masks(_REQUEST_SPECIAL, ("proxy-",)))
 _CACHE_MAX = 256  # components pass the same few header-name tuples on every request
 
@@ -107,11 +110,15 @@ def request_edits(
     remove_prefixes: Iterable[str] = (),
 ) -> RequestEdits:
     """The edits for :func:`edited_request_head` (their lower-cased forms are cached by name)."""
+    global _LAST_EDITS
     sets = set_headers if isinstance(set_headers, tuple) else tuple(set_headers)
     removes = remove_headers if isinstance(remove_headers, tuple) else tuple(remove_headers)
     prefixes = remove_prefixes if isinstance(remove_prefixes, tuple) else tuple(remove_prefixes)
     if not (sets or removes or prefixes):
         return _NO_EDITS
+    last = _LAST_EDITS
+    if not sets and last is not None and removes is last[0] and prefixes is last[1]:
+        return last[2]  # the same tuples as last time (a proxy passes its constants)
     if sets:
         removes = removes + tuple([name for name, _ in sets])
     key = (removes, prefixes)
@@ -120,7 +127,10 @@ def request_edits(
         edits = _new_edits(removes, prefixes)
         if len(_EDITS) < _CACHE_MAX:
             _EDITS[key] = edits
-    return (sets, edits[1], edits[2], edits[3]) if sets else edits
+    if sets:
+        return (sets, edits[1], edits[2], edits[3])
+    _LAST_EDITS = (removes, prefixes, edits)
+    return edits
 
 
 def _new_edits(removes: tuple[str, ...], prefixes: tuple[str, ...]) -> RequestEdits:

@@ -409,6 +409,39 @@ def test_head_from_the_raw_lines_reads_as_the_head_written_anew() -> None:
         ), (data, edits)
 
 
+_EDIT_ARGS: list[tuple[tuple[tuple[str, str], ...], tuple[str, ...], tuple[str, ...]]] = [
+    ((), (), ()),
+    ((("Host", "model.example"),), ("K-Original-Host",), ()),
+    ((), (), ("knative-serving-",)),
+    ((), ("K-Original-Host",), ("knative-serving-", "k-")),
+    ((("K-Proxy-Request", "activator"),), (), ("k-",)),
+    ((), ("x-forwarded-for", "Forwarded"), ()),
+]
+
+
+def test_request_edits_follow_their_arguments_however_they_alternate() -> None:
+    """The edits asked for last are reused for the same tuples: alternating between argument
+    sets (and equal tuples made anew) gives each its own edits every time."""
+    raw = (
+        b"GET / HTTP/1.1\r\nKnative-Serving-Rev: r1\r\nK-Original-Host: h\r\n"
+        b"X-Forwarded-For: 9.9.9.9\r\n"
+    )
+    rng = random.Random(5)
+    for _ in range(300):
+        sets, removes, prefixes = rng.choice(_EDIT_ARGS)
+        if rng.random() < 0.5:  # equal, but not the same tuples
+            sets, removes, prefixes = tuple(list(sets)), tuple(list(removes)), tuple(list(prefixes))
+        edits = request_edits(sets, removes, prefixes)
+        head = edited_request_head("GET", "/", None, "10.1.2.3", b"", edits, None, raw).lower()
+        gone = {n.lower() for n in removes}
+        for name in ("knative-serving-rev", "k-original-host"):
+            kept = name not in gone and not any(name.startswith(p) for p in prefixes)
+            assert (name.encode() + b":" in head) == kept, (sets, removes, prefixes, head)
+        for name, value in sets:
+            assert f"{name}: {value}".lower().encode() in head, (sets, head)
+        assert (b"x-forwarded-for: 9.9.9.9" in head) == ("x-forwarded-for" not in gone)
+
+
 def test_the_core_takes_the_simple_paths_only_when_compiled() -> None:
     # Run by the interpreter, the byte loops cost more than the parser's callbacks.
     assert headers.SIMPLE_PATHS is dataplane.compiled()
