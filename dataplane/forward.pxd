@@ -9,6 +9,7 @@ from dataplane.upstream cimport ResponseSink, UpstreamConnection
 
 cdef dict _COMPLETED
 cdef list _NO_HEADERS
+cdef tuple _LAST_TIMEOUTS
 cdef object _completed(int status)
 
 
@@ -24,6 +25,7 @@ cdef class Forward(ResponseSink):
     cdef public bytes _head
     cdef public list _headers
     cdef public object _idle_handle
+    cdef public double _idle_s
     cdef public bint _informational
     cdef public double _last_write
     cdef public object _loop
@@ -34,18 +36,22 @@ cdef class Forward(ResponseSink):
     cdef public bint _request_sent
     cdef public bint _resolved
     cdef public Deadline _start
+    cdef public double _start_s
     cdef public int _status
     cdef public object _timeouts
     cdef public Deadline _total
+    cdef public double _total_s
     cdef public bint _tunnel
     cdef public str _upstream
     cdef public bint streaming_body
 
+    @cython.locals(last=tuple)
     cpdef _init(self, _Exchange ex, bytes head, object timeouts, object on_done, object on_refused)
     cpdef start(self, UpstreamConnection conn)
     cpdef _arm_total(self)
     cpdef expire(self, str kind)
     cpdef _resolve(self, result)
+    @cython.locals(chunks=list)
     cpdef _attach(self, UpstreamConnection conn, list replay)
     cpdef send_body(self, data)
     cpdef end_body(self)

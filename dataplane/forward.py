@@ -40,6 +40,9 @@ def _completed(status: int) -> ForwardResult:
 
 _LAST_CHUNK = b"0\r\n\r\n"
 _NO_HEADERS: list[tuple[bytes, bytes]] = []  # shared, never added to
+# The Timeouts given last and its durations, read once (a Timeouts is frozen; a proxy passes
+# the same one on every request): a float field of a dataclass is a generic lookup each time.
+_LAST_TIMEOUTS: tuple[Timeouts, float, float, float] | None = None
 
 
 class Forward(ResponseSink):
@@ -61,6 +64,7 @@ class Forward(ResponseSink):
         "_head",
         "_headers",
         "_idle_handle",
+        "_idle_s",
         "_informational",
         "_last_write",
         "_loop",
@@ -71,9 +75,11 @@ class Forward(ResponseSink):
         "_request_sent",
         "_resolved",
         "_start",
+        "_start_s",
         "_status",
         "_timeouts",
         "_total",
+        "_total_s",
         "_tunnel",
         "_upstream",
         "streaming_body",
@@ -100,6 +106,14 @@ class Forward(ResponseSink):
         self._ex = ex  # (typed from here: read it back rather than the argument)
         self._head = head
         self._timeouts = timeouts
+        global _LAST_TIMEOUTS
+        last = _LAST_TIMEOUTS
+        if last is None or last[0] is not timeouts:
+            last = (timeouts, timeouts.total_s, timeouts.response_start_s, timeouts.idle_s)
+            _LAST_TIMEOUTS = last
+        self._total_s = last[1]
+        self._start_s = last[2]
+        self._idle_s = last[3]
         self._loop = self._ex._conn._loop
         self._conn: UpstreamConnection | None = None
         self._on_done = on_done
@@ -189,7 +203,7 @@ class Forward(ResponseSink):
         self._attach(conn, replay)
 
     def _arm_total(self) -> None:
-        total_s = self._timeouts.total_s
+        total_s = self._total_s
         if total_s > 0:
             d = self._total
             if d is None:
@@ -230,33 +244,35 @@ class Forward(ResponseSink):
             ex._continue_sent = True
             ex._conn.write(_CONTINUE)
         chunks = replay if replay is not None else ex._take_body()
-        parts = [self._head]
-        if self._chunked_in:
-            for c in chunks:
-                parts += (b"%x\r\n" % len(c), c, b"\r\n")
-            if ex._body_done:
-                parts.append(_LAST_CHUNK)
-        else:
-            parts += chunks
         assert conn.transport is not None
-        conn.write(b"".join(parts))
+        if not chunks and not self._chunked_in:
+            conn.write(self._head)  # (no body, or none yet: the head alone, without a join)
+        else:
+            parts = [self._head]
+            if self._chunked_in:
+                for c in chunks:
+                    parts += (b"%x\r\n" % len(c), c, b"\r\n")
+                if ex._body_done:
+                    parts.append(_LAST_CHUNK)
+            else:
+                parts += chunks
+            conn.write(b"".join(parts))
         if ex._body_done:
             self._replay = chunks
             self._request_sent = True
         else:
             self._body_sent = bool(chunks)
             self.streaming_body = True
-        t = self._timeouts
-        if t.response_start_s > 0 or t.idle_s > 0:
+        if self._start_s > 0 or self._idle_s > 0:
             now = self._ex._conn._time()
-            if t.response_start_s > 0:
+            if self._start_s > 0:
                 d = self._start
                 if d is None:
                     d = self._start = new_deadline(self, "response-start")
-                ex._conn._server.deadlines().add(d, now, t.response_start_s)
-            if t.idle_s > 0:
+                ex._conn._server.deadlines().add(d, now, self._start_s)
+            if self._idle_s > 0:
                 self._last_write = now
-                self._idle_handle = self._loop.call_at(now + t.idle_s, self._on_idle)
+                self._idle_handle = self._loop.call_at(now + self._idle_s, self._on_idle)
         if ex._conn._write_paused:
             conn.transport.pause_reading()
 
@@ -486,7 +502,7 @@ class Forward(ResponseSink):
     # --- timeouts and the client leaving ---
     def _on_idle(self) -> None:
         self._idle_handle = None
-        due = self._last_write + self._timeouts.idle_s
+        due = self._last_write + self._idle_s
         if self._ex._conn._time() < due:
             self._idle_handle = self._loop.call_at(due, self._on_idle)
         else:

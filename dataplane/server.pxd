@@ -20,6 +20,13 @@ cdef Forward _new_forward(
 )
 
 
+cdef class _Connection
+
+
+@cython.locals(ex=_Exchange)
+cdef _Exchange _new_exchange(_Connection conn)
+
+
 cdef class DirectHandler:
     cpdef object handle(self, _Exchange ex)
 
@@ -70,6 +77,7 @@ cdef class _Exchange:
     cdef public double arrived_at
     cdef public bytes raw_head
 
+    cpdef _init(self, _Connection conn)
     cpdef list _header_list(self)
     cpdef respond_now(self, int status, bytes body=*, object headers=*)
     cpdef bint forward_now(

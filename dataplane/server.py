@@ -56,6 +56,13 @@ def _new_forward(
     return fwd
 
 
+def _new_exchange(conn: _Connection) -> _Exchange:
+    """``_Exchange(conn)``, made without a Python-level call when compiled."""
+    ex = _Exchange.__new__(_Exchange)
+    ex._init(conn)
+    return ex
+
+
 class DirectHandler:
     """A handler the core calls directly (compiled: through the extension type's method table,
     without a Python-level call): :meth:`handle` takes the request as the handler would.
@@ -113,6 +120,9 @@ class _Exchange:
     )
 
     def __init__(self, conn: _Connection) -> None:
+        self._init(conn)
+
+    def _init(self, conn: _Connection) -> None:
         self._conn = conn
         self._method = ""
         self._target = ""
@@ -470,7 +480,7 @@ class _Connection:
         """A whole request read at once without the parser (:func:`simple_request`): what the
         parser's callbacks would do for it, then its handler."""
         method, target, length, keep_alive, body, raw = request
-        ex = _Exchange(self)
+        ex = _new_exchange(self)
         ex.raw_head = raw
         ex._method = method
         ex._target = target
@@ -513,7 +523,7 @@ class _Connection:
     # --- httptools callbacks ---
     def on_message_begin(self) -> None:
         self._fresh = False
-        self._parsing = ex = _Exchange(self)
+        self._parsing = ex = _new_exchange(self)
         ex._headers = []
         self._url = []
         self._head_bytes = 0
