@@ -249,7 +249,12 @@ def hey(
     if bad:
         raise RuntimeError(f"hey saw {len(bad)} non-200 responses, e.g. {bad[:3]}")
     if len(rows) < 0.9 * rate * seconds:  # errors (refused, reset) are left out of the CSV
-        print(f"hey: {len(rows)} answers of {rate * seconds:.0f} asked", file=sys.stderr)
+        # requests a worker's ticker skipped while it was behind, or errors: hey's CSV holds
+        # neither (its summary output, without -o csv, lists errors)
+        print(
+            f"hey: {len(rows)} answers of {rate * seconds:.0f} asked (skipped ticks or errors)",
+            file=sys.stderr,
+        )
     # without the dial: a worker's first request also times its connection's set-up (10 of a
     # 0.5 s turn's 500 requests at 1,000/s, enough to move a p99)
     return [max(0.0, float(r[0]) - float(r[1])) * 1000 for r in rows]
