@@ -106,7 +106,14 @@ def _run(
     try:
         harness.wait_ok(port, within_s=120)
         subprocess.run(
-            ["hey", "-n", str(requests), "-c", str(conns), f"http://127.0.0.1:{port}/"],
+            [
+                harness.hey_binary(),
+                "-n",
+                str(requests),
+                "-c",
+                str(conns),
+                f"http://127.0.0.1:{port}/",
+            ],
             capture_output=True,
             check=True,
         )
@@ -136,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"--targets {args.targets}: each must be one of {', '.join(_TARGETS)}")
     if args.conns < 1:
         p.error(f"--conns {args.conns}: must be at least 1")
-    for tool in ("valgrind", "callgrind_annotate", "hey", "nginx"):
+    for tool in ("valgrind", "callgrind_annotate", harness.hey_binary(), "nginx"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
             p.error(f"{tool} is not installed")
     if "compiled" in targets and not dataplane.compiled():

@@ -223,18 +223,46 @@ def wrk(port: int, seconds: float, conns: int = 64, host: str | None = None) -> 
     return float(m.group(1)), int(n.group(1))
 
 
+_HEY_BUILT = (
+    Path(os.environ.get("ZEROSERVE_TOOLS_CACHE") or Path.home() / ".cache/zeroserve/tools")
+    / "hey-v0.1.5-us/hey"
+)
+
+
+def hey_binary() -> str:
+    """The hey to run: ``$ZEROSERVE_HEY``, else ``loadtests/build-hey.sh``'s build (its CSV
+    times to 0.1 µs) when it exists, else ``hey`` on PATH (times to 0.1 ms)."""
+    chosen = os.environ.get("ZEROSERVE_HEY")
+    if chosen:
+        return chosen
+    if _HEY_BUILT.is_file() and os.access(_HEY_BUILT, os.X_OK):
+        return str(_HEY_BUILT)
+    return "hey"
+
+
+def hey_step_ms(csv_time: str) -> float:
+    """The step of hey's CSV times, in ms, from how many decimals (of seconds) it wrote:
+    ``"0.0012"`` → 0.1, ``"0.0012345"`` → 0.0001."""
+    _, _, decimals = csv_time.partition(".")
+    return 1000 * 10.0 ** -len(decimals)
+
+
+HEY_STEPS_MS: set[float] = set()  # the steps of hey's times seen in this process's turns
+
+
 def hey(
     port: int, rate: float, seconds: float, workers: int = 10, host: str | None = None
 ) -> list[float]:
-    """Latencies (ms, to hey's 0.1) of ``hey -z <seconds>s -c <workers> -q <rate/workers>``;
-    raises on any status but 200.
+    """Latencies (ms) of ``hey -z <seconds>s -c <workers> -q <rate/workers>`` (to 0.1 ms, or
+    to 0.1 µs with ``loadtests/build-hey.sh``'s build: :func:`hey_binary`; the steps seen are
+    added to :data:`HEY_STEPS_MS`); raises on any status but 200.
 
     hey's workers start together, each on its own ticker, so the requests leave in bursts of
     ``workers`` every ``workers / rate`` s: this measures how a target takes a burst, not
     evenly spaced requests (:func:`open_loop` does that). ``-o csv`` gives every request's
     time, so the turns pool into one distribution, as the open-loop client's do; a request's
     time is counted without its connection's dial (``DNS+dialup``, a worker's first request)."""
-    cmd = ["hey", "-z", f"{seconds:g}s", "-c", str(workers), "-q", f"{rate / workers:g}"]
+    cmd = [hey_binary(), "-z", f"{seconds:g}s", "-c", str(workers), "-q", f"{rate / workers:g}"]
     if host:
         cmd += ["-host", host]
     out = subprocess.run(
@@ -255,6 +283,8 @@ def hey(
             f"hey: {len(rows)} answers of {rate * seconds:.0f} asked (skipped ticks or errors)",
             file=sys.stderr,
         )
+    if rows:
+        HEY_STEPS_MS.add(hey_step_ms(rows[0][0]))
     # without the dial: a worker's first request also times its connection's set-up (10 of a
     # 0.5 s turn's 500 requests at 1,000/s, enough to move a p99)
     return [max(0.0, float(r[0]) - float(r[1])) * 1000 for r in rows]
@@ -628,5 +658,9 @@ def print_goals(
         how = " (hey)" if field.startswith("hey_") else " (open loop)" if with_hey else ""
         stat = field.removeprefix("hey_")
         print(f"added {stat}{how} {name}/{base} = {ratio} ({mine:.2f} / {theirs:.2f} ms; goal ≤ 2)")
+    if with_hey and HEY_STEPS_MS:
+        step = max(HEY_STEPS_MS)
+        hint = " (loadtests/build-hey.sh builds one that times to 0.0001 ms)" if step >= 0.1 else ""
+        print(f"hey ({hey_binary()}) timed to {step:g} ms{hint}")
     if cpu_us is not None:
         print(f"CPU µs/request of {name} at the rate = {t.cpu_us_rate:.0f} (goal ≤ {cpu_us:g})")

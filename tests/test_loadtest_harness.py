@@ -1,10 +1,14 @@
-"""The hop benchmarks' open-loop client (``loadtests.harness.open_loop``): it must time every
-scheduled request once, and only those, or its percentiles mean nothing."""
+"""The hop benchmarks' clients: the open-loop client (``loadtests.harness.open_loop``) must time
+every scheduled request once, and only those, or its percentiles mean nothing; hey's CSV must be
+read to the precision it was written in, without the dial."""
 
 from __future__ import annotations
 
 import gc
+import stat
+from pathlib import Path
 
+import pytest
 from aiohttp import web
 
 from loadtests import harness
@@ -46,3 +50,70 @@ async def test_open_loop_marks_answers_other_than_200() -> None:
     assert bad
     assert bad[0].startswith(b"HTTP/1.1 503")
     assert gc.isenabled()
+
+
+_CSV_HEAD = (
+    "response-time,DNS+dialup,DNS,Request-write,Response-delay,Response-read,status-code,offset"
+)
+
+
+def _fake_hey(tmp_path: Path, rows: list[str]) -> str:
+    """An executable that prints hey's CSV (the columns of hey 0.1.5's ``-o csv``) and records
+    its arguments: the parsing and the command line are ours, the timing is not under test."""
+    args = tmp_path / "args"
+    script = tmp_path / "hey"
+    body = "\n".join([_CSV_HEAD, *rows])
+    script.write_text(f'#!/bin/sh\necho "$@" > {args}\ncat <<"EOF"\n{body}\nEOF\n')
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return str(script)
+
+
+def test_hey_reads_microsecond_times_without_the_dial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = [
+        "0.0012345,0.0002000,0.0000000,0.0000100,0.0010000,0.0000100,200,0.0010000",
+        "0.0003210,0.0000000,0.0000000,0.0000100,0.0003000,0.0000100,200,0.0110000",
+    ]
+    monkeypatch.setenv("ZEROSERVE_HEY", _fake_hey(tmp_path, rows))
+    monkeypatch.setattr(harness, "HEY_STEPS_MS", set())
+    ms = harness.hey(8012, rate=1000, seconds=0.002, workers=2, host="m.test")
+    assert ms == pytest.approx([1.0345, 0.321])
+    assert len(harness.HEY_STEPS_MS) == 1
+    assert min(harness.HEY_STEPS_MS) == pytest.approx(0.0001)
+    args = (tmp_path / "args").read_text().split()
+    assert args[:6] == ["-z", "0.002s", "-c", "2", "-q", "500"]
+    assert args[6:8] == ["-host", "m.test"]
+    assert args[-1] == "http://127.0.0.1:8012/"
+
+
+def test_hey_refuses_answers_other_than_200(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = ["0.0010,0.0000,0.0000,0.0000,0.0010,0.0000,503,0.0010"]
+    monkeypatch.setenv("ZEROSERVE_HEY", _fake_hey(tmp_path, rows))
+    with pytest.raises(RuntimeError, match="1 non-200 responses"):
+        harness.hey(8012, rate=1000, seconds=0.001, workers=1)
+
+
+@pytest.mark.parametrize(
+    ("written", "step_ms"), [("0.0012", 0.1), ("0.0012345", 0.0001), ("1", 1000.0)]
+)
+def test_hey_step_follows_the_decimals_written(written: str, step_ms: float) -> None:
+    assert harness.hey_step_ms(written) == pytest.approx(step_ms)
+
+
+def test_hey_binary_prefers_the_environment_then_the_build_then_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = tmp_path / "hey-v0.1.5-us" / "hey"
+    monkeypatch.setattr(harness, "_HEY_BUILT", built)
+    monkeypatch.delenv("ZEROSERVE_HEY", raising=False)
+    assert harness.hey_binary() == "hey"  # nothing built
+    built.parent.mkdir()
+    built.write_text("")
+    assert harness.hey_binary() == "hey"  # not executable
+    built.chmod(0o755)
+    assert harness.hey_binary() == str(built)
+    monkeypatch.setenv("ZEROSERVE_HEY", "/opt/hey")
+    assert harness.hey_binary() == "/opt/hey"
