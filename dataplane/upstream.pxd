@@ -42,13 +42,22 @@ cdef class UpstreamConnection:
     cpdef data_received(self, data)
 
 
+@cython.final
+cdef class _Idle:
+    cdef public list conns
+    cdef public Py_ssize_t n
+    cpdef push(self, UpstreamConnection conn)
+    cpdef UpstreamConnection pop(self)
+
+
 cdef class UpstreamPool:
-    cdef public object max_idle_per_host
+    cdef public Py_ssize_t max_idle_per_host
     cdef public double idle_timeout_s
     cdef public double connect_timeout_s
     cdef public dict _idle
     cdef public dict _addr
     cdef public bint _closed
-    @cython.locals(conn=UpstreamConnection)
+    @cython.locals(conn=UpstreamConnection, q=_Idle)
     cpdef UpstreamConnection take_idle(self, str hostport, double now)
+    @cython.locals(q=_Idle)
     cpdef release(self, UpstreamConnection conn, double now)

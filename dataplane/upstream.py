@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Callable
 from typing import cast
 
@@ -194,6 +193,40 @@ class UpstreamConnection:
             self.transport.abort()
 
 
+class _Idle:
+    """One host's idle connections, newest last. A stack over a list that keeps its length
+    (``n`` of its slots in use, the rest None): a request's take and give back neither shrink
+    nor grow the list (a list popped to empty frees its array, and a deque's methods are
+    looked up by name), so at one request at a time they touch no allocator."""
+
+    __slots__ = ("conns", "n")
+
+    def __init__(self) -> None:
+        self.conns: list[UpstreamConnection | None] = []
+        self.n = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def push(self, conn: UpstreamConnection) -> None:
+        if self.n < len(self.conns):
+            self.conns[self.n] = conn
+        else:
+            self.conns.append(conn)
+        self.n += 1
+
+    def pop(self) -> UpstreamConnection:
+        """The newest (the caller checks ``n`` first)."""
+        if self.n == 0:
+            raise IndexError("pop from an empty idle stack")
+        self.n -= 1
+        conn = self.conns[self.n]
+        self.conns[self.n] = None  # (no reference kept to a connection handed out)
+        if conn is None:  # (a slot below n is never None)
+            raise RuntimeError("idle stack slot below its count is empty")
+        return conn
+
+
 class UpstreamPool:
     """Keep-alive connections per ``host:port``: at most ``max_idle_per_host`` idle ones.
 
@@ -210,7 +243,7 @@ class UpstreamPool:
         self.max_idle_per_host = max_idle_per_host
         self.idle_timeout_s = idle_timeout_s
         self.connect_timeout_s = connect_timeout_s
-        self._idle: dict[str, deque[UpstreamConnection]] = {}
+        self._idle: dict[str, _Idle] = {}
         self._addr: dict[str, tuple[str, int]] = {}
         self._closed = False
 
@@ -222,7 +255,7 @@ class UpstreamPool:
     def take_idle(self, hostport: str, now: float) -> UpstreamConnection | None:
         """The newest idle connection still open, or None."""
         q = self._idle.get(hostport)
-        while q:
+        while q is not None and q.n > 0:
             conn = q.pop()
             if conn.closed:
                 continue
@@ -269,17 +302,17 @@ class UpstreamPool:
             return
         q = self._idle.get(conn.hostport)
         if q is None:
-            q = self._idle[conn.hostport] = deque()
-        if len(q) >= self.max_idle_per_host:
+            q = self._idle[conn.hostport] = _Idle()
+        if q.n >= self.max_idle_per_host:
             conn.close()
             return
         conn.idle_since = now
-        q.append(conn)
+        q.push(conn)
 
     def close(self) -> None:
         """Close every idle connection; connections in use close when their exchange ends."""
         self._closed = True
         for q in self._idle.values():
-            while q:
+            while q.n > 0:
                 q.pop().close()
         self._idle.clear()

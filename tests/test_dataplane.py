@@ -16,6 +16,7 @@ from aiohttp import web
 from dataplane.api import Exchange, ForwardResult, Timeouts, UpstreamConnectError
 from dataplane.headers import synthesize_forwarded
 from dataplane.server import Server, serve
+from dataplane.upstream import UpstreamPool
 from tests.dataplane_fixtures import (
     GATES,
     fetch,
@@ -753,3 +754,45 @@ async def test_idle_keep_alive_connections_are_closed() -> None:
     finally:
         server.close()
         await server.wait_closed(2)
+
+
+async def test_pool_hands_out_the_newest_idle_connection_and_keeps_at_most_its_limit() -> None:
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def on_client(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    listener = await asyncio.start_server(on_client, "127.0.0.1", 0)
+    hostport = f"127.0.0.1:{listener.sockets[0].getsockname()[1]}"
+    pool = UpstreamPool(max_idle_per_host=2, idle_timeout_s=5.0)
+    now = asyncio.get_running_loop().time()
+    try:
+        a, b, c = [await pool.connect(hostport) for _ in range(3)]
+        for conn in (a, b, c):
+            pool.release(conn, now)
+        assert c.closed  # past the limit of 2
+        assert pool.idle_count(hostport) == 2
+        assert pool.take_idle(hostport, now) is b  # newest first
+        pool.release(b, now + 1)
+        for _ in range(50):  # one at a time, as at a low rate: the stack neither grows nor shrinks
+            got = pool.take_idle(hostport, now + 2)
+            assert got is b
+            pool.release(b, now + 2)
+        assert pool.idle_count() == 2
+        assert len(pool._idle[hostport].conns) == 2  # its list as long as the most ever idle
+        b.close()
+        assert pool.take_idle(hostport, now + 3) is a  # a closed one is skipped
+        pool.release(a, now)
+        assert pool.take_idle(hostport, now + 6) is None  # idle past 5 s: closed, not handed out
+        assert a.closed
+        assert pool.idle_count(hostport) == 0
+        d = await pool.connect(hostport)
+        pool.release(d, now)
+        pool.close()
+        assert d.closed
+        assert pool.idle_count() == 0
+    finally:
+        listener.close()
+        for w in accepted:
+            w.close()
+        await listener.wait_closed()
