@@ -264,7 +264,8 @@ class UpstreamPool:
                 continue
             conn.reused = True
             conn.reason = b""  # nothing of this use's response yet (the stale check reads it)
-            conn.headers = []
+            if conn.headers:  # (the parser's last head; a whole-message answer leaves it empty)
+                conn.headers = []
             return conn
         return None
 
