@@ -31,6 +31,7 @@ from activator.throttler import PeerInfo, Throttler
 from cluster.memory import MemoryEndpoints, MemoryRoutes
 from cluster.ports import EndpointSource, PodEndpoint, RouteSource
 from cluster.spec import RevisionKey
+from dataplane.heap import freeze_startup_heap
 from dataplane.server import Server
 from metrics.logs import configure_logging
 
@@ -330,6 +331,7 @@ async def _run(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await act.start(args.host, args.port, metrics_port=args.metrics_port)
+    freeze_startup_heap()  # (a full collection would traverse it all: ms without serving)
     waiters = {asyncio.create_task(stop.wait()), asyncio.create_task(act.failed.wait())}
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     for w in waiters:

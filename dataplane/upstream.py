@@ -69,6 +69,10 @@ def _not_connected(data: bytes) -> None:
     raise RuntimeError("the upstream connection is not made yet")
 
 
+# a parser bound to nothing, in place of a lost connection's own (see connection_lost)
+_NO_RESPONSES = httptools.HttpResponseParser(object())
+
+
 class UpstreamConnection:
     """One keep-alive connection to an upstream (an ``asyncio.Protocol`` by duck typing, so that
     it compiles to an extension type); parses responses and hands them to its sink.
@@ -147,6 +151,7 @@ class UpstreamConnection:
         sink, self.sink = self.sink, None
         if sink is not None:
             sink.upstream_lost(exc)
+        self.parser = _NO_RESPONSES  # (its own holds this connection's callbacks: a cycle)
 
     def pause_writing(self) -> None:
         if self.sink is not None:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from cluster.local.supervisor import SupervisorSettings
 from cluster.spec_loader import SpecError
+from dataplane.heap import freeze_startup_heap
 from metrics.logs import configure_logging
 from zeroserve.runtime import LocalRuntime, RuntimeSettings
 from zeroserve.status import StatusError, fetch, render
@@ -86,6 +87,7 @@ async def _up(args: argparse.Namespace) -> int:
         print(f"zeroserve: cannot listen: {exc}", file=sys.stderr)
         await rt.close()
         return 1
+    freeze_startup_heap()  # (the activator runs in this process: no full traversals of it)
     print(_banner(rt), flush=True)
     stopper = asyncio.create_task(stop.wait())
     runner = asyncio.create_task(rt.wait())
