@@ -29,7 +29,7 @@ from dataplane.headers import (
     request_edits,
     simple_request,
 )
-from dataplane.upstream import UpstreamPool
+from dataplane.upstream import UpstreamPool, write_at_once
 
 log = logging.getLogger("dataplane.server")
 
@@ -451,6 +451,7 @@ class _Connection:
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses: no isinstance check here.
         self.transport = cast(asyncio.Transport, transport)
+        write_at_once(self.transport)
         self._transport_write = self.transport.write
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"

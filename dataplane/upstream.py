@@ -69,6 +69,18 @@ def _not_connected(data: bytes) -> None:
     raise RuntimeError("the upstream connection is not made yet")
 
 
+def write_at_once(transport: asyncio.Transport) -> None:
+    """Have ``transport.write`` send at once rather than at the end of the loop's iteration.
+
+    uvloop queues a write that leaves less than the high-water mark buffered and sends the
+    queue after every ready callback of the iteration has run; with the mark at 0 it sends in
+    ``write`` itself. A burst of requests that arrive together then overlaps: the upstream
+    (and the client) gets the first while the next are still being read, where with the queue
+    none went out before the last was handled. Flow control stays: the protocol is paused
+    while the kernel holds back anything, and resumed once it has taken all."""
+    transport.set_write_buffer_limits(high=0)
+
+
 # a parser bound to nothing, in place of a lost connection's own (see connection_lost)
 _NO_RESPONSES = httptools.HttpResponseParser(object())
 
@@ -115,6 +127,7 @@ class UpstreamConnection:
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses: no isinstance check here.
         self.transport = cast(asyncio.Transport, transport)
+        write_at_once(self.transport)
         self.write = self.transport.write
 
     def data_received(self, data: bytes) -> None:
