@@ -1,5 +1,6 @@
-"""The garbage collector's part in a proxy: closed connections leave no cycles (a collection
-stops the event loop), and the start-up heap is frozen out of later collections."""
+"""What stops or delays the event loop in a proxy: closed connections leave no cycles (a
+collection stops the loop), the start-up heap is frozen out of later collections, and writes
+are not held until the end of the loop's iteration."""
 
 from __future__ import annotations
 
@@ -109,3 +110,31 @@ def test_freeze_startup_heap_counts_what_it_froze() -> None:
         assert frozen == gc.get_freeze_count()
     finally:
         gc.unfreeze()
+
+
+def test_a_response_is_sent_inside_the_callback_that_writes_it() -> None:
+    """uvloop queues a small write until every ready callback of the loop's iteration has run;
+    the core's connections send at once (a burst of requests overlaps with its answers)."""
+    import uvloop
+
+    buffered: list[int] = []
+
+    def handler(ex: Exchange) -> Awaitable[None] | None:
+        ex.respond_now(200, b"now\n")
+        transport = ex._conn.transport  # type: ignore[attr-defined]
+        buffered.append(transport.get_write_buffer_size())
+        return None
+
+    async def main() -> bytes:
+        server = await serve(handler, "127.0.0.1", 0)
+        try:
+            return await raw_exchange(
+                server.port, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+            )
+        finally:
+            server.close()
+            await server.wait_closed(2.0)
+
+    answer = uvloop.run(main())
+    assert answer.startswith(b"HTTP/1.1 200 OK")
+    assert buffered == [0]  # (queued, it would be the response's length)
