@@ -7,7 +7,8 @@ long as the process, so after start-up they are moved to the permanent generatio
 (:func:`gc.freeze`): a collection then costs what the objects made since cost (µs).
 
 The request path leaves no cycles for the collector (a closed connection drops its parser,
-which holds its bound callbacks), so collections stay rare; ``tests/test_heap.py`` checks both.
+which holds its bound callbacks, and its last exchange, which holds the connection), so
+collections stay rare; ``tests/test_heap.py`` checks both.
 """
 
 from __future__ import annotations
