@@ -319,10 +319,16 @@ async def test_gpu_metrics_absent_with_one_log_line(
     caplog.set_level(logging.INFO, logger="queue_proxy.gpu")
     async with running(nvml=nvml, gpu_interval_s=0.05) as r:
         await poll_until(lambda: bool(r.qp.gpu.disabled_reason))
-        text = await (await r.session.get(r.metrics_url + "/metrics")).text()
-        assert "queue_proxy_gpu_" not in text.replace("# HELP", "").split("queue_proxy_gpu_")[
-            0
-        ] or ("queue_proxy_gpu_memory_used_bytes{" not in text)
+        # A disabled monitor never samples, so no queue_proxy_gpu_* sample may be exported (the
+        # gauges' HELP/TYPE lines may stay). With FakeNvml() enabled this fails, as it must.
+        text = await scrape(r)
+        gpu_samples = [
+            smp.name
+            for family in text_string_to_metric_families(text)
+            for smp in family.samples
+            if smp.name.startswith("queue_proxy_gpu_")
+        ]
+        assert gpu_samples == [], text
     lines = [rec for rec in caplog.records if rec.name == "queue_proxy.gpu"]
     assert len(lines) == 1
     assert lines[0].getMessage() == "gpu metrics disabled"
