@@ -73,30 +73,43 @@ class LeaderElector:
         self._observed_at = 0.0
         self._last_renew = 0.0
         self.transitions = 0
+        self.terms = 0
+        """How many times this replica has started leading: a new term is a new takeover, even
+        when leadership was lost and regained between two looks at ``is_leader``."""
 
     async def run(self) -> None:
         """Campaign and lead until cancelled; then release the Lease if held."""
         try:
             while True:
-                ok = await self._try_acquire_or_renew()
-                now = self._clock()
-                if ok:
-                    self._last_renew = now
-                    if not self.is_leader:
-                        self.is_leader = True
-                        log.info(
-                            "started leading", extra={"lease": self.name, "identity": self.identity}
-                        )
-                        if self._on_started:
-                            self._on_started()
-                elif self.is_leader and now - self._last_renew >= self.renew_deadline_s:
-                    self._step_down()
+                await self.step()
                 await asyncio.sleep(self.retry_period_s)
         finally:
             if self.is_leader:
                 self._step_down()
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._release())
+
+    async def step(self) -> None:
+        """One round of :meth:`run`: acquire or renew, then start or stop leading.
+
+        ``run`` calls it every ``retry_period_s``; a simulation under a manual clock calls it
+        itself.
+        """
+        ok = await self._try_acquire_or_renew()
+        now = self._clock()
+        if ok:
+            self._last_renew = now
+            if not self.is_leader:
+                self.is_leader = True
+                self.terms += 1
+                log.info(
+                    "started leading",
+                    extra={"lease": self.name, "identity": self.identity, "term": self.terms},
+                )
+                if self._on_started:
+                    self._on_started()
+        elif self.is_leader and now - self._last_renew >= self.renew_deadline_s:
+            self._step_down()
 
     def _step_down(self) -> None:
         self.is_leader = False
