@@ -31,8 +31,10 @@ The format (docs/configuration.md has the full reference)::
 Field names are Knative's (``containerConcurrency``, ``revisionName``...). Unknown fields are
 errors, so a misspelt field is not silently ignored. ``config`` values and annotation values may
 be written as YAML numbers or bools; they are kept as the strings Knative would see (``true``,
-``70``, ``0.5``). The loader does not validate ``config`` keys (``cluster`` cannot import the
-autoscaler; :meth:`autoscaler.config.AutoscalerConfig.from_data` does), but it does validate the
+``70``, ``0.5``). ``config`` is checked by the ``check_config`` the caller passes (``cluster``
+cannot import the autoscaler, whose :meth:`autoscaler.config.AutoscalerConfig.from_data` holds
+the rules: ``zeroserve`` passes them, so ``validate``, ``up`` and a live reload all apply them);
+its errors join the others as ``config.<key> = <value>: <rule>``. The loader itself validates the
 ``autoscaling.knative.dev/*`` annotations (:mod:`cluster.annotations`) against the
 ``allow-zero-initial-scale`` and ``max-scale-limit`` written in ``config``.
 
@@ -44,7 +46,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -106,6 +108,11 @@ class SpecError(ValueError):
         self.errors = errors
 
 
+ConfigCheck = Callable[[Mapping[str, str]], Sequence[str]]
+"""Checks a spec's ``config`` block: one message per problem, each starting with the key
+(``stable-window = 3s: must be within [6s, 1h]``); empty when it is valid."""
+
+
 class _Errors:
     def __init__(self) -> None:
         self.items: list[str] = []
@@ -117,8 +124,11 @@ class _Errors:
         self.items.append(f"{path} = {value!r}: {problem}")
 
 
-def load_spec(path: str | os.PathLike[str]) -> Spec:
-    """Read and validate a spec file. Raises :class:`SpecError` (each error prefixed by the file)."""
+def load_spec(path: str | os.PathLike[str], *, check_config: ConfigCheck | None = None) -> Spec:
+    """Read and validate a spec file. Raises :class:`SpecError` (each error prefixed by the file).
+
+    ``check_config`` validates the ``config`` block (see :func:`parse_spec`).
+    """
     name = os.fspath(path)
     with open(name, encoding="utf-8") as f:
         text = f.read()
@@ -129,13 +139,18 @@ def load_spec(path: str | os.PathLike[str]) -> Spec:
     if not isinstance(data, Mapping):
         raise SpecError((f"{name}: the spec must be a mapping with a 'services' list",))
     try:
-        return parse_spec(data)
+        return parse_spec(data, check_config=check_config)
     except SpecError as exc:
         raise SpecError(tuple(f"{name}: {e}" for e in exc.errors)) from exc
 
 
-def parse_spec(data: Mapping[str, object]) -> Spec:
-    """Validate an already-parsed spec document and build the :class:`Spec`. Pure."""
+def parse_spec(data: Mapping[str, object], *, check_config: ConfigCheck | None = None) -> Spec:
+    """Validate an already-parsed spec document and build the :class:`Spec`. Pure.
+
+    ``check_config`` (the autoscaler's rules, given by the caller) checks the ``config`` block;
+    its problems are reported with the others, each as ``config.<its message>``. Without it,
+    ``config`` is only checked to be a mapping of strings.
+    """
     errs = _Errors()
     _unknown(data, _TOP_FIELDS, "spec", errs)
 
@@ -149,6 +164,8 @@ def parse_spec(data: Mapping[str, object]) -> Spec:
         domain = raw_domain
 
     config = _string_map(data.get("config"), "config", errs)
+    if check_config is not None:
+        errs.items.extend(f"config.{problem}" for problem in check_config(config))
 
     # The config-autoscaler values that annotation validation depends on, read leniently: if they
     # are malformed the autoscaler reports it when it parses config (with the key named).

@@ -9,7 +9,9 @@ import asyncio
 import math
 import os
 import signal
+import sys
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -224,3 +226,59 @@ async def test_stopping_zeroserve_leaves_no_child(tmp_path: Path, sig: signal.Si
             assert code == 0, rt.log()[-2000:]
         # SIGKILL gives the runtime no chance: PR_SET_PDEATHSIG must take the children down.
         await wait_for(lambda: not tagged_pids(rt.tag), within=15, what="no child left")
+
+
+# -- the spec's config: block is checked by the autoscaler's rules (issue 19, item 5) -----------
+
+BAD_CONFIG = {"stable-window": "3s", "max-scale-up-rate": "0.5"}
+BAD_CONFIG_ERRORS = (
+    "config.stable-window = 3s: must be within [6s, 1h]",
+    "config.max-scale-up-rate = 0.5: must be greater than 1",
+)
+
+
+async def test_up_refuses_an_invalid_config_naming_each_key(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, emulator_spec(config=BAD_CONFIG))
+    tag = uuid.uuid4().hex
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "zeroserve", "up", str(path), "--port", "0", "--status-port", "0"),
+        cwd=ROOT,
+        env=dict(os.environ, ZEROSERVE_E2E_TAG=tag),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    except TimeoutError:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = await proc.communicate()
+        raise AssertionError(f"zeroserve up ran on an invalid spec:\n{out.decode()}") from None
+    text = out.decode()
+    assert proc.returncode == 1, text
+    for error in BAD_CONFIG_ERRORS:
+        assert f"{path}: {error}" in text, text
+    assert "zeroserve is up" not in text
+    assert tagged_pids(tag) == []
+
+
+async def test_live_reload_with_a_bad_config_is_rejected_whole(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, emulator_spec())
+    async with (
+        zeroserve_up(path, tmp_path / "up.log") as rt,
+        aiohttp.ClientSession() as session,
+    ):
+        await wait_for(lambda: rt.revisions(session), within=10, what="the status endpoint")
+        # A bad config and a new revision in the same edit: neither applies.
+        path.write_text(emulator_spec(name="gpu2", config=BAD_CONFIG))
+        await wait_for(
+            lambda: "spec rejected, keeping the last good one" in rt.log(),
+            within=15,
+            what="the rejection",
+        )
+        text = rt.log()
+        for error in BAD_CONFIG_ERRORS:
+            assert error in text, text[-3000:]
+        assert "spec applied" not in text
+        assert "config-autoscaler rejected" not in text  # never offered to the autoscaler
+        assert set(await rt.revisions(session)) == {"gpu-v1"}

@@ -562,3 +562,41 @@ def test_gpu_example_has_cc_1() -> None:
     (rev,) = svc.revisions
     assert rev.container_concurrency == 1
     assert rev.command == ("python", "-m", "examples.gpu_emulator")
+
+
+# -- config: checked with the autoscaler's rules when a checker is given (issue 19, item 5) -----
+
+
+def _config_errors(data: Any) -> tuple[str, ...]:
+    from autoscaler.config import ConfigError
+
+    try:
+        AutoscalerConfig.from_data(data)
+    except ConfigError as exc:
+        return exc.errors
+    return ()
+
+
+def test_config_is_checked_by_the_given_rules_with_the_other_errors() -> None:
+    data = minimal()
+    data["config"] = {"stable-window": "3s", "max-scale-up-rate": 0.5}
+    parse_spec(data)  # no checker: cluster cannot know the autoscaler's rules
+    data["domain"] = "BAD"
+    with pytest.raises(SpecError) as info:
+        parse_spec(data, check_config=_config_errors)
+    assert info.value.errors == (
+        "domain = 'BAD': must be a DNS name of DNS-1123 labels (e.g. example.com)",
+        "config.stable-window = 3s: must be within [6s, 1h]",
+        "config.max-scale-up-rate = 0.5: must be greater than 1",
+    )
+
+
+def test_load_spec_passes_the_checker_and_prefixes_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(
+        "config: {stable-window: 3s}\n"
+        "services:\n  - name: iris\n    revisions: [{name: v1, command: [x]}]\n"
+    )
+    with pytest.raises(SpecError) as info:
+        load_spec(path, check_config=_config_errors)
+    assert info.value.errors == (f"{path}: config.stable-window = 3s: must be within [6s, 1h]",)

@@ -16,6 +16,8 @@ from cluster.spec_loader import SpecError
 from dataplane.heap import freeze_startup_heap
 from metrics.logs import configure_logging
 from zeroserve.runtime import LocalRuntime, RuntimeSettings
+from zeroserve.specfile import config_warnings
+from zeroserve.specfile import load as load_spec_file
 from zeroserve.status import StatusError, fetch, render
 
 log = logging.getLogger("zeroserve")
@@ -115,13 +117,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(rows, indent=2) if args.json else render(rows))
         return 0
     if args.command == "validate":
-        from cluster.spec_loader import load_spec
-
         try:
-            spec = load_spec(args.spec)
-        except (SpecError, OSError) as exc:
+            spec = load_spec_file(args.spec)
+        except SpecError as exc:
+            for error in exc.errors:
+                print(f"zeroserve validate: {error}", file=sys.stderr)
+            return 1
+        except OSError as exc:
             print(f"zeroserve validate: {exc}", file=sys.stderr)
             return 1
+        for warning in config_warnings(spec):
+            print(f"zeroserve validate: warning: {args.spec}: {warning}", file=sys.stderr)
         print(f"{args.spec}: ok ({len(spec.services)} services)")
         return 0
     configure_logging(args.log_level, args.log_format)
@@ -130,6 +136,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(_up(args))
-    except (SpecError, OSError) as exc:
+    except SpecError as exc:  # the runtime does not start on an invalid spec
+        for error in exc.errors:
+            print(f"zeroserve up: {error}", file=sys.stderr)
+        return 1
+    except OSError as exc:
         print(f"zeroserve up: {exc}", file=sys.stderr)
         return 1

@@ -4,7 +4,8 @@ The same parts that run as separate pods on Kubernetes, composed over in-memory 
 file gives the routes, the revisions and ``config-autoscaler``; the supervisor is the scale target
 and the endpoint source; the activator's stats go straight to the autoscaler's collector.
 Changing the spec file while it runs applies the change (routes, revisions, config) without a
-restart; an invalid file is rejected with the reason and the last good one stays in force.
+restart; an invalid file (its ``config:`` checked by the autoscaler's own rules) is rejected
+whole with the reason and the last good one stays in force. At start, an invalid file is an error.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from autoscaler.status import build_status_app
 from cluster.local.supervisor import LocalSupervisor, SupervisorSettings
 from cluster.memory import MemoryConfig, MemoryRevisions, MemoryRoutes
 from cluster.spec import Spec
-from cluster.spec_loader import SpecError, load_spec
+from cluster.spec_loader import SpecError
+from zeroserve.specfile import config_warnings, load
 
 log = logging.getLogger("zeroserve")
 
@@ -55,7 +57,8 @@ class LocalRuntime:
     def __init__(self, spec_path: str | os.PathLike[str], settings: RuntimeSettings) -> None:
         self.spec_path = Path(spec_path)
         self.settings = settings
-        self.spec: Spec = load_spec(self.spec_path)
+        self.spec: Spec = load(self.spec_path)  # SpecError: the runtime does not start
+        self._warn_unknown_keys()
         self._mtime = self._stat_mtime()
         self.supervisor = LocalSupervisor(settings.supervisor)
         self.revisions = MemoryRevisions(self.spec.revisions())
@@ -146,19 +149,28 @@ class LocalRuntime:
     def reload(self) -> bool:
         """Apply the spec file as it is now; False (and a log line) if it is invalid."""
         try:
-            spec = load_spec(self.spec_path)
+            spec = load(self.spec_path)
         except (SpecError, OSError) as exc:
+            # Whole: with a bad config part, neither the config nor the revisions and routes
+            # of that file apply (the autoscaler keeps the last good config).
             log.error(
                 "spec rejected, keeping the last good one",
                 extra={"spec": str(self.spec_path), "error": str(exc)},
             )
             return False
         self.spec = spec
+        self._warn_unknown_keys()
         self.revisions.set(dict(spec.revisions()))
         self.routes.set_services(spec.services)
         self.config.set(dict(spec.config))
         log.info("spec applied", extra={"spec": str(self.spec_path)})
         return True
+
+    def _warn_unknown_keys(self) -> None:
+        for warning in config_warnings(self.spec):
+            log.warning(
+                "config key ignored", extra={"spec": str(self.spec_path), "warning": warning}
+            )
 
     async def _watch_spec(self) -> None:
         while True:
