@@ -113,6 +113,13 @@ class Collector:
             else:
                 self._collections[key] = Collection(spec)
 
+    def reset(self, key: RevisionKey) -> None:
+        """Start ``key``'s windows afresh (same spec): a new leader drops a standby's history,
+        which lacks the activators' stats (they go to the leader only)."""
+        collection = self._collections.get(key)
+        if collection is not None:
+            self._collections[key] = Collection(collection.spec)
+
     def forget(self, key: RevisionKey) -> None:
         self._collections.pop(key, None)
 

@@ -5,6 +5,15 @@ and the scale-to-zero flow); this module feeds it (ready pods from the scale tar
 load from the collector), keeps each revision's state, and calls the scale target only when the
 bounded scale changes, with one log line per change (reference §1.3, §1.6).
 
+Leadership (Kubernetes runs several autoscaler replicas, one leading): a scale target that is
+also a :class:`Leadership` writes only while this replica leads. A standby decides nothing and
+records nothing as applied. Each time this replica starts leading (a new term) every revision
+starts afresh from the scale target, as a newly created Knative decider does: the Deployment's
+real replicas become ``applied``, the windows are emptied (a standby's hold only the scraped,
+all-proxied stats, ~0: the activators' stats go to the leader), and the decider starts in
+start-up panic with the current scale as its floor, so it cannot scale below it until a whole
+stable window of its own data has passed (reference §1.3; docs/autoscaler.md "Takeover").
+
 Two clocks: the collector's windows use unix seconds (``Clock.wall``: activators stamp their
 stats with it); the decider's panic and scale-to-zero timers use ``Clock.monotonic``.
 """
@@ -15,6 +24,7 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from autoscaler.collector import Collector, Observed, WindowSpec
 from autoscaler.config import AutoscalerConfig, ConfigError
@@ -64,6 +74,24 @@ class RevisionScaler:
     poke_pending: bool = False
 
 
+@runtime_checkable
+class Leadership(Protocol):
+    """A scale target shared by several autoscaler replicas, of which one leads (Kubernetes:
+    ``cluster.kubernetes.runtime.LeaderScaleTarget``). Targets without it always lead."""
+
+    @property
+    def term(self) -> int | None:
+        """None while a standby; while leading, a number that grows each time leadership is
+        gained (a new term is a takeover, even if leadership was lost and regained between
+        two looks)."""
+        ...
+
+    async def current_scale(self, key: RevisionKey) -> int | None:
+        """The replicas the target is asked for now (the Deployment's ``spec.replicas``);
+        None if unknown."""
+        ...
+
+
 def window_spec(resolved: ResolvedRevision) -> WindowSpec:
     return WindowSpec(
         stable_window_s=resolved.decider.stable_window_s,
@@ -97,6 +125,10 @@ class MultiScaler:
         self._config = config or AutoscalerConfig()
         self._pending_config: AutoscalerConfig | None = None
         self._scalers: dict[RevisionKey, RevisionScaler] = {}
+        self._leadership = scale_target if isinstance(scale_target, Leadership) else None
+        self._term: int | None = None
+        """The term the scalers were started in; None: a standby (always None without
+        leadership, where ``_leading`` is always true)."""
         self._pokes: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
 
@@ -168,6 +200,7 @@ class MultiScaler:
     async def sync_revisions(self, revisions: Mapping[RevisionKey, Revision]) -> None:
         """Add new revisions (with their initial scale), update changed ones, drop removed ones."""
         async with self._lock:
+            await self._follow_leadership()
             for key in [k for k in self._scalers if k not in revisions]:
                 del self._scalers[key]
                 self._collector.forget(key)
@@ -185,42 +218,116 @@ class MultiScaler:
         if resolved is None:
             return
         key = revision.key
-        now = self._clock.monotonic()
-        ready = await self._target.ready_pods(key)
-        # A restarted autoscaler over a busy revision starts in panic with the ready pods as
-        # its floor (§1.3 start-up panic), so missing history never scales it down.
-        # Running pods mean the revision was already scaled (by an autoscaler before a
-        # restart): it is active and initialized, so the initial scale no longer applies.
-        # Without ready pods it is new: activating until its initial scale is ready.
-        # A revision the target remembers as initialized but without ready pods was scaled to
-        # zero before a restart: it stays at zero until a decision or a poke says otherwise.
-        at_zero = not ready and await self._target.initialized(key)
-        if ready:
-            activity = Activity(state="active", since=now, initialized=True)
-        elif at_zero:
-            activity = Activity(state="inactive", since=now, initialized=True)
-        else:
-            activity = Activity(state="activating", since=now)
         scaler = RevisionScaler(
             revision=revision,
             resolved=resolved,
-            state=initial_state(resolved.decider, ready, now),
-            activity=activity,
+            state=initial_state(resolved.decider, 0, self._clock.monotonic()),
+            activity=Activity(),
             ebc=float(initial_ebc(resolved.decider)),
-            ready=ready,
         )
         self._scalers[key] = scaler
         self._collector.watch(key, window_spec(resolved))
-        log.info("revision added", extra={"revision": str(key), "ready_pods": ready})
+        await self._start(scaler)
+        log.info("revision added", extra={"revision": str(key), "ready_pods": scaler.ready})
+        initial = resolved.bounds.initial_scale
+        new = scaler.activity.state == "activating" and not scaler.activity.initialized
+        if self._leading and new and scaler.applied != initial:
+            # A new revision starts at its initial scale (§1.6 step 3).
+            await self._apply(scaler, initial, REASON_BOUNDS)
+
+    async def _start(self, scaler: RevisionScaler) -> None:
+        """(Re)start one revision's decider from the scale target, as Knative creates a decider:
+        when the revision is added, and when this replica takes over as leader.
+
+        The windows start empty, ``desired`` is -1 (no decision yet), and a revision that has
+        pods starts in panic with them as its floor (§1.3 start-up panic), so missing history
+        never scales it down: it keeps its scale until a whole stable window of its own data.
+        """
+        key = scaler.revision.key
+        resolved = scaler.resolved
+        now = self._clock.monotonic()
+        ready = await self._target.ready_pods(key)
+        current = None
+        if self._leadership is not None:
+            current = await self._leadership.current_scale(key)
+        initialized = await self._target.initialized(key)
+        # Knative's floor is the ready count. zeroserve also keeps pods that are still
+        # starting (asked for by the last leader, not ready yet): dropping them at a takeover
+        # would restart a model server's cold start a moment later. 5 asked, 4 ready → 5.
+        floor = max(ready or 0, current or 0)
+        scaler.state = initial_state(resolved.decider, floor, now)
+        scaler.desired = -1
+        scaler.ebc = float(initial_ebc(resolved.decider))
+        scaler.ready = ready
+        scaler.observed = None
+        self._collector.reset(key)
+        # Running pods mean the revision was already scaled (by an autoscaler before a restart
+        # or a takeover): it is active and initialized, so the initial scale no longer applies.
+        # Without ready pods it is new: activating until its initial scale is ready.
+        # A revision the target remembers as initialized but without ready pods is at zero
+        # (it stays there until a decision or a poke says otherwise), or, when pods are asked
+        # for, on its way up from zero.
         if ready:
-            # Running pods are the scale target's current scale: keep it until a decision.
-            scaler.applied = ready
-            await self._target.mark_initialized(key)
-        elif at_zero:
+            scaler.activity = Activity(state="active", since=now, initialized=True)
+        elif initialized and current:
+            scaler.activity = Activity(state="activating", since=now, initialized=True)
+        elif initialized:
+            scaler.activity = Activity(state="inactive", since=now, initialized=True)
+        else:
+            scaler.activity = Activity(state="activating", since=now)
+        if not self._leading:
+            scaler.applied = None  # a standby writes nothing, so it has applied nothing
+            return
+        if current is not None:
+            scaler.applied = current
+        elif ready:
+            scaler.applied = ready  # running pods are the target's scale: keep it
+        elif initialized:
             scaler.applied = 0
         else:
-            # A new revision starts at its initial scale (§1.6 step 3).
-            await self._apply(scaler, resolved.bounds.initial_scale, REASON_BOUNDS)
+            scaler.applied = None  # a new revision: nothing asked of the target yet
+        if ready:
+            await self._target.mark_initialized(key)
+
+    # -- leadership ---------------------------------------------------------------------------
+
+    @property
+    def _leading(self) -> bool:
+        return self._leadership is None or self._term is not None
+
+    async def _follow_leadership(self) -> None:
+        """Catch up with the scale target's leadership (under the lock, before any decision).
+
+        A new term restarts every revision from the scale target (:meth:`_start`); stepping
+        down forgets what was applied, since the next leader may change it.
+        """
+        if self._leadership is None:
+            return
+        term = self._leadership.term
+        if term == self._term:
+            return
+        self._term = term
+        if term is None:
+            log.info("standing by: another replica scales", extra={"revisions": len(self)})
+            for scaler in self._scalers.values():
+                scaler.applied = None
+                scaler.desired = -1
+            return
+        log.info(
+            "took over scaling, starting afresh from the scale target",
+            extra={"term": term, "revisions": len(self)},
+        )
+        for scaler in list(self._scalers.values()):
+            await self._start(scaler)
+            log.info(
+                "revision taken over",
+                extra={
+                    "revision": str(scaler.revision.key),
+                    "applied": scaler.applied,
+                    "ready_pods": scaler.ready,
+                    "floor": scaler.state.max_panic_pods,
+                },
+            )
 
     # -- decisions ----------------------------------------------------------------------------
 
@@ -229,6 +336,7 @@ class MultiScaler:
         start = self._clock.monotonic()
         async with self._lock:
             self._apply_pending_config()
+            await self._follow_leadership()
             for scaler in list(self._scalers.values()):
                 await self._decide(scaler)
         self._metrics.decision_duration.observe(max(0.0, self._clock.monotonic() - start))
@@ -236,6 +344,7 @@ class MultiScaler:
     async def decide(self, key: RevisionKey) -> None:
         """One decision for one revision now (a poke)."""
         async with self._lock:
+            await self._follow_leadership()
             scaler = self._scalers.get(key)
             if scaler is not None:
                 scaler.poke_pending = False
@@ -264,6 +373,8 @@ class MultiScaler:
         scaler.ready = ready
         observed = self._collector.observe(key, resolved.metric, self._clock.wall())
         scaler.observed = observed
+        if not self._leading:
+            return  # a standby shows what it sees, but decides and writes nothing
         result, scaler.state = scale(
             resolved.decider,
             scaler.state,
@@ -316,7 +427,16 @@ class MultiScaler:
     async def _apply(self, scaler: RevisionScaler, want: int, reason: str) -> None:
         key = scaler.revision.key
         before = scaler.applied
+        term = self._term
         await self._target.set_scale(key, want)
+        if self._leadership is not None and self._leadership.term != term:
+            # Leadership was lost while writing: the write may not have happened, and the
+            # next leader starts from the target's real scale anyway. Record nothing.
+            log.warning(
+                "leadership lost during a scale change, not recorded",
+                extra={"revision": str(key), "to": want},
+            )
+            return
         scaler.applied = want
         scaler.last_change = ScaleChange(
             from_scale=-1 if before is None else before,

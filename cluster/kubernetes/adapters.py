@@ -13,11 +13,13 @@ from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Generic, TypeVar
 
-from cluster.kubernetes.api import DEPLOYMENTS, KubeApi
+from cluster.kubernetes.api import DEPLOYMENTS, KubeApi, Obj
 from cluster.kubernetes.informer import Change, Informer, ObjKey, resource_version
 from cluster.kubernetes.scheme import (
     REVISION_LABEL,
+    MisplacedAnnotation,
     SchemeError,
+    misplaced_annotations,
     revision_from_deployment,
     traffic_from_configmap,
 )
@@ -62,6 +64,7 @@ class KubeRevisions(_Derived[Mapping[RevisionKey, Revision]]):
         self._deployments = deployments
         self._valid: dict[ObjKey, tuple[str, Revision]] = {}
         self._reported: set[tuple[ObjKey, str]] = set()
+        self._misplaced: dict[ObjKey, tuple[MisplacedAnnotation, ...]] = {}
         self.created: dict[RevisionKey, str] = {}
         """creationTimestamp of each revision (RFC 3339 sorts as text), for the default route."""
         super().__init__(MappingProxyType({}), [deployments])
@@ -72,10 +75,14 @@ class KubeRevisions(_Derived[Mapping[RevisionKey, Revision]]):
         for key in list(self._valid):
             if key not in live:
                 del self._valid[key]
+        for key in list(self._misplaced):
+            if key not in live:
+                del self._misplaced[key]
         for key, obj in live.items():
             rv = resource_version(obj)
             cached = self._valid.get(key)
             if cached is None or cached[0] != rv:
+                self._warn_misplaced(key, obj)
                 try:
                     self._valid[key] = (rv, revision_from_deployment(obj))
                 except SchemeError as exc:
@@ -91,6 +98,36 @@ class KubeRevisions(_Derived[Mapping[RevisionKey, Revision]]):
                 created = str((obj.get("metadata") or {}).get("creationTimestamp", ""))
                 self.created[rev.key] = created
         return MappingProxyType(out)
+
+    def _warn_misplaced(self, key: ObjKey, obj: Obj) -> None:
+        """One warning per annotation the pod template has and the Deployment lacks (or sets
+        otherwise), when it first appears: not again at each status update of the Deployment."""
+        found = misplaced_annotations(obj)
+        seen = self._misplaced.get(key, ())
+        self._misplaced[key] = found
+        for m in found:
+            if m in seen:
+                continue
+            where = {"namespace": key[0], "revision": key[1], "annotation": m.key}
+            if m.deployment_value is None:
+                log.warning(
+                    "autoscaling annotation found only on the pod template",
+                    extra={
+                        **where,
+                        "value": m.template_value,
+                        "hint": "used; zeroserve reads metadata.annotations first, move it there",
+                    },
+                )
+            else:
+                log.warning(
+                    "autoscaling annotation differs on the pod template",
+                    extra={
+                        **where,
+                        "value": m.deployment_value,
+                        "template_value": m.template_value,
+                        "hint": "the Deployment's metadata.annotations value is used",
+                    },
+                )
 
 
 class KubeRoutes(_Derived[Mapping[tuple[str, str], Service]]):
@@ -253,6 +290,15 @@ class KubeScaleTarget:
             subresource="scale",
         )
         log.info("scaled", extra={"revision": str(key), "desired_pods": replicas})
+
+    async def current_scale(self, key: RevisionKey) -> int | None:
+        """The Deployment's ``spec.replicas`` (1 when unset, as Kubernetes defaults it); None
+        when the Deployment is unknown."""
+        obj = self._deployments.get(key.namespace, key.name)
+        if obj is None:
+            return None
+        replicas = (obj.get("spec") or {}).get("replicas", 1)
+        return replicas if isinstance(replicas, int) else None
 
     async def ready_pods(self, key: RevisionKey) -> int | None:
         obj = self._deployments.get(key.namespace, key.name)

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from cluster.kubernetes.adapters import (
     KubeActivatorPeers,
@@ -163,13 +163,33 @@ class KubeWiring:
             await close()
 
 
-class LeaderScaleTarget:
-    """A scale target that only acts while this replica leads; standbys keep their metrics warm
-    (every replica runs the autoscaler) but never write."""
+class ReadableScaleTarget(ScaleTarget, Protocol):
+    """A scale target that can also say what it is asked for now (``KubeScaleTarget``)."""
 
-    def __init__(self, inner: ScaleTarget, elector: LeaderElector) -> None:
+    async def current_scale(self, key: RevisionKey) -> int | None: ...
+
+
+class LeaderScaleTarget:
+    """A scale target that only acts while this replica leads (the Lease holder).
+
+    Every replica runs the autoscaler, but only the leader gets the activators' stats, so a
+    standby's windows say little. It is also the multiscaler's ``Leadership``: ``term`` tells it
+    when this replica starts leading, and it then starts every revision afresh from
+    ``current_scale`` (the Deployment's ``spec.replicas``) in start-up panic (docs/autoscaler.md,
+    "Takeover"); a standby decides and records nothing.
+    """
+
+    def __init__(self, inner: ReadableScaleTarget, elector: LeaderElector) -> None:
         self._inner = inner
         self._elector = elector
+
+    @property
+    def term(self) -> int | None:
+        """None while a standby; while leading, the elector's term count."""
+        return self._elector.terms if self._elector.is_leader else None
+
+    async def current_scale(self, key: RevisionKey) -> int | None:
+        return await self._inner.current_scale(key)
 
     async def set_scale(self, key: RevisionKey, replicas: int) -> None:
         if self._elector.is_leader:
