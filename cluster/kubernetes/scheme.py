@@ -13,9 +13,20 @@ A revision is a Deployment (apps/v1) named after the revision::
         serving.knative.dev/response-start-timeout-seconds: "0"   # >= 0, 0 = none
         serving.knative.dev/idle-timeout-seconds: "0"             # >= 0, 0 = none
         autoscaling.knative.dev/min-scale: "1"                    # any autoscaling.knative.dev/*
+    spec.template.metadata.annotations:                # read too: autoscaling.knative.dev/* only
     spec.template.spec.containers: the model server (its image and first containerPort become
       Revision.image and user_port) and the ``queue-proxy`` sidecar; if the sidecar's env sets
       CONTAINER_CONCURRENCY or REVISION_TIMEOUT_SECONDS they must agree with the annotations.
+
+Where the ``autoscaling.knative.dev/*`` annotations are read: Knative reads them from the
+Revision's ``metadata.annotations`` and copies them onto the Deployment and its pod template. Here
+the Deployment is the revision, so its own ``metadata.annotations`` come first: the autoscaler
+reads them without touching the pods (editing a pod-template annotation restarts every pod of
+the revision). The pod template's annotations are read as well, since a Knative Service carries
+them at that path (``spec.template.metadata.annotations``) and a manifest converted from one keeps
+them there; on a key in both places, the Deployment's value wins. :func:`misplaced_annotations`
+lists the keys found only on the pod template, or there with another value, so that the caller
+can warn about each.
 
 A service's traffic split is a ConfigMap labelled with the service (its name is free; by
 convention ``route-<service>``)::
@@ -38,6 +49,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 import yaml
@@ -117,6 +129,37 @@ def _containers(obj: Obj) -> list[dict[str, Any]]:
     return [c for c in spec.get("containers") or [] if isinstance(c, dict)]
 
 
+def _autoscaling(raw: object) -> dict[str, str]:
+    return {k: v for k, v in _string_map(raw).items() if k.startswith(AUTOSCALING_GROUP + "/")}
+
+
+def _template_autoscaling(obj: Obj) -> dict[str, str]:
+    template = (obj.get("spec") or {}).get("template") or {}
+    return _autoscaling((template.get("metadata") or {}).get("annotations"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MisplacedAnnotation:
+    """An ``autoscaling.knative.dev/*`` annotation on the pod template that the Deployment's own
+    ``metadata.annotations`` lack (``deployment_value`` None: the template's value is used) or
+    set to another value (the Deployment's is used)."""
+
+    key: str
+    template_value: str
+    deployment_value: str | None
+
+
+def misplaced_annotations(obj: Obj) -> tuple[MisplacedAnnotation, ...]:
+    """The pod template's autoscaling annotations that are not also, with the same value, in the
+    Deployment's ``metadata.annotations`` (sorted by key). Knative writes both places alike."""
+    own = _autoscaling((obj.get("metadata") or {}).get("annotations"))
+    return tuple(
+        MisplacedAnnotation(key=key, template_value=value, deployment_value=own.get(key))
+        for key, value in sorted(_template_autoscaling(obj).items())
+        if own.get(key) != value
+    )
+
+
 def revision_from_deployment(obj: Obj) -> Revision:
     """The revision a Deployment carries; :class:`SchemeError` naming each bad field."""
     errs = _Errors("Deployment", obj)
@@ -151,6 +194,10 @@ def revision_from_deployment(obj: Obj) -> Revision:
     response_start = _number(ann, RESPONSE_START_TIMEOUT_SECONDS, errs, default=0.0, positive=False)
     idle = _number(ann, IDLE_TIMEOUT_SECONDS, errs, default=0.0, positive=False)
 
+    # The pod template's autoscaling annotations fill in what the Deployment's own lack (see the
+    # module docstring); each problem names the place its key was read from.
+    from_template = {k: v for k, v in _template_autoscaling(obj).items() if k not in ann}
+    ann = {**ann, **from_template}
     autoscaling = {k: v for k, v in ann.items() if k.startswith(AUTOSCALING_GROUP + "/")}
     try:
         # The checks that depend on config-autoscaler (max-scale-limit, allow-zero-initial-scale)
@@ -158,7 +205,9 @@ def revision_from_deployment(obj: Obj) -> Revision:
         validate_annotations(autoscaling, max_scale_limit=0, allow_zero_initial_scale=True)
     except AnnotationError as exc:
         for problem in exc.errors:
-            errs.add("metadata.annotations", problem)
+            in_template = any(problem.startswith(key) for key in from_template)
+            where = "spec.template.metadata.annotations" if in_template else "metadata.annotations"
+            errs.add(where, problem)
 
     image, user_port = "", 8080
     containers = _containers(obj)
