@@ -17,6 +17,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e_support import (
     ROOT,
@@ -282,3 +283,34 @@ async def test_live_reload_with_a_bad_config_is_rejected_whole(tmp_path: Path) -
         assert "spec applied" not in text
         assert "config-autoscaler rejected" not in text  # never offered to the autoscaler
         assert set(await rt.revisions(session)) == {"gpu-v1"}
+
+
+# -- the activator's metrics are served beside the autoscaler's (issue 19, item 7a) -------------
+
+
+async def test_status_port_serves_the_activators_metrics(tmp_path: Path) -> None:
+    spec = emulator_spec(config={"allow-zero-initial-scale": "true", "initial-scale": "0"})
+    async with (
+        zeroserve_up(write_spec(tmp_path, spec), tmp_path / "up.log") as rt,
+        aiohttp.ClientSession() as session,
+    ):
+        await wait_for(lambda: rt.revisions(session), within=10, what="the status endpoint")
+        async with session.get(f"{rt.url}/", headers=HOST) as resp:  # a cold start
+            assert resp.status == 200, await resp.text()
+        metrics_url = rt.status_url.replace("/v1/revisions", "/metrics")
+        async with session.get(metrics_url) as resp:
+            assert resp.status == 200
+            text = await resp.text()
+        samples = [
+            (smp.name, smp.labels, smp.value)
+            for family in text_string_to_metric_families(text)
+            for smp in family.samples
+            if smp.labels.get("revision") == "gpu-v1"
+        ]
+
+        def total(name: str, **labels: str) -> float:
+            return sum(v for n, lab, v in samples if n == name and labels.items() <= lab.items())
+
+        assert total("activator_cold_start_wait_seconds_count") == 1.0, text
+        assert total("activator_requests_total", code="2xx") == 1.0, text
+        assert any(n == "autoscaler_desired_pods" for n, _, _ in samples), text  # still there

@@ -33,7 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--port", type=int, default=8080, help="ingress port (default %(default)s)")
     up.add_argument(
-        "--status-port", type=int, default=9090, help="autoscaler status port (default %(default)s)"
+        "--status-port",
+        type=int,
+        default=9090,
+        help="/v1/revisions and /metrics (the autoscaler's and the activator's) (default %(default)s)",
     )
     up.add_argument(
         "--quiet-replicas", action="store_true", help="discard the replicas' own output"
@@ -51,6 +54,7 @@ def _banner(rt: LocalRuntime) -> str:
     lines = [
         f"zeroserve is up: ingress {rt.url}",
         f"  status: zeroserve status --url http://{rt.settings.host}:{rt.status_port}/v1/revisions",
+        f"  metrics: http://{rt.settings.host}:{rt.status_port}/metrics (autoscaler_*, activator_*)",
         "",
     ]
     for svc in rt.spec.services:

@@ -15,10 +15,14 @@ import contextlib
 import logging
 import os
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
 
 from activator.app import Activator, ActivatorSettings, build_activator
 from activator.sinks import InProcessStatSink
@@ -33,6 +37,18 @@ from zeroserve.specfile import config_warnings, load
 log = logging.getLogger("zeroserve")
 
 
+class _Forward(Collector):
+    """Another registry's metrics, in this one's scrape: the status port's ``/metrics`` serves
+    the activator's beside the autoscaler's (their names differ: ``activator_*``,
+    ``autoscaler_*``), so one local scrape sees ``activator_cold_start_wait_seconds``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._registry.collect()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RuntimeSettings:
     """Where the runtime listens and how it runs replicas."""
@@ -43,7 +59,8 @@ class RuntimeSettings:
     status_port: int = 9090
     """The autoscaler's ``/v1/revisions`` and ``/metrics`` port; 0 picks a free one."""
     activator_metrics_port: int | None = None
-    """The activator's Prometheus port (None: not served)."""
+    """The activator's own Prometheus port, as on Kubernetes (None: none). Its metrics are on
+    the status port's ``/metrics`` either way."""
     watch_spec_s: float = 1.0
     """How often the spec file is checked for changes (0: never)."""
     drain_quiet_period_s: float = 0.5
@@ -77,6 +94,7 @@ class LocalRuntime:
                 pod_name="activator-local", drain_quiet_period_s=settings.drain_quiet_period_s
             ),
         )
+        self.autoscaler.metrics.registry.register(_Forward(self.activator.metrics.registry))
         self._status_runner: web.AppRunner | None = None
         self._status_port = 0
         self._watch_task: asyncio.Task[None] | None = None
