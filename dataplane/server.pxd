@@ -38,11 +38,20 @@ cdef class ForwardDone:
 cdef class Server:
     cdef public object handler
     cdef public object on_bad_request
+    cdef public object on_header_timeout
+    cdef public object on_connection_refused
     cdef public UpstreamPool pool
+    cdef public double header_timeout_s
     cdef public double keepalive_timeout_s
+    cdef public Py_ssize_t max_connections
     cdef public set connections
     cdef public long long in_flight
     cdef public long long bad_requests
+    cdef public long long header_timeouts
+    cdef public long long refused_connections
+    cdef public long long _refused_logged
+    cdef public double now
+    cdef public double _sweep_period
     cdef public object _server
     cdef public object _idle_event
     cdef public set _tasks
@@ -50,6 +59,7 @@ cdef class Server:
     cdef public object _sweep_handle
     cpdef request_done(self)
     cpdef Deadlines deadlines(self)
+    cpdef refuse(self, _Connection conn)
 
 
 @cython.final
@@ -102,6 +112,7 @@ cdef class _Connection:
     cdef public bint _fresh
     cdef public Py_ssize_t _head_bytes
     cdef public bint _head_connection
+    cdef public double _head_since
     cdef public object _linger_handle
     cdef public object _loop
     cdef public object _parser

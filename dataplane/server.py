@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, cast
@@ -40,6 +41,22 @@ _MAX_HEAD = 1024 * 1024  # Go's DefaultMaxHeaderBytes
 _NO_TIMEOUTS = Timeouts()
 _NO_BODY: list[bytes] = []  # what _take_body gives when nothing is buffered (never added to)
 _CLIENT_GONE = 499  # status in a ForwardResult when the client left first (nginx's convention)
+_SWEEP_MAX_S = 1.0  # the longest period of the connection sweep (header and idle timeouts)
+_HEAD_TIMEOUT_BODY = b"request head not complete within the header timeout\n"
+_HEAD_TIMEOUT = (
+    b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+    % (len(_HEAD_TIMEOUT_BODY), _HEAD_TIMEOUT_BODY)
+)
+
+
+def default_max_connections() -> int:
+    """The client connections a server takes when not told (0: no cap): half the process's
+    soft open-file limit, since each proxied request holds a client and an upstream socket
+    (1024 → 512, nginx's ``worker_connections`` default; Kubernetes' usual 1048576 → 524288).
+    Past it a connection is refused cleanly rather than the process failing with EMFILE."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 0 if soft == resource.RLIM_INFINITY else soft // 2
 
 
 def _new_forward(
@@ -392,6 +409,7 @@ class _Connection:
         "_fresh",
         "_head_bytes",
         "_head_connection",
+        "_head_since",
         "_linger_handle",
         "_loop",
         "_parser",
@@ -443,6 +461,10 @@ class _Connection:
         self._tunnel: Forward | None = None  # after a 101: bytes go straight upstream
         self._tunnel_early = b""  # bytes after an upgrade request's head, before the 101
         self.idle_since = self._time()  # when the last response ended (the keep-alive sweep)
+        # When the head being read began (the header-timeout sweep), 0 when none is: the first
+        # one's clock starts at accept (Go's ReadHeaderTimeout, nginx's client_header_timeout),
+        # a later one's at its first byte.
+        self._head_since = self.idle_since
         self._linger_handle: asyncio.TimerHandle | None = None
         self.closing = False
         self.lost = False
@@ -451,11 +473,16 @@ class _Connection:
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses: no isinstance check here.
         self.transport = cast(asyncio.Transport, transport)
+        server = self._server
+        cap = server.max_connections
+        if cap and len(server.connections) >= cap:
+            server.refuse(self)
+            return
         write_at_once(self.transport)
         self._transport_write = self.transport.write
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
-        self._server.connections.add(self)
+        server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
         if self._tunnel is not None:
@@ -485,6 +512,7 @@ class _Connection:
         """A whole request read at once without the parser (:func:`simple_request`): what the
         parser's callbacks would do for it, then its handler."""
         method, target, length, keep_alive, body, raw = request
+        self._head_since = 0.0  # (a whole head: none is being read)
         ex = _new_exchange(self)
         ex.raw_head = raw
         ex._method = method
@@ -535,6 +563,8 @@ class _Connection:
     # --- httptools callbacks ---
     def on_message_begin(self) -> None:
         self._fresh = False
+        if self._head_since == 0.0:  # (the sweep's coarse clock: no clock read per request)
+            self._head_since = self._server.now
         self._parsing = ex = _new_exchange(self)
         ex._headers = []
         self._url = []
@@ -577,6 +607,7 @@ class _Connection:
             ex._http10 = p.get_http_version() == "1.0"
         ex._upgrade = p.should_upgrade()
         ex.arrived_at = self._time()
+        self._head_since = 0.0
         if self._current is None:
             self._current = self._starting = ex  # started at the end of data_received
         else:  # pipelined: answer in order, read no further until its turn
@@ -773,6 +804,19 @@ class _Connection:
         if self.transport is not None:
             self.transport.close()
 
+    def head_timeout(self) -> None:
+        """The head was not complete within the header timeout: 408 where a request line has
+        started, else (nothing sent) just close, as Go and nginx do."""
+        ex = self._parsing
+        if ex is not None:
+            ex._started = ex._response_done = True
+            self.write(_HEAD_TIMEOUT)
+            server = self._server
+            server.header_timeouts += 1
+            if server.on_header_timeout is not None:
+                server.on_header_timeout()
+        self.close()
+
     def _cancel_timers(self) -> None:
         if self._linger_handle is not None:
             self._linger_handle.cancel()
@@ -802,6 +846,16 @@ class Server:
 
     ``close()`` stops accepting and closes idle keep-alive connections (busy ones close after
     their current response); ``wait_closed(timeout)`` waits for the requests in flight.
+
+    Client connections are bounded three ways (0 turns one off): a request head must be
+    complete within ``header_timeout_s`` (else 408 and close; nginx's client_header_timeout,
+    Go's ReadHeaderTimeout: the head only, never the body or the response); a keep-alive
+    connection idle between requests for ``keepalive_timeout_s`` is closed (nginx's
+    keepalive_timeout); at most ``max_connections`` are open (None: half the open-file limit,
+    see :func:`default_max_connections`), and one more is closed at once, unanswered, as nginx
+    does when its worker_connections are used up. One sweep per ``_SWEEP_MAX_S`` (or a quarter
+    of the shortest timeout) checks every connection's timestamps: nothing is scheduled per
+    request, and a timeout fires at most one period or two late.
     """
 
     def __init__(
@@ -809,16 +863,33 @@ class Server:
         handler: Handler,
         *,
         pool: UpstreamPool | None = None,
+        header_timeout_s: float = 60.0,
         keepalive_timeout_s: float = 75.0,
+        max_connections: int | None = None,
         on_bad_request: Callable[[], None] | None = None,
+        on_header_timeout: Callable[[], None] | None = None,
+        on_connection_refused: Callable[[], None] | None = None,
     ) -> None:
         self.handler = handler
         self.on_bad_request = on_bad_request
+        self.on_header_timeout = on_header_timeout
+        self.on_connection_refused = on_connection_refused
         self.pool = pool if pool is not None else UpstreamPool()
+        self.header_timeout_s = header_timeout_s
         self.keepalive_timeout_s = keepalive_timeout_s
+        self.max_connections = (
+            default_max_connections() if max_connections is None else max_connections
+        )
         self.connections: set[_Connection] = set()
         self.in_flight = 0
         self.bad_requests = 0
+        self.header_timeouts = 0  # heads answered 408
+        self.refused_connections = 0  # connections closed at once, over max_connections
+        self._refused_logged = 0
+        # the loop's time at the last sweep: a coarse clock for per-request timestamps
+        self.now = 0.0
+        shortest = min((t for t in (header_timeout_s, keepalive_timeout_s) if t > 0), default=4.0)
+        self._sweep_period = min(max(shortest / 4, 0.05), _SWEEP_MAX_S)
         self._server: asyncio.Server | None = None
         self._idle_event: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -834,21 +905,57 @@ class Server:
             backlog=backlog,
             reuse_address=True,
         )
-        if self.keepalive_timeout_s > 0:
-            self._sweep(loop)
+        self.now = loop.time()
+        if self.header_timeout_s > 0 or self.keepalive_timeout_s > 0 or self.max_connections:
+            self._sweep_handle = loop.call_later(self._sweep_period, self._sweep, loop)
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Close keep-alive connections idle for longer than the timeout.
+        """Close connections past the header or the idle timeout; log refusals.
 
-        One timer for the server instead of one per request: a connection closes between
-        ``keepalive_timeout_s`` and ``keepalive_timeout_s + period`` after its last response.
+        One timer for the server instead of one per request. A later head's start is stamped
+        with :attr:`now`, up to one period before its first byte, so its cutoff is one period
+        further back: a head times out between ``header_timeout_s`` and that plus two periods
+        after it began; an idle connection between ``keepalive_timeout_s`` and that plus one
+        period after its last response.
         """
-        timeout = self.keepalive_timeout_s
-        cutoff = loop.time() - timeout
-        for conn in [c for c in self.connections if c.idle and c.idle_since <= cutoff]:
-            conn.close()
-        period = min(max(timeout / 4, 0.05), 1.0)
+        now = self.now = loop.time()
+        period = self._sweep_period
+        header, keepalive = self.header_timeout_s, self.keepalive_timeout_s
+        head_cutoff = now - header - period
+        idle_cutoff = now - keepalive
+        slow: list[_Connection] = []
+        idle: list[_Connection] = []
+        for c in self.connections:
+            since = c._head_since
+            if since > 0.0:
+                if c._current is not None:
+                    # a pipelined head behind a response in progress (reading pauses): its
+                    # clock starts again once that response ends
+                    c._head_since = now
+                elif header > 0 and since <= head_cutoff:
+                    slow.append(c)
+                    continue
+            if keepalive > 0 and c.idle and c.idle_since <= idle_cutoff:
+                idle.append(c)
+        for c in slow:
+            c.head_timeout()
+        for c in idle:
+            c.close()
+        refused = self.refused_connections - self._refused_logged
+        if refused:
+            self._refused_logged = self.refused_connections
+            log.warning(
+                "client connections refused over the limit",
+                extra={"refused": refused, "max_connections": self.max_connections},
+            )
         self._sweep_handle = loop.call_later(period, self._sweep, loop)
+
+    def refuse(self, conn: _Connection) -> None:
+        """A connection over ``max_connections``: closed at once, unanswered, and counted."""
+        self.refused_connections += 1
+        conn.close()
+        if self.on_connection_refused is not None:
+            self.on_connection_refused()
 
     @property
     def port(self) -> int:
@@ -913,12 +1020,24 @@ async def serve(
     port: int,
     *,
     pool: UpstreamPool | None = None,
+    header_timeout_s: float = 60.0,
     keepalive_timeout_s: float = 75.0,
+    max_connections: int | None = None,
     on_bad_request: Callable[[], None] | None = None,
+    on_header_timeout: Callable[[], None] | None = None,
+    on_connection_refused: Callable[[], None] | None = None,
 ) -> Server:
-    """Start a :class:`Server` on ``host:port`` (0 = an ephemeral port, see ``Server.port``)."""
+    """Start a :class:`Server` on ``host:port`` (0 = an ephemeral port, see ``Server.port``);
+    the limits are :class:`Server`'s."""
     server = Server(
-        handler, pool=pool, keepalive_timeout_s=keepalive_timeout_s, on_bad_request=on_bad_request
+        handler,
+        pool=pool,
+        header_timeout_s=header_timeout_s,
+        keepalive_timeout_s=keepalive_timeout_s,
+        max_connections=max_connections,
+        on_bad_request=on_bad_request,
+        on_header_timeout=on_header_timeout,
+        on_connection_refused=on_connection_refused,
     )
     await server.start(host, port)
     return server
