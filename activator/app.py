@@ -12,12 +12,12 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 import dataplane
 from activator.handler import ActivatorHandler
@@ -36,6 +36,13 @@ from dataplane.server import Server
 from metrics.logs import configure_logging
 
 log = logging.getLogger("activator")
+
+# why the activator's server refused a client itself, before any routing (activator_refusals)
+REFUSAL_REASONS = ("bad_request", "header_timeout", "connection_limit")
+
+
+class ConfigError(ValueError):
+    """A malformed flag or environment variable; the message starts with its name and value."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,8 +63,16 @@ class ActivatorSettings:
     """On drain, seconds with no request before the server closes."""
     shutdown_timeout_s: float = 300.0
     """On drain, how long requests in flight may take to finish after the server closes."""
+    header_timeout_s: float = 60.0
+    """A client's request head must be complete within this many seconds, else 408 and the
+    connection closes (0 = no limit): Knative's ReadHeaderTimeout (1 min), nginx's
+    client_header_timeout (60 s)."""
     keepalive_timeout_s: float = 75.0
-    """Idle client connections close after this many seconds."""
+    """Keep-alive client connections idle this many seconds between requests close (0 = never):
+    nginx's keepalive_timeout."""
+    max_connections: int | None = None
+    """Client connections open at once; one more is closed at once and counted (0 = no cap,
+    None = half the open-file limit, see ``dataplane.server.default_max_connections``)."""
     seed: int | None = None
     """Seed of the traffic-split and load-balancing RNG (tests); None = random."""
 
@@ -78,6 +93,14 @@ class Activator:
         self.stats = stats
         rng = random.Random(settings.seed)
         self.metrics = ActivatorMetrics()
+        refusals = Counter(
+            "activator_refusals",
+            "Clients the activator's server refused itself, by reason: a malformed request "
+            "(400), a request head past the header timeout (408), a connection over the cap.",
+            ["reason"],
+            registry=self.metrics.registry,
+        )
+        self.refusal = {r: refusals.labels(r) for r in REFUSAL_REASONS}
         self.throttler = Throttler(peers=peers.current(), queue_depth=settings.queue_depth, rng=rng)
         self.router = Router(routes, rng=rng, on_change=self._routes_changed)
         self.reporter = ConcurrencyReporter(settings.pod_name)
@@ -109,8 +132,15 @@ class Activator:
         if isinstance(self.stats, WebsocketStatSink):
             self._spawn(self.stats.run(), "stat-websocket")
         # the bound method: calling it skips the instance-call lookup on every request
+        s = self.settings
         self.server = Server(
-            self.handler.__call__, keepalive_timeout_s=self.settings.keepalive_timeout_s
+            self.handler.__call__,
+            header_timeout_s=s.header_timeout_s,
+            keepalive_timeout_s=s.keepalive_timeout_s,
+            max_connections=s.max_connections,
+            on_bad_request=self.refusal["bad_request"].inc,
+            on_header_timeout=self.refusal["header_timeout"].inc,
+            on_connection_refused=self.refusal["connection_limit"].inc,
         )
         await self.server.start(host, port)
         if metrics_port is not None:
@@ -267,7 +297,75 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     p.add_argument("--kubeconfig", default=_env("KUBECONFIG", "") or None)
     p.add_argument("--pod-ip", default=_env("POD_IP", ""), help="own IP, for the peer index")
+    for flag, var, _, _, help_ in _LIMITS:
+        p.add_argument(flag, metavar=var, help=f"{help_} (default: ${var}, else the default)")
     return p.parse_args(list(argv))
+
+
+def _seconds(raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ValueError("must be a number of seconds") from None
+    if not 0 <= value < float("inf"):
+        raise ValueError("must be a finite number of seconds >= 0")
+    return value
+
+
+def _count(raw: str) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ValueError("must be an integer") from None
+    if value < 0:
+        raise ValueError("must be >= 0 (0 = no cap)")
+    return value
+
+
+# the client-connection limits: (flag, environment variable, settings field, parser, help)
+_LIMITS: tuple[tuple[str, str, str, Callable[[str], Any], str], ...] = (
+    (
+        "--header-timeout",
+        "ACTIVATOR_HEADER_TIMEOUT_SECONDS",
+        "header_timeout_s",
+        _seconds,
+        "seconds a client has to send a whole request head, else 408 (0 = no limit; 60)",
+    ),
+    (
+        "--keepalive-timeout",
+        "ACTIVATOR_KEEPALIVE_TIMEOUT_SECONDS",
+        "keepalive_timeout_s",
+        _seconds,
+        "seconds an idle keep-alive client connection stays open (0 = no limit; 75)",
+    ),
+    (
+        "--max-connections",
+        "ACTIVATOR_MAX_CONNECTIONS",
+        "max_connections",
+        _count,
+        "client connections open at once (0 = no cap; half the open-file limit)",
+    ),
+)
+
+
+def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> ActivatorSettings:
+    """The activator's settings from its flags, else its environment, else the defaults;
+    :class:`ConfigError` names the flag or variable and its value."""
+    values: dict[str, Any] = {}
+    for flag, var, name, parse, _ in _LIMITS:
+        raw = getattr(args, flag.removeprefix("--").replace("-", "_"), None)
+        source = flag
+        if raw is None:
+            raw, source = env.get(var) or None, var
+        if raw is None:
+            continue
+        try:
+            values[name] = parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{source} = {raw!r}: {exc}") from exc
+    return ActivatorSettings(
+        pod_name=args.pod_name, drain_quiet_period_s=args.drain_quiet_period, **values
+    )
 
 
 def _static_endpoints(specs: Sequence[str]) -> MemoryEndpoints:
@@ -289,7 +387,7 @@ def _log_stats(batch: list[Any]) -> None:
     log.debug("stats", extra={"stats": [s.to_dict() for s in batch]})
 
 
-async def _serve(args: argparse.Namespace) -> int:
+async def _serve(args: argparse.Namespace, settings: ActivatorSettings) -> int:
     if args.kubernetes:
         from cluster.kubernetes.runtime import KubeWiring, system_namespace
 
@@ -300,7 +398,7 @@ async def _serve(args: argparse.Namespace) -> int:
             )
             routes_, endpoints_ = kube.routes(), kube.endpoints()
             await kube.start()
-            return await _run(args, routes_, endpoints_, peers)
+            return await _run(args, settings, routes_, endpoints_, peers)
         finally:
             await kube.close()
     routes = MemoryRoutes()
@@ -308,11 +406,13 @@ async def _serve(args: argparse.Namespace) -> int:
         from cluster.spec_loader import load_spec
 
         routes = MemoryRoutes(load_spec(args.spec).services)
-    return await _run(args, routes, _static_endpoints(args.endpoint), StaticPeers(PeerInfo()))
+    endpoints = _static_endpoints(args.endpoint)
+    return await _run(args, settings, routes, endpoints, StaticPeers(PeerInfo()))
 
 
 async def _run(
     args: argparse.Namespace,
+    settings: ActivatorSettings,
     routes: RouteSource,
     endpoints: EndpointSource,
     peers: ActivatorPeers,
@@ -321,9 +421,6 @@ async def _run(
         WebsocketStatSink(args.autoscaler_url)
         if args.autoscaler_url
         else InProcessStatSink(_log_stats)
-    )
-    settings = ActivatorSettings(
-        pod_name=args.pod_name, drain_quiet_period_s=args.drain_quiet_period
     )
     act = build_activator(routes, endpoints, stats, peers, settings)
     loop = asyncio.get_running_loop()
@@ -347,8 +444,13 @@ async def _run(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        settings = settings_from_args(args, os.environ)
+    except ConfigError as exc:
+        print(f"activator: configuration error: {exc}", file=sys.stderr)
+        return 2
     configure_logging(args.log_level)
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(_serve(args))
+        return runner.run(_serve(args, settings))

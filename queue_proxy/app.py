@@ -103,7 +103,12 @@ class QueueProxy:
             ),
             # Knative's transport: CC idle connections per host, 1000 when CC = 0 (§3.2)
             pool=UpstreamPool(max_idle_per_host=cc if cc > 0 else 1000),
+            header_timeout_s=settings.header_timeout_s,
+            keepalive_timeout_s=settings.keepalive_timeout_s,
+            max_connections=settings.max_connections,
             on_bad_request=self.metrics.refusal["bad_request"].inc,
+            on_header_timeout=self.metrics.refusal["header_timeout"].inc,
+            on_connection_refused=self.metrics.refusal["connection_limit"].inc,
         )
         b = self.breaker
         requests = self.stats.requests

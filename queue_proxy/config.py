@@ -40,6 +40,15 @@ class Settings:
     """REVISION_RESPONSE_START_TIMEOUT_SECONDS: request sent → first response byte (0 = none)."""
     idle_timeout_s: float = 0.0
     """REVISION_IDLE_TIMEOUT_SECONDS: longest gap between two writes to the client (0 = none)."""
+    header_timeout_s: float = 60.0
+    """QUEUE_HEADER_TIMEOUT_SECONDS: a client's request head must be complete within this long,
+    else 408 and close (0 = none); Knative's queue-proxy ReadHeaderTimeout (1 min)."""
+    keepalive_timeout_s: float = 75.0
+    """QUEUE_KEEPALIVE_TIMEOUT_SECONDS: an idle keep-alive client connection closes after this
+    long between requests (0 = never); nginx's keepalive_timeout (75 s)."""
+    max_connections: int | None = None
+    """QUEUE_MAX_CONNECTIONS: client connections open at once, one more is closed at once and
+    counted (0 = no cap; unset: half the open-file limit, ``default_max_connections``)."""
     drain_quiet_period_s: float = 30.0
     """QUEUE_DRAIN_QUIET_PERIOD_SECONDS: a drain ends after this long with no new request."""
     readiness_probe: ReadinessProbe = field(default_factory=ReadinessProbe)
@@ -193,6 +202,9 @@ _TABLE: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("REVISION_TIMEOUT_SECONDS", "timeout_s", _seconds),
     ("REVISION_RESPONSE_START_TIMEOUT_SECONDS", "response_start_timeout_s", _seconds),
     ("REVISION_IDLE_TIMEOUT_SECONDS", "idle_timeout_s", _seconds),
+    ("QUEUE_HEADER_TIMEOUT_SECONDS", "header_timeout_s", _seconds),
+    ("QUEUE_KEEPALIVE_TIMEOUT_SECONDS", "keepalive_timeout_s", _seconds),
+    ("QUEUE_MAX_CONNECTIONS", "max_connections", _non_negative_int),
     ("QUEUE_DRAIN_QUIET_PERIOD_SECONDS", "drain_quiet_period_s", _seconds),
     ("SERVING_READINESS_PROBE", "readiness_probe", parse_probe),
     ("SERVING_NAMESPACE", "namespace", _text),

@@ -15,6 +15,8 @@ REFUSAL_REASONS = (
     "upstream_error",
     "bad_request",
     "client_disconnected",
+    "header_timeout",  # a request head not complete within QUEUE_HEADER_TIMEOUT_SECONDS: 408
+    "connection_limit",  # a connection over QUEUE_MAX_CONNECTIONS: closed at once, unanswered
 )
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
