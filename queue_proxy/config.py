@@ -67,6 +67,9 @@ class Settings:
     """QUEUE_GPU_INTERVAL_SECONDS: how often GPU utilisation and memory are sampled."""
     log_level: str = "INFO"
     """QUEUE_LOG_LEVEL: DEBUG, INFO, WARNING or ERROR."""
+    log_format: str = "json"
+    """QUEUE_LOG_FORMAT: json (one object per line) or text (what ``zeroserve up`` sets in its
+    text mode, so that every process it runs logs alike)."""
     ready_fd: int | None = None
     """QUEUE_READY_FD: a file descriptor (a pipe) to which the queue-proxy writes one JSON line,
     ``{"event": "ready", "pid": N}``, the first time the model server is ready, then closes it:
@@ -135,6 +138,13 @@ def _level(raw: str) -> str:
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
     return level
+
+
+def _log_format(raw: str) -> str:
+    fmt = raw.strip().lower()
+    if fmt not in ("json", "text"):
+        raise ValueError("must be json or text")
+    return fmt
 
 
 def _text(raw: str) -> str:
@@ -214,5 +224,6 @@ _TABLE: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("SERVING_POD_IP", "pod_ip", _text),
     ("QUEUE_GPU_INTERVAL_SECONDS", "gpu_interval_s", _seconds),
     ("QUEUE_LOG_LEVEL", "log_level", _level),
+    ("QUEUE_LOG_FORMAT", "log_format", _log_format),
     ("QUEUE_READY_FD", "ready_fd", _non_negative_int),
 )

@@ -29,6 +29,7 @@ from typing import Any
 
 import aiohttp
 
+from cluster.local.output import LogFormat, spawn_relayed
 from cluster.local.process import Child, spawn, terminate
 from cluster.local.zygote import ForkedChild, Zygote
 from cluster.memory import Observable
@@ -62,6 +63,10 @@ class SupervisorSettings:
     queue_proxy_command: tuple[str, ...] = (sys.executable, "-m", "queue_proxy")
     log_children: bool = True
     """Children's output goes to the runtime's stdout/stderr; False sends it to /dev/null."""
+    log_format: LogFormat = "text"
+    """``text``: each model-server line prefixed with its pod name (``iris-v1-3 | …``), the
+    queue-proxies log text; ``json``: every line a JSON record, model-server lines wrapped with
+    their ``pod`` (:mod:`cluster.local.output`; the queue-proxy's ``QUEUE_LOG_FORMAT``)."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -285,6 +290,7 @@ class LocalSupervisor(InitializedInMemory):
                 _with_user_port(rev, replica.user_port)
             ),
             "QUEUE_DRAIN_QUIET_PERIOD_SECONDS": _num(self.settings.drain_quiet_period_s),
+            "QUEUE_LOG_FORMAT": self.settings.log_format,
         }
         return model_env, qp_env
 
@@ -297,7 +303,16 @@ class LocalSupervisor(InitializedInMemory):
         reason = ""
         code: int | None = None
         try:
-            replica.model = await spawn(replica.revision.command, model_env, stdout=out)
+            if self.settings.log_children:  # each line re-emitted with the pod's name
+                replica.model = await spawn_relayed(
+                    replica.revision.command,
+                    model_env,
+                    pod=replica.name,
+                    revision=str(key),
+                    fmt=self.settings.log_format,
+                )
+            else:
+                replica.model = await spawn(replica.revision.command, model_env, stdout=out)
             if self.zygote is not None:
                 replica.queue_proxy = await self.zygote.fork(
                     qp_env, name=replica.name, notify_env="QUEUE_READY_FD"
