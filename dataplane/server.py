@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import socket
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, cast
@@ -896,15 +897,19 @@ class Server:
         self._deadlines: Deadlines | None = None
         self._sweep_handle: asyncio.TimerHandle | None = None
 
-    async def start(self, host: str, port: int, *, backlog: int = 1024) -> None:
+    async def start(
+        self, host: str, port: int, *, backlog: int = 1024, sock: socket.socket | None = None
+    ) -> None:
+        """Listen on ``host:port``, or on ``sock`` (a bound socket, e.g. one handed over by file
+        descriptor by the process that picked its port; ``host`` and ``port`` are then unused)."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: cast(asyncio.Protocol, _Connection(self)),
-            host,
-            port,
-            backlog=backlog,
-            reuse_address=True,
-        )
+        factory = lambda: cast(asyncio.Protocol, _Connection(self))  # noqa: E731
+        if sock is not None:
+            self._server = await loop.create_server(factory, sock=sock, backlog=backlog)
+        else:
+            self._server = await loop.create_server(
+                factory, host, port, backlog=backlog, reuse_address=True
+            )
         self.now = loop.time()
         if self.header_timeout_s > 0 or self.keepalive_timeout_s > 0 or self.max_connections:
             self._sweep_handle = loop.call_later(self._sweep_period, self._sweep, loop)

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -125,10 +126,25 @@ class QueueProxy:
 
     # --- lifecycle ---
     async def start(self) -> None:
+        """Listen on the three ports (or on the sockets handed over by descriptor).
+
+        Raises ConfigError when one of them is the model server's USER_PORT.
+        """
         s = self.settings
-        await self.server.start(s.bind_host, s.serving_port)
-        await self.admin_server.start(s.bind_host, s.admin_port)
-        await self.metrics_server.start(s.bind_host, s.metrics_port)
+        for server, port_field, fd in (
+            (self.server, "serving_port", s.serving_fd),
+            (self.admin_server, "admin_port", s.admin_fd),
+            (self.metrics_server, "metrics_port", s.metrics_fd),
+        ):
+            if fd is None:
+                await server.start(s.bind_host, getattr(s, port_field))
+            else:
+                await server.start(s.bind_host, 0, sock=socket.socket(fileno=fd))
+            try:  # (also a port 0 the kernel chose: the model server may not have bound it yet)
+                s.check_own_port(port_field, server.port)
+            except ConfigError:
+                await self._close_all()
+                raise
         log.info(
             "queue-proxy started",
             extra={
@@ -253,6 +269,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(serve(settings))
+    except ConfigError as exc:
+        print(f"queue-proxy: configuration error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         log.error("queue-proxy cannot start", extra={"error": str(exc)})
         return 1

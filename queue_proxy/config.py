@@ -70,6 +70,14 @@ class Settings:
     log_format: str = "json"
     """QUEUE_LOG_FORMAT: json (one object per line) or text (what ``zeroserve up`` sets in its
     text mode, so that every process it runs logs alike)."""
+    serving_fd: int | None = None
+    """QUEUE_SERVING_FD: a listening socket to serve on instead of binding QUEUE_SERVING_PORT
+    (zeroserve's own: the local supervisor opens the socket, so that its port is never free
+    between being picked and being served; the same for QUEUE_ADMIN_FD and QUEUE_METRICS_FD)."""
+    admin_fd: int | None = None
+    """QUEUE_ADMIN_FD: a listening socket for the admin port (see QUEUE_SERVING_FD)."""
+    metrics_fd: int | None = None
+    """QUEUE_METRICS_FD: a listening socket for the metrics port (see QUEUE_SERVING_FD)."""
     ready_fd: int | None = None
     """QUEUE_READY_FD: a file descriptor (a pipe) to which the queue-proxy writes one JSON line,
     ``{"event": "ready", "pid": N}``, the first time the model server is ready, then closes it:
@@ -92,11 +100,19 @@ class Settings:
             values["pod"] = socket.gethostname()
         settings = cls(**values)
         for port_field in ("serving_port", "admin_port", "metrics_port"):
-            port = getattr(settings, port_field)
-            if port == settings.user_port and port != 0:
-                var = next(v for v, n, _ in _TABLE if n == port_field)
-                raise ConfigError(f"{var} = {port}: must differ from USER_PORT")
+            if getattr(settings, port_field.replace("_port", "_fd")) is None:
+                settings.check_own_port(port_field, getattr(settings, port_field))
         return settings
+
+    def check_own_port(self, port_field: str, port: int) -> None:
+        """Refuse a USER_PORT that is one of this queue-proxy's own ports: the probe and every
+        request would reach the queue-proxy itself, not the model server."""
+        if port == self.user_port and port != 0:
+            var = next(v for v, n, _ in _TABLE if n == port_field)
+            raise ConfigError(
+                f"USER_PORT = {self.user_port} is this queue-proxy's own {var} ({port}): "
+                "the model server must listen on another port"
+            )
 
     def field_names(self) -> list[str]:
         return [f.name for f in fields(self)]
@@ -225,5 +241,8 @@ _TABLE: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("QUEUE_GPU_INTERVAL_SECONDS", "gpu_interval_s", _seconds),
     ("QUEUE_LOG_LEVEL", "log_level", _level),
     ("QUEUE_LOG_FORMAT", "log_format", _log_format),
+    ("QUEUE_SERVING_FD", "serving_fd", _non_negative_int),
+    ("QUEUE_ADMIN_FD", "admin_fd", _non_negative_int),
+    ("QUEUE_METRICS_FD", "metrics_fd", _non_negative_int),
     ("QUEUE_READY_FD", "ready_fd", _non_negative_int),
 )

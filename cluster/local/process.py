@@ -100,8 +100,10 @@ async def spawn_process(
     stdin: int | None = asyncio.subprocess.DEVNULL,
     stdout: int | None = None,
     stderr: int | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> asyncio.subprocess.Process:
-    """Start a child in its own session that is SIGKILLed if this process dies."""
+    """Start a child in its own session that is SIGKILLed if this process dies. It inherits no
+    file descriptor but its standard streams and ``pass_fds``."""
     full_env = dict(os.environ)
     full_env.update(env)
     return await asyncio.create_subprocess_exec(
@@ -113,6 +115,7 @@ async def spawn_process(
         stderr=stderr,
         start_new_session=True,
         preexec_fn=die_with_parent,
+        pass_fds=tuple(pass_fds),
     )
 
 
@@ -122,6 +125,7 @@ async def spawn(
     *,
     cwd: str | None = None,
     stdout: int | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> Spawned:
     """:func:`spawn_process` with stdin from /dev/null and stderr where stdout goes."""
     proc = await spawn_process(
@@ -130,6 +134,7 @@ async def spawn(
         cwd=cwd,
         stdout=stdout,
         stderr=None if stdout is None else asyncio.subprocess.STDOUT,
+        pass_fds=pass_fds,
     )
     return Spawned(proc)
 

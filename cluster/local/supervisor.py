@@ -8,8 +8,11 @@ the queue-proxy, the model server after the drain, SIGKILL after a grace period)
 
 The model server is spawned (its command); the queue-proxy is forked from a zygote that has
 imported it already (:mod:`cluster.local.zygote`), so a cold start waits for the model server
-only. The queue-proxy says when the model server is first ready (``QUEUE_READY_FD``); polling its
-``K-Network-Probe`` remains as the fallback.
+only. Ports come from a :class:`cluster.local.ports.PortTable`: the queue-proxy's are sockets the
+supervisor listens on and hands over by descriptor, the model server's ``$PORT`` stays reserved
+until its replica has exited, and a replica whose ``$PORT`` another process listens on is failed
+and replaced on new ports, never marked ready. The queue-proxy says when the model server is
+first ready (``QUEUE_READY_FD``); polling its ``K-Network-Probe`` remains as the fallback.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Any
 import aiohttp
 
 from cluster.local.output import LogFormat, spawn_relayed
+from cluster.local.ports import PortTable, listener_owners
 from cluster.local.process import Child, spawn, terminate
 from cluster.local.zygote import ForkedChild, Zygote
 from cluster.memory import Observable
@@ -69,12 +73,6 @@ class SupervisorSettings:
     their ``pod`` (:mod:`cluster.local.output`; the queue-proxy's ``QUEUE_LOG_FORMAT``)."""
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def readiness_probe_json(rev: Revision) -> str:
     """``SERVING_READINESS_PROBE`` in Knative's shape (a K8s probe as JSON)."""
     probe = rev.readiness_probe
@@ -90,6 +88,10 @@ def readiness_probe_json(rev: Revision) -> str:
         failureThreshold=probe.failure_threshold,
     )
     return json.dumps(handler)
+
+
+class PortConflictError(OSError):
+    """Another process listens on the port a replica's model server was given."""
 
 
 @dataclass(eq=False)
@@ -108,6 +110,14 @@ class Replica:
     stopping: bool = False
     started_at: float = field(default_factory=time.time)
     task: asyncio.Task[None] | None = None
+    listeners: dict[str, socket.socket] = field(default_factory=dict)
+    """The queue-proxy's listening sockets by the variable that hands each over, until it has
+    them (``QUEUE_SERVING_FD``, ``QUEUE_ADMIN_FD``, ``QUEUE_METRICS_FD``)."""
+
+    def close_listeners(self) -> None:
+        for sock in self.listeners.values():
+            sock.close()
+        self.listeners.clear()
 
     def endpoint(self, host: str) -> PodEndpoint:
         return PodEndpoint(
@@ -140,6 +150,7 @@ class LocalSupervisor(InitializedInMemory):
             MappingProxyType({})
         )
         self._names = itertools.count(1)
+        self.ports = PortTable(self.settings.host)
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
         self.crash_count = 0
@@ -246,13 +257,29 @@ class LocalSupervisor(InitializedInMemory):
 
     def _start(self, key: RevisionKey, state: _RevisionState) -> None:
         rev = state.revision
+        name = f"{rev.name}-{next(self._names)}"
+        listeners: dict[str, socket.socket] = {}
+        try:
+            for var in ("QUEUE_SERVING_FD", "QUEUE_METRICS_FD", "QUEUE_ADMIN_FD"):
+                listeners[var] = self.ports.listener(name)
+            user_port = self.ports.port(name)
+        except OSError as exc:  # the host is out of ports: try again after a back-off
+            for sock in listeners.values():
+                sock.close()
+            self.ports.release(name)
+            log.warning("no ports for a replica", extra={"revision": str(key), "error": str(exc)})
+            loop = asyncio.get_running_loop()
+            state.next_start_at = loop.time() + self.settings.crash_backoff_initial_s
+            loop.call_later(self.settings.crash_backoff_initial_s, state.wake.set)
+            return
         replica = Replica(
-            name=f"{rev.name}-{next(self._names)}",
+            name=name,
             revision=rev,
-            user_port=free_port(self.settings.host),
-            serving_port=free_port(self.settings.host),
-            metrics_port=free_port(self.settings.host),
-            admin_port=free_port(self.settings.host),
+            user_port=user_port,
+            serving_port=listeners["QUEUE_SERVING_FD"].getsockname()[1],
+            metrics_port=listeners["QUEUE_METRICS_FD"].getsockname()[1],
+            admin_port=listeners["QUEUE_ADMIN_FD"].getsockname()[1],
+            listeners=listeners,
         )
         state.replicas.append(replica)
         replica.task = asyncio.create_task(self._run(key, state, replica), name=replica.name)
@@ -272,6 +299,7 @@ class LocalSupervisor(InitializedInMemory):
         rev = replica.revision
         model_env = dict(rev.env)
         model_env["PORT"] = str(replica.user_port)
+        model_env.setdefault("POD_NAME", replica.name)
         qp_env = {
             "SERVING_NAMESPACE": rev.namespace,
             "SERVING_SERVICE": rev.service,
@@ -313,14 +341,20 @@ class LocalSupervisor(InitializedInMemory):
                 )
             else:
                 replica.model = await spawn(replica.revision.command, model_env, stdout=out)
+            fds = {var: sock.fileno() for var, sock in replica.listeners.items()}
             if self.zygote is not None:
                 replica.queue_proxy = await self.zygote.fork(
-                    qp_env, name=replica.name, notify_env="QUEUE_READY_FD"
+                    qp_env, name=replica.name, notify_env="QUEUE_READY_FD", fds=fds
                 )
-            else:
+            else:  # a spawned child keeps each passed descriptor's number
+                qp_env.update({var: str(fd) for var, fd in fds.items()})
                 replica.queue_proxy = await spawn(
-                    self.settings.queue_proxy_command, qp_env, stdout=out
+                    self.settings.queue_proxy_command,
+                    qp_env,
+                    stdout=out,
+                    pass_fds=list(fds.values()),
                 )
+            replica.close_listeners()  # the queue-proxy holds them now
             log.info(
                 "replica started",
                 extra={
@@ -332,6 +366,8 @@ class LocalSupervisor(InitializedInMemory):
             exited = asyncio.ensure_future(_first_exit(replica.model, replica.queue_proxy))
             try:
                 await self._wait_ready(replica, exited)
+                if not exited.done():
+                    await self._check_user_port(replica)
                 if exited.done():
                     proc, code = exited.result()
                     reason = f"{proc} exited with code {code} before it was ready"
@@ -345,8 +381,7 @@ class LocalSupervisor(InitializedInMemory):
                 exited.cancel()
         except asyncio.CancelledError:
             await self._drain(key, replica)
-            state.replicas.remove(replica)
-            state.wake.set()
+            self._forget(state, replica)
             raise
         except TimeoutError:
             reason = f"not ready within {self.settings.ready_timeout_s:g}s"
@@ -377,8 +412,28 @@ class LocalSupervisor(InitializedInMemory):
         if self.on_crash is not None:
             self.on_crash(key, replica.name, code)
         await self._kill(replica)
+        self._forget(state, replica)
+
+    def _forget(self, state: _RevisionState, replica: Replica) -> None:
+        """The replica's processes have exited: its ports may go to another one."""
+        replica.close_listeners()
+        self.ports.release(replica.name)
         state.replicas.remove(replica)
         state.wake.set()
+
+    async def _check_user_port(self, replica: Replica) -> None:
+        """Raise PortConflictError if another process than the model server (or its children)
+        listens on its ``$PORT``: the queue-proxy's probe then succeeded against that process,
+        and every request would reach it. (Nothing listening, or no way to tell: no error.)"""
+        model = replica.model
+        if model is None or model.returncode is not None:
+            return
+        found = await asyncio.to_thread(listener_owners, replica.user_port, model.pid)
+        if found is not None and not found[0]:
+            raise PortConflictError(
+                f"the model server's port {replica.user_port} is held by another process "
+                f"(pid {', '.join(map(str, found[1]))}): replacing it on a new port"
+            )
 
     async def _wait_ready(
         self, replica: Replica, exited: asyncio.Future[tuple[str, int | None]]

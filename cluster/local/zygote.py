@@ -7,7 +7,8 @@ queue-proxy) on the cold-start path.
 
 Protocol, one JSON object per line. To the zygote (its stdin)::
 
-    {"op": "fork", "id": 1, "name": "gpu-v1-3", "env": {...}, "notify_env": "QUEUE_READY_FD"}
+    {"op": "fork", "id": 1, "name": "gpu-v1-3", "env": {...}, "notify_env": "QUEUE_READY_FD",
+     "fds": ["QUEUE_SERVING_FD", ...]}                # optional: descriptors the child inherits
     {"op": "signal", "pid": 4242, "sig": 15}         # to the child's process group
 
 From the zygote (its stdout)::
@@ -19,6 +20,12 @@ From the zygote (its stdout)::
 and from a child, on the same pipe (its file descriptor is in the child's ``notify_env``)::
 
     {"event": "ready", "pid": 4242}                    # sd_notify's READY=1
+
+A fork with ``fds`` is preceded by one datagram on a Unix socket pair (``SOCK_SEQPACKET``; the
+zygote's end is named by ``ZEROSERVE_ZYGOTE_FDS`` in its environment) that carries the request's
+id and, as ``SCM_RIGHTS``, the descriptors in that order: the child finds each one's number in
+the environment variable of that name (the local supervisor hands a queue-proxy the listening
+sockets it opened itself this way, so that their ports are never free in between).
 
 The zygote reaps its children, so signals go through it: it signals only a child it has not
 reaped, whose pid cannot have been reused. If the zygote dies, its children die with it
@@ -33,6 +40,7 @@ import itertools
 import json
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -96,6 +104,7 @@ class Zygote:
         self.starts = 0
         """How many zygote processes were started (a second one means the first died)."""
         self._proc: asyncio.subprocess.Process | None = None
+        self._fds: socket.socket | None = None
         self._reader: asyncio.Task[None] | None = None
         self._hello = False
         self._lock = asyncio.Lock()
@@ -115,29 +124,50 @@ class Zygote:
         async with self._lock:
             if self._proc is not None or self._closed:
                 return
-            proc = await spawn_process(
-                # -O as this interpreter has it (the asserts the runtime runs without)
-                [
-                    self.python,
-                    *["-O"] * sys.flags.optimize,
-                    "-m",
-                    "cluster.local.zygote_main",
-                    self.entry,
-                ],
-                {},
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.DEVNULL if self.quiet else None,
-            )
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                proc = await self._spawn(theirs.fileno())
+            except BaseException:
+                ours.close()
+                raise
+            finally:
+                theirs.close()
+            if self._fds is not None:
+                self._fds.close()
+            self._fds = ours
             self._proc = proc
             self._hello = False
             self.starts += 1
             self._reader = asyncio.create_task(self._read(proc), name="zygote reader")
 
+    async def _spawn(self, fds_fd: int) -> asyncio.subprocess.Process:
+        return await spawn_process(
+            # -O as this interpreter has it (the asserts the runtime runs without)
+            [
+                self.python,
+                *["-O"] * sys.flags.optimize,
+                "-m",
+                "cluster.local.zygote_main",
+                self.entry,
+            ],
+            {"ZEROSERVE_ZYGOTE_FDS": str(fds_fd)},
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL if self.quiet else None,
+            pass_fds=(fds_fd,),
+        )
+
     async def fork(
-        self, env: Mapping[str, str], *, name: str = "", notify_env: str | None = None
+        self,
+        env: Mapping[str, str],
+        *,
+        name: str = "",
+        notify_env: str | None = None,
+        fds: Mapping[str, int] | None = None,
     ) -> ForkedChild:
-        """A new child running the entry point with ``env`` on top of the zygote's environment.
+        """A new child running the entry point with ``env`` on top of the zygote's environment,
+        and a copy of each descriptor of ``fds`` (its number in the child goes in the variable
+        that names it). The caller keeps its own descriptors.
 
         Raises OSError if the zygote cannot fork (or died, or did not answer in time).
         """
@@ -150,6 +180,12 @@ class Zygote:
         request: dict[str, Any] = {"op": "fork", "id": fid, "name": name, "env": dict(env)}
         if notify_env:
             request["notify_env"] = notify_env
+        if fds:
+            request["fds"] = list(fds)
+            if self._fds is None:
+                raise OSError("the zygote is not running")
+            # before the line that asks for them: the zygote reads them when it reads the line
+            socket.send_fds(self._fds, [str(fid).encode()], list(fds.values()))
         self._send(request)
         try:
             return await asyncio.wait_for(fut, self.fork_timeout_s)
@@ -174,6 +210,9 @@ class Zygote:
             return
         if proc.stdin is not None:
             proc.stdin.close()
+        if self._fds is not None:
+            self._fds.close()
+            self._fds = None
         try:
             await asyncio.wait_for(proc.wait(), timeout_s)
         except TimeoutError:
@@ -241,6 +280,9 @@ class Zygote:
         """The zygote exited: its children died with it (PR_SET_PDEATHSIG)."""
         if self._proc is proc:
             self._proc = None
+            if self._fds is not None:
+                self._fds.close()
+                self._fds = None
         children = list(self._children.values())
         self._children.clear()
         self._early_ready.clear()

@@ -23,6 +23,7 @@ import json
 import os
 import select
 import signal
+import socket
 import sys
 import time
 import traceback
@@ -58,8 +59,10 @@ def _send(message: Mapping[str, Any]) -> None:
 class Zygote:
     """The fork loop: requests on stdin, SIGCHLD through a wake-up pipe, reports on stdout."""
 
-    def __init__(self, entry: Entry) -> None:
+    def __init__(self, entry: Entry, fds: socket.socket | None = None) -> None:
         self.entry = entry
+        self.fds = fds
+        """Where descriptors for the children arrive (``ZEROSERVE_ZYGOTE_FDS``)."""
         self.pid = os.getpid()
         self.children: set[int] = set()
         self._wake_r, self._wake_w = os.pipe()
@@ -113,15 +116,37 @@ class Zygote:
         env = {str(k): str(v) for k, v in dict(request.get("env") or {}).items()}
         name = str(request.get("name") or "")
         notify_env = request.get("notify_env")
+        inherited: list[int] = []
         try:
+            names = [str(n) for n in request.get("fds") or ()]
+            if names:
+                inherited = self._receive_fds(request["id"], len(names))
+                env.update({n: str(fd) for n, fd in zip(names, inherited, strict=True)})
             pid = os.fork()
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             _send({"event": "fork-failed", "id": request["id"], "error": str(exc)})
             return
+        finally:
+            if inherited and os.getpid() == self.pid:
+                for fd in inherited:  # the child has its copies; the runtime keeps its own
+                    os.close(fd)
         if pid == 0:
             self._child(env, name, str(notify_env) if notify_env else None)
         self.children.add(pid)
         _send({"event": "forked", "id": request["id"], "pid": pid})
+
+    def _receive_fds(self, request_id: object, count: int) -> list[int]:
+        """The descriptors the runtime sent for this request, just before its line."""
+        if self.fds is None:
+            raise OSError("descriptors asked for, but ZEROSERVE_ZYGOTE_FDS is not set")
+        message, fds, _, _ = socket.recv_fds(self.fds, 64, count)
+        if message != str(request_id).encode() or len(fds) != count:
+            for fd in fds:
+                os.close(fd)
+            raise ValueError(
+                f"descriptors for request {message!r} ({len(fds)}), expected {request_id} ({count})"
+            )
+        return fds
 
     def _child(self, env: Mapping[str, str], name: str, notify_env: str | None) -> NoReturn:
         code = 1
@@ -134,6 +159,8 @@ class Zygote:
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             os.close(self._wake_r)
             os.close(self._wake_w)
+            if self.fds is not None:
+                self.fds.close()
             notify_fd = os.dup(_REPORTS) if notify_env else None
             devnull = os.open(os.devnull, os.O_RDONLY)
             os.dup2(devnull, _REQUESTS)
@@ -206,9 +233,11 @@ def main(argv: list[str]) -> int:
         return 2
     # Objects that exist now are shared copy-on-write with every child: keep the collector
     # from touching (and so copying) their pages.
+    fds_fd = os.environ.pop("ZEROSERVE_ZYGOTE_FDS", "")
+    fds = socket.socket(fileno=int(fds_fd)) if fds_fd else None
     gc.freeze()
     _send({"event": "hello", "pid": os.getpid(), "import_s": round(time.perf_counter() - t0, 4)})
-    return Zygote(entry).run()
+    return Zygote(entry, fds).run()
 
 
 if __name__ == "__main__":
