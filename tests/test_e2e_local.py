@@ -6,9 +6,12 @@ Windows are shortened by the spec (stable window 6 s, grace 2 s) so each scenari
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
+import re
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -314,3 +317,97 @@ async def test_status_port_serves_the_activators_metrics(tmp_path: Path) -> None
         assert total("activator_cold_start_wait_seconds_count") == 1.0, text
         assert total("activator_requests_total", code="2xx") == 1.0, text
         assert any(n == "autoscaler_desired_pods" for n, _, _ in samples), text  # still there
+
+
+# -- one log format for every process of zeroserve up (issue 19, item 7b) -----------------------
+
+# A model server that says something on both streams, then serves as the GPU emulator does.
+CHATTY = (
+    "import runpy, sys; print('model says hi', flush=True); "
+    "print('model warns', file=sys.stderr, flush=True); "
+    "runpy.run_module('examples.gpu_emulator', run_name='__main__')"
+)
+
+
+def chatty_spec() -> str:
+    spec = emulator_spec()
+    old = "        command: [python, -m, examples.gpu_emulator]\n"
+    assert old in spec
+    return spec.replace(old, f'        command: [python, -c, "{CHATTY}"]\n')
+
+
+async def test_text_mode_prefixes_model_lines_with_the_pod_and_logs_no_json(
+    tmp_path: Path,
+) -> None:
+    async with (
+        zeroserve_up(write_spec(tmp_path, chatty_spec()), tmp_path / "up.log") as rt,
+        aiohttp.ClientSession() as session,
+    ):
+        await wait_for(lambda: rt.ready(session, "gpu-v1"), within=30, what="a ready replica")
+        async with session.get(f"{rt.url}/", headers=HOST) as resp:
+            assert resp.status == 200
+        await wait_for(lambda: "model warns" in rt.log(), within=10, what="the model's lines")
+        text = rt.log()
+    lines = text.splitlines()
+    assert any(re.fullmatch(r"gpu-v1-\d+ \| model says hi", line) for line in lines), text
+    assert any(re.fullmatch(r"gpu-v1-\d+ \| model warns", line) for line in lines), text
+    assert not [line for line in lines if line.lstrip().startswith("{")], text  # no JSON
+    assert re.search(r"^\d\d:\d\d:\d\d info +queue_proxy", text, re.MULTILINE), text
+
+
+def _start_json(path: Path, log_path: Path, tag: str) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "zeroserve", "up", str(path), "--port", "0"]
+    with open(log_path, "wb") as out:
+        return subprocess.Popen(
+            [*cmd, "--status-port", "0", "--log-format", "json"],
+            cwd=ROOT,
+            env=dict(os.environ, ZEROSERVE_E2E_TAG=tag, PYTHONUNBUFFERED="1"),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+async def test_json_mode_makes_every_line_json(tmp_path: Path) -> None:
+    log_path = tmp_path / "up.log"
+    tag = uuid.uuid4().hex
+    proc = _start_json(write_spec(tmp_path, chatty_spec()), log_path, tag)
+
+    def records() -> list[dict[str, object]]:
+        # Every complete line must be one JSON object (json.loads raises otherwise).
+        text = log_path.read_text(errors="replace")
+        complete = text[: text.rfind("\n") + 1]
+        return [json.loads(line) for line in complete.splitlines()]
+
+    try:
+        up = await wait_for(
+            lambda: [r for r in records() if r["msg"] == "zeroserve is up"],
+            within=30,
+            what="the banner record",
+        )
+        url = str(up[0]["ingress"])
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{url}/", headers=HOST) as resp,
+        ):
+            assert resp.status == 200
+        said = await wait_for(
+            lambda: [r for r in records() if r["msg"] in ("model says hi", "model warns")][1:],
+            within=15,
+            what="the model's records",
+        )
+        model = [r for r in records() if r["logger"] == "model"]
+        assert {(r["msg"], r["stream"]) for r in model} >= {
+            ("model says hi", "stdout"),
+            ("model warns", "stderr"),
+        }, said
+        assert all(re.fullmatch(r"gpu-v1-\d+", str(r["pod"])) for r in model), model
+        loggers = {str(r["logger"]) for r in records()}
+        assert "queue_proxy" in loggers, loggers
+        assert "zeroserve.supervisor" in loggers, loggers
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 60)
+        for pid in tagged_pids(tag):
+            os.kill(pid, signal.SIGKILL)
+    assert code == 0
+    records()  # the shutdown's lines are JSON too

@@ -42,7 +42,14 @@ def _parser() -> argparse.ArgumentParser:
         "--quiet-replicas", action="store_true", help="discard the replicas' own output"
     )
     up.add_argument("--log-level", default="info")
-    up.add_argument("--log-format", choices=("text", "json"), default="text")
+    up.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text: every process logs text, model-server lines prefixed with their pod name; "
+        "json: every line a JSON record, model-server lines wrapped with their pod "
+        "(default %(default)s)",
+    )
     st = sub.add_parser("status", help="a table of revisions from a running runtime")
     st.add_argument("--url", default="http://127.0.0.1:9090/v1/revisions")
     st.add_argument("--json", action="store_true", help="print the raw JSON rows")
@@ -75,14 +82,38 @@ def _banner(rt: LocalRuntime) -> str:
     return "\n".join(lines)
 
 
+def _banner_fields(rt: LocalRuntime) -> dict[str, object]:
+    """The banner as one JSON log record's fields (``--log-format json``)."""
+    base = f"http://{rt.settings.host}:{rt.status_port}"
+    return {
+        "ingress": rt.url,
+        "status_url": f"{base}/v1/revisions",
+        "metrics_url": f"{base}/metrics",
+        "services": [
+            {
+                "service": f"{svc.namespace}/{svc.name}",
+                "host": f"{svc.name}.{svc.namespace}.{rt.spec.domain}",
+                "traffic": [
+                    {"revision": t.revision, "percent": t.percent, "tag": t.tag}
+                    for t in svc.traffic
+                ],
+            }
+            for svc in rt.spec.services
+        ],
+    }
+
+
 async def _up(args: argparse.Namespace) -> int:
     settings = RuntimeSettings(
         host=args.host,
         port=args.port,
         status_port=args.status_port,
-        supervisor=SupervisorSettings(host=args.host, log_children=not args.quiet_replicas),
+        supervisor=SupervisorSettings(
+            host=args.host, log_children=not args.quiet_replicas, log_format=args.log_format
+        ),
     )
     rt = LocalRuntime(args.spec, settings)
+    json_logs = args.log_format == "json"  # then every line is a JSON record, the banner too
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -90,11 +121,17 @@ async def _up(args: argparse.Namespace) -> int:
     try:
         await rt.start()
     except OSError as exc:
-        print(f"zeroserve: cannot listen: {exc}", file=sys.stderr)
+        if json_logs:
+            log.error("cannot listen", extra={"error": str(exc)})
+        else:
+            print(f"zeroserve: cannot listen: {exc}", file=sys.stderr)
         await rt.close()
         return 1
     freeze_startup_heap()  # (the activator runs in this process: no full traversals of it)
-    print(_banner(rt), flush=True)
+    if json_logs:
+        log.info("zeroserve is up", extra=_banner_fields(rt))
+    else:
+        print(_banner(rt), flush=True)
     stopper = asyncio.create_task(stop.wait())
     runner = asyncio.create_task(rt.wait())
     done, _ = await asyncio.wait({stopper, runner}, return_when=asyncio.FIRST_COMPLETED)
@@ -104,7 +141,10 @@ async def _up(args: argparse.Namespace) -> int:
         code = 1
     runner.cancel()
     stopper.cancel()
-    print("zeroserve: shutting down (draining replicas)", file=sys.stderr, flush=True)
+    if json_logs:
+        log.info("shutting down, draining replicas")
+    else:
+        print("zeroserve: shutting down (draining replicas)", file=sys.stderr, flush=True)
     with contextlib.suppress(asyncio.CancelledError):
         await rt.close()
     return code
@@ -141,9 +181,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(_up(args))
     except SpecError as exc:  # the runtime does not start on an invalid spec
-        for error in exc.errors:
-            print(f"zeroserve up: {error}", file=sys.stderr)
+        if args.log_format == "json":
+            log.error("spec invalid, not starting", extra={"errors": list(exc.errors)})
+        else:
+            for error in exc.errors:
+                print(f"zeroserve up: {error}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"zeroserve up: {exc}", file=sys.stderr)
+        if args.log_format == "json":
+            log.error("zeroserve up failed", extra={"error": str(exc)})
+        else:
+            print(f"zeroserve up: {exc}", file=sys.stderr)
         return 1
