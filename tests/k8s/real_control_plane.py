@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
+from autoscaler.engine import Autoscaler, build_autoscaler
 from cluster.kubernetes.adapters import KubeConfig, KubeEndpoints, KubeScaleTarget
 from cluster.kubernetes.api import (
     CONFIGMAPS,
@@ -21,18 +23,23 @@ from cluster.kubernetes.api import (
     ENDPOINTSLICES,
     AioKubeApi,
     ApiError,
+    ConflictError,
     GoneError,
     Resource,
 )
-from cluster.kubernetes.informer import Informer
+from cluster.kubernetes.informer import Change, Informer
 from cluster.kubernetes.leader import LeaderElector
-from cluster.kubernetes.runtime import LEASE_NAME, KubeWiring
+from cluster.kubernetes.runtime import LEASE_NAME, KubeWiring, LeaderScaleTarget
 from cluster.kubernetes.scheme import REVISION_LABEL
+from cluster.memory import MemoryConfig
 from cluster.spec import RevisionKey
+from metrics.clock import LoopClock
+from metrics.stat import Stat, WireStat
 from tests.k8s.controlplane import ControlPlane, NodeAgent, built, control_plane
 from tests.test_kubernetes_deploy import DEPLOY, render
 
 NS = "zeroserve-system"
+NAMESPACES = Resource("", "v1", "namespaces")
 RESOURCES = {
     "Namespace": (Resource("", "v1", "namespaces"), False),
     "ServiceAccount": (Resource("", "v1", "serviceaccounts"), True),
@@ -172,36 +179,192 @@ async def test_configmap_watch_and_410_after_compaction(admin: AioKubeApi) -> No
         await cms.stop()
 
 
-async def test_leader_fails_over(plane: ControlPlane) -> None:
-    apis = [plane.api(), plane.api()]
-    electors = [
-        LeaderElector(
-            api,
-            NS,
-            "zs-test-lease",
-            f"e{n}",
+FAILOVER_NS = "zs-failover"
+BUSY = RevisionKey(FAILOVER_NS, "busy-00001")
+BUSY_READY = 5
+BUSY_CONC = 35.0  # at target 7 (CC 10 x 0.7): 5 pods is right all along
+FAILOVER_WINDOW_S = 12  # stable window: short, so the test runs in well under a minute
+
+
+def busy_deployment() -> dict[str, Any]:
+    labels = {"serving.knative.dev/service": "busy", REVISION_LABEL: BUSY.name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": BUSY.name,
+            "labels": labels,
+            "annotations": {"serving.knative.dev/container-concurrency": "10"},
+        },
+        "spec": {
+            "replicas": BUSY_READY,
+            "selector": {"matchLabels": {REVISION_LABEL: BUSY.name}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "model", "image": "zeroserve-test:none"}]},
+            },
+        },
+    }
+
+
+@dataclass
+class AutoscalerReplica:
+    """One autoscaler pod's parts, as ``python -m autoscaler --kubernetes`` wires them."""
+
+    wiring: KubeWiring
+    elector: LeaderElector
+    autoscaler: Autoscaler
+    alive: bool = True
+
+    @classmethod
+    async def start(cls, plane: ControlPlane, name: str) -> AutoscalerReplica:
+        wiring = KubeWiring(plane.api(), namespace=FAILOVER_NS)
+        elector = LeaderElector(
+            wiring.api,
+            FAILOVER_NS,
+            "zs-failover-lease",
+            name,
             lease_duration_s=2,
             renew_deadline_s=1.5,
             retry_period_s=0.2,
         )
-        for n, api in enumerate(apis)
-    ]
-    tasks = [asyncio.create_task(e.run()) for e in electors]
+        autoscaler = build_autoscaler(
+            wiring.revisions(),
+            wiring.endpoints(),
+            LeaderScaleTarget(wiring.scale_target(), elector),
+            MemoryConfig({"stable-window": f"{FAILOVER_WINDOW_S}s"}),
+        )
+        await wiring.start(timeout_s=20)
+        wiring.spawn(elector.run(), f"elector-{name}")
+        await autoscaler.start()
+        return cls(wiring, elector, autoscaler)
+
+    async def stop(self) -> None:
+        """The pod goes away: its loops stop, and the elector releases the Lease."""
+        self.alive = False
+        await self.autoscaler.close()
+        await self.wiring.close()
+
+
+async def feed_stats(replicas: list[AutoscalerReplica]) -> None:
+    """Load through the activator, one stat per second of wall time (each second once):
+
+    every live replica records the queue-proxies' scraped stat, which is all proxied (the
+    activator is always in the path), and the leader alone gets the activator's stat (the
+    activators' sockets follow the leader). A second without a leader loses its activator stat,
+    as it does when activators reconnect.
+    """
+    clock = LoopClock()
+    last = int(clock.wall())
+    while True:
+        second = int(clock.wall())
+        for s in range(last + 1, second + 1):
+            scraped = Stat(
+                pod_name="scraped",
+                average_concurrent_requests=BUSY_CONC,
+                average_proxied_concurrent_requests=BUSY_CONC,
+                request_count=BUSY_CONC,
+                proxied_request_count=BUSY_CONC,
+                timestamp=s,
+            )
+            live = [r for r in replicas if r.alive]
+            for r in live:
+                r.autoscaler.collector.record(BUSY, scraped, float(s))
+            leader = next((r for r in live if r.elector.is_leader), None)
+            if leader is not None:
+                stat = Stat(
+                    pod_name="activator-0",
+                    average_concurrent_requests=BUSY_CONC,
+                    request_count=BUSY_CONC,
+                    timestamp=s,
+                )
+                leader.autoscaler.record_stats(
+                    [WireStat(namespace=BUSY.namespace, revision=BUSY.name, stat=stat)]
+                )
+        last = second
+        await asyncio.sleep(0.1)
+
+
+async def under_load(feeder: asyncio.Task[None], seconds: float) -> None:
+    """Let the load run for ``seconds`` (the scenario's time, nothing to wait for), checking
+    that the stats keep flowing."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while loop.time() < end:
+        assert not feeder.done(), feeder
+        await asyncio.sleep(0.2)
+
+
+async def test_leader_fails_over(plane: ControlPlane, admin: AioKubeApi) -> None:
+    """Two autoscaler replicas over a busy revision; the leader goes away under load.
+
+    The standby takes the Lease, and while load keeps flowing through the takeover no patch of
+    the Deployment's scale goes below its ready count (issue 19: a new leader used to patch 5 → 3
+    a few seconds after taking over, from a standby's windows that held ~0).
+    """
+    with contextlib.suppress(ConflictError):
+        await admin.create(NAMESPACES, "", {"metadata": {"name": FAILOVER_NS}})
+    with contextlib.suppress(ConflictError):
+        await admin.create(DEPLOYMENTS, FAILOVER_NS, busy_deployment())
+    # Every change of the Deployment, as (spec.replicas, status.readyReplicas).
+    seen: list[tuple[int, int]] = []
+    watch = Informer(admin, DEPLOYMENTS, FAILOVER_NS, label_selector=REVISION_LABEL)
+
+    def record(changes: Sequence[Change]) -> None:
+        for change in changes:
+            obj = change.object
+            seen.append(
+                (
+                    int(obj["spec"].get("replicas", 1)),
+                    int((obj.get("status") or {}).get("readyReplicas") or 0),
+                )
+            )
+
+    watch.add_handler(record)
+    agent = asyncio.create_task(NodeAgent(admin).run())
+    replicas: list[AutoscalerReplica] = []
+    feeder: asyncio.Task[None] | None = None
+    mark = 0
     try:
-        await eventually(lambda: any(e.is_leader for e in electors))
-        leader = next(i for i, e in enumerate(electors) if e.is_leader)
-        tasks[leader].cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await tasks[leader]
-        await eventually(lambda: electors[1 - leader].is_leader, 5)
+        watch.start()
+        await watch.wait_synced()
+        await eventually(lambda: seen and seen[-1] == (BUSY_READY, BUSY_READY), 60)
+        replicas = [
+            await AutoscalerReplica.start(plane, "autoscaler-a"),
+            await AutoscalerReplica.start(plane, "autoscaler-b"),
+        ]
+        feeder = asyncio.create_task(feed_stats(replicas))
+        await eventually(lambda: any(r.elector.is_leader for r in replicas), 10)
+        # Let the standby live past its own start-up panic (a stable window), so its windows
+        # hold only what a standby sees, then take the leader away.
+        await under_load(feeder, FAILOVER_WINDOW_S + 8)
+        leader = next(r for r in replicas if r.elector.is_leader)
+        heir = next(r for r in replicas if r is not leader)
+        # A standby has written nothing, so it shows nothing applied.
+        assert [s.applied for s in heir.autoscaler.status()] == [None]
+        mark = len(seen)
+        await leader.stop()
+        await eventually(lambda: heir.elector.is_leader, 10)
+        # Two stable windows under the new leader: its start-up panic, then its own decisions.
+        await under_load(feeder, 2 * FAILOVER_WINDOW_S + 4)
+        [status] = heir.autoscaler.status()
+        assert status.applied == BUSY_READY, status
+        assert status.desired == BUSY_READY, status
     finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
+        if feeder is not None:
+            feeder.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await t
-        for api in apis:
-            await api.close()
+                await feeder
+        for r in replicas:
+            if r.alive:
+                await r.stop()
+        agent.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await agent
+        await watch.stop()
+    below = [(spec, ready) for spec, ready in seen if spec < BUSY_READY]
+    assert not below, f"scaled below the ready count ({BUSY_READY}): {seen[mark:]}"
+    assert {spec for spec, _ in seen} == {BUSY_READY}, seen
 
 
 @pytest.mark.parametrize(
