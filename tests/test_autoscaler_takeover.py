@@ -200,3 +200,24 @@ async def test_a_new_leader_scales_down_after_a_stable_window_of_its_own(
     # first tick past 240 s (strictly), and then ceil(14 / 7) = 2 pods; the down rate (2)
     # allows 5 → floor(5 / 2) = 2 in one step.
     assert cluster.deployment.patches == [(242, 5, 2)]
+
+
+async def test_leading_again_starts_from_the_deployments_real_scale(cluster: Cluster) -> None:
+    """Leadership lost and regained is a new term: the replica forgets what it applied, then
+    reads the Deployment's scale (another leader may have changed it) and keeps that as its
+    floor for a stable window."""
+    await cluster.run(100, crash={})
+    a = cluster.replica("a")
+    assert a.elector.terms == 1
+    a.elector._step_down()  # what a renewal failing past the deadline does
+    await a.scaler.tick()
+    assert [s.applied for s in a.scaler.status()] == [None]
+    # Meanwhile another leader scaled the revision to 7.
+    cluster.deployment.desired[KEY] = cluster.deployment.ready[KEY] = 7
+    await cluster.run(160, crash={})  # a's next step (t=102) renews the Lease it still holds
+    assert a.elector.terms == 2
+    assert a.applied[102] == 7
+    assert cluster.deployment.patches == []
+    await cluster.run(200, crash={})
+    # Start-up panic from t=102 ends on the first tick past 162 s; then ceil(35 / 7) = 5.
+    assert cluster.deployment.patches == [(164, 7, 5)]

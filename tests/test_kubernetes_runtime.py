@@ -9,7 +9,7 @@ import pytest
 from kubernetes.aio import client
 
 from cluster.kubernetes.api import CONFIGMAPS, DEPLOYMENTS, ENDPOINTSLICES, PODS, AioKubeApi
-from cluster.kubernetes.leader import LEADER_LABEL
+from cluster.kubernetes.leader import LEADER_LABEL, LeaderElector
 from cluster.kubernetes.runtime import KubeWiring, LeaderScaleTarget, autoscaler_elector
 from cluster.spec import RevisionKey
 from tests.k8s.fakeapi import FakeApiServer
@@ -108,3 +108,23 @@ async def test_stepping_down_unlabels_the_pod_and_hands_the_stat_sockets_over(
     elector._step_down()  # what a failed renewal past the deadline does
     assert handed_over == [True]
     await eventually(lambda: labels().get(LEADER_LABEL) != "true")
+
+
+async def test_leader_scale_target_terms_and_current_scale(
+    wiring: KubeWiring, server: FakeApiServer
+) -> None:
+    """The multiscaler's Leadership: no term while a standby, a new one each time leadership
+    is gained; the current scale is the Deployment's spec.replicas."""
+    await wiring.api.create(DEPLOYMENTS, "default", deployment("iris-1", replicas=3))
+    elector = LeaderElector(wiring.api, NS, "zs-terms", "autoscaler-a", retry_period_s=0.2)
+    scale = LeaderScaleTarget(wiring.scale_target(), elector)
+    await wiring.start(timeout_s=5)
+    assert scale.term is None
+    assert await scale.current_scale(RevisionKey("default", "iris-1")) == 3
+    assert await scale.current_scale(RevisionKey("default", "nope")) is None
+    await elector.step()
+    assert scale.term == 1
+    elector._step_down()  # a renewal failing past the deadline
+    assert scale.term is None
+    await elector.step()  # it still holds the Lease: renewing starts a new term
+    assert scale.term == 2
