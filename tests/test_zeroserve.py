@@ -74,3 +74,16 @@ def test_runtime_refuses_an_invalid_spec_at_start(tmp_path: Path) -> None:
     path = write(tmp_path, BAD_CONFIG + SERVICES)
     with pytest.raises(SpecError, match=r"config\.stable-window = 3s"):
         LocalRuntime(path, RuntimeSettings(watch_spec_s=0))
+
+
+def test_runtime_logs_each_unknown_config_key(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="zeroserve")
+    path = write(tmp_path, "config: {stable_window: 3s, panic-window: 6s}\n" + SERVICES)
+    LocalRuntime(path, RuntimeSettings(watch_spec_s=0))
+    warnings = [r.__dict__["warning"] for r in caplog.records if r.msg == "config key ignored"]
+    assert warnings == [
+        "config.panic-window: not a config-autoscaler key (ignored)",
+        "config.stable_window: not a config-autoscaler key (ignored)",
+    ]
