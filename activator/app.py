@@ -226,7 +226,7 @@ class Activator:
                 self.stats.put(batch)
 
     def _routes_changed(self, table: RouteTable) -> None:
-        self.throttler.forget({rev.key for rev in table.revisions()})
+        self.throttler.update_revisions(table.revisions())
         self.handler.routes_changed()
 
     async def _metrics(self, _request: web.Request) -> web.Response:

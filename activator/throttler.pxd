@@ -22,6 +22,7 @@ cdef class RevisionThrottler:
     cdef public list _pick_waiters
     cdef public object _policy
     cdef public long long _queue_depth
+    cdef public object _rng
     cdef public dict _trackers
     cdef public long long container_concurrency
     cdef public object key

@@ -172,6 +172,7 @@ class RevisionThrottler:
         "_pick_waiters",
         "_policy",
         "_queue_depth",
+        "_rng",
         "_trackers",
         "container_concurrency",
         "key",
@@ -190,11 +191,8 @@ class RevisionThrottler:
         self.container_concurrency = container_concurrency
         self._queue_depth = queue_depth
         self._peers = peers
-        self._breaker: Breaker | InfiniteBreaker = (
-            InfiniteBreaker()
-            if container_concurrency == 0
-            else Breaker(queue_depth=queue_depth, max_concurrency=MAX_INT32, initial_capacity=0)
-        )
+        self._rng = rng
+        self._breaker = self._new_breaker(container_concurrency)
         self._policy = policy_for(container_concurrency, rng)
         self._trackers: dict[str, PodTracker] = {}
         self._assigned: list[PodTracker] = []
@@ -248,6 +246,32 @@ class RevisionThrottler:
     def update_peers(self, peers: PeerInfo) -> None:
         self._peers = peers
         self._recompute()
+
+    def update_container_concurrency(self, container_concurrency: int) -> None:
+        """The revision's containerConcurrency changed (a spec edit; the Deployment's
+        annotation): capacity, each pod's limit and the policy follow at once.
+
+        Nothing in flight fails. Requests on a pod keep their slot (a pod over its new limit
+        takes no more until it is under). Between CC = 0 and CC > 0 the revision breaker
+        changes kind: requests waiting on the old one are let through to wait for a pod slot
+        (each pod's limit still holds), and its holders release into it as before.
+        """
+        if container_concurrency == self.container_concurrency:
+            return
+        old = self.container_concurrency
+        self.container_concurrency = container_concurrency
+        self._policy = policy_for(container_concurrency, self._rng)
+        for tracker in (*self._trackers.values(), *self._orphans):
+            tracker.capacity = container_concurrency
+        if (old == 0) != (container_concurrency == 0):
+            retired, self._breaker = self._breaker, self._new_breaker(container_concurrency)
+            retired.update_concurrency(MAX_INT32 if isinstance(retired, Breaker) else 1)
+        self._recompute()
+
+    def _new_breaker(self, container_concurrency: int) -> Breaker | InfiniteBreaker:
+        if container_concurrency == 0:
+            return InfiniteBreaker()
+        return Breaker(queue_depth=self._queue_depth, max_concurrency=MAX_INT32, initial_capacity=0)
 
     def _recompute(self) -> None:
         ordered = [self._trackers[a] for a in sorted(self._trackers)]
@@ -367,7 +391,10 @@ class Throttler:
     def get(self, revision: Revision) -> RevisionThrottler:
         key = revision.key
         throttler = self._revisions.get(key)
-        if throttler is None:
+        if throttler is not None:
+            if throttler.container_concurrency != revision.container_concurrency:
+                throttler.update_container_concurrency(revision.container_concurrency)
+        else:
             throttler = RevisionThrottler(
                 key,
                 revision.container_concurrency,
@@ -401,8 +428,13 @@ class Throttler:
         for throttler in self._revisions.values():
             throttler.update_peers(peers)
 
-    def forget(self, keep: set[RevisionKey]) -> None:
-        """Drop idle throttlers of revisions no longer routed (after a route change)."""
+    def update_revisions(self, revisions: Iterable[Revision]) -> None:
+        """After a route change: each routed revision's containerConcurrency takes effect now;
+        idle throttlers of revisions no longer routed are dropped."""
+        routed = {rev.key: rev for rev in revisions}
         for key, throttler in list(self._revisions.items()):
-            if key not in keep and throttler.in_flight == 0:
+            rev = routed.get(key)
+            if rev is not None:
+                throttler.update_container_concurrency(rev.container_concurrency)
+            elif throttler.in_flight == 0:
                 del self._revisions[key]

@@ -439,3 +439,41 @@ async def test_health_fails_while_the_autoscaler_is_unreachable(make: Make) -> N
         await runner.cleanup()
     await poll(lambda: not sink.connected)
     assert await h.get(**health) == (500, "not connected to the autoscaler\n")
+
+
+async def test_a_live_cc_change_takes_effect_at_once_without_failing_requests(
+    make: Make,
+) -> None:
+    """Issue 19, item 2: a spec edit from CC 0 to CC 1 (and back) reaches the activator's
+    capacity and load balancing at once; requests in flight at the change finish."""
+    h = await make(service("iris", {"iris-v1": 100}, cc=0))
+    a, b = await h.pod("a"), await h.pod("b")
+    gate = asyncio.Event()
+    a.release = b.release = gate
+    h.set_pods("iris-v1", a, b)
+    await h.ready("iris-v1", 2)
+    held = [asyncio.create_task(h.get()) for _ in range(6)]  # CC 0: all go out at once
+    await poll(lambda: a.active + b.active == 6)
+    h.routes.set_services([service("iris", {"iris-v1": 100}, cc=1)])  # the spec edit
+    later = [asyncio.create_task(h.get()) for _ in range(15)]
+    rt = h.act.throttler.find(RevisionKey("default", "iris-v1"))
+    assert rt is not None
+    # each pod is over its new limit: all 15 wait (for a revision slot, or for a pod slot)
+    await poll(lambda: rt.in_flight == 15)  # (in the revision breaker, waiting or not)
+    assert a.active + b.active == 6
+    for p in (a, b):
+        p.peak = p.active
+    gate.set()
+    results = await asyncio.gather(*held, *later)
+    assert [status for status, _ in results] == [200] * 21
+    assert (a.peak, b.peak) == (3, 3)  # no pod got more than it had at the change
+    a.peak = b.peak = 0
+    a.release = b.release = None
+    a.delay_s = b.delay_s = 0.02
+    results = await asyncio.gather(*(h.get() for _ in range(15)))
+    assert [status for status, _ in results] == [200] * 15
+    assert (a.peak, b.peak) == (1, 1)  # CC 1 from now on
+    h.routes.set_services([service("iris", {"iris-v1": 100}, cc=0)])  # and back to unlimited
+    results = await asyncio.gather(*(h.get() for _ in range(15)))
+    assert [status for status, _ in results] == [200] * 15
+    assert max(a.peak, b.peak) > 1

@@ -379,7 +379,7 @@ async def test_throttler_registry_applies_known_addresses() -> None:
     assert rt.capacity == 4
     th.set_addresses(KEY, [])
     assert rt.capacity == 0
-    th.forget(set())
+    th.update_revisions([])
     assert th.find(KEY) is None
 
 
@@ -470,3 +470,54 @@ async def poll(cond: Callable[[], bool], within_s: float = 2.0) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.002)
+
+
+# --- a live containerConcurrency change (issue 19, item 2) -------------------------------------
+
+
+def iris(cc: int) -> Revision:
+    return Revision(namespace="default", service="iris", name="iris-v1", container_concurrency=cc)
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "capacity", "pod_limit"),
+    [
+        pytest.param(0, 1, 2, 1, id="cc0-to-cc1"),
+        pytest.param(1, 4, 8, 4, id="cc1-to-cc4"),
+        pytest.param(4, 0, 1, 0, id="cc4-to-cc0"),  # the infinite breaker, open
+    ],
+)
+def test_a_cc_change_reaches_capacity_pods_and_policy(
+    before: int, after: int, capacity: int, pod_limit: int
+) -> None:
+    th = Throttler(rng=random.Random(1))
+    th.set_addresses(KEY, ["a:1", "b:1"])
+    rt = th.get(iris(before))
+    th.update_revisions([iris(after)])
+    assert th.get(iris(after)) is rt
+    assert rt.container_concurrency == after
+    assert rt.capacity == capacity
+    assert [t.capacity for t in rt.assigned()] == [pod_limit, pod_limit]
+    assert type(rt._policy) is type(policy_for(after, random.Random(1)))
+
+
+async def test_waiters_of_a_retired_breaker_go_on_to_a_pod() -> None:
+    """CC 1 → 0 while requests wait on the CC-1 breaker: they proceed (CC 0 has no limit),
+    and the request that held the slot releases it without error."""
+    th = Throttler(rng=random.Random(1))
+    th.set_addresses(KEY, ["a:1"])
+    rt = th.get(iris(1))
+    first = rt.try_admit()
+    assert first is not None
+
+    async def one() -> str:
+        async with rt.admit(5.0) as admission:
+            return admission.address
+
+    waiters = [asyncio.create_task(one()) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert rt.waiting == 3
+    th.get(iris(0))  # the new spec's first request, before the route table says so
+    assert await asyncio.wait_for(asyncio.gather(*waiters), 5) == ["a:1"] * 3
+    first.release()
+    assert rt.try_admit() is not None

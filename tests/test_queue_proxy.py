@@ -376,7 +376,9 @@ async def test_drain_serves_in_flight_and_arriving_requests() -> None:
             id="probe-port",
         ),
         pytest.param(
-            {"USER_PORT": "8012"}, "QUEUE_SERVING_PORT", id="serving-port-equals-user-port"
+            {"USER_PORT": "8012"},
+            "USER_PORT = 8012 is this queue-proxy's own QUEUE_SERVING_PORT",
+            id="serving-port-equals-user-port",
         ),
     ],
 )
