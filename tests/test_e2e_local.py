@@ -411,3 +411,71 @@ async def test_json_mode_makes_every_line_json(tmp_path: Path) -> None:
             os.kill(pid, signal.SIGKILL)
     assert code == 0
     records()  # the shutdown's lines are JSON too
+
+
+# -- model servers SIGKILLed one at a time under steady load (issue 19, done when) --------------
+
+
+async def test_model_servers_killed_one_at_a_time_under_load(tmp_path: Path) -> None:
+    """Three model servers are SIGKILLed one after another while six clients keep 300 ms
+    requests going: only requests in flight at a kill fail (none sent after it), the revision
+    is back to three ready replicas after each, and stopping leaves no process behind."""
+    c, replicas = 6, 3
+    spec = emulator_spec(annotations={"autoscaling.knative.dev/min-scale": str(replicas)})
+    loop = asyncio.get_running_loop()
+    outcomes: list[tuple[float, float, int | str]] = []  # (sent, answered, status or error)
+    stop = asyncio.Event()
+    async with (
+        zeroserve_up(write_spec(tmp_path, spec), tmp_path / "up.log") as rt,
+        aiohttp.ClientSession() as session,
+    ):
+
+        async def all_ready() -> bool:
+            return await rt.ready(session, "gpu-v1") == replicas
+
+        async def client() -> None:
+            while not stop.is_set():
+                sent = loop.time()
+                try:
+                    async with session.get(f"{rt.url}/?sleep=300", headers=HOST) as resp:
+                        await resp.read()
+                        outcomes.append((sent, loop.time(), resp.status))
+                except aiohttp.ClientError as exc:
+                    outcomes.append((sent, loop.time(), repr(exc)))
+
+        await wait_for(all_ready, within=60, interval=0.3, what="three ready replicas")
+        clients = [asyncio.create_task(client()) for _ in range(c)]
+        kills: list[float] = []
+        for _ in range(3):
+            await wait_for(lambda: len(outcomes) >= 10, within=20, what="load flowing")
+            victims = child_pids(rt.tag, rt.proc.pid, "examples.gpu_emulator")
+            assert len(victims) == replicas, victims
+            readies = rt.log().count("replica ready")
+            kills.append(loop.time())
+            os.kill(victims[0], signal.SIGKILL)
+            await wait_for(
+                lambda n=readies: (
+                    rt.log().count("replica ready") > n
+                    and len(child_pids(rt.tag, rt.proc.pid, "examples.gpu_emulator")) == replicas
+                ),
+                within=60,
+                what="a replacement, ready",
+            )
+            answered = sum(1 for *_, status in outcomes if status == 200)
+            await wait_for(
+                lambda n=answered: sum(1 for *_, s in outcomes if s == 200) >= n + 10,
+                within=20,
+                what="load after the kill",
+            )
+        stop.set()
+        await asyncio.gather(*clients)
+        failed = [(sent, done, status) for sent, done, status in outcomes if status != 200]
+        # Each failure was in flight at a kill: sent before it and answered after it.
+        assert all(any(sent < k <= done for k in kills) for sent, done, _ in failed), failed
+        # In flight at a kill, at most the requests on the killed replica fail (about c / 3);
+        # the other replicas' requests finish.
+        assert len(failed) <= len(kills) * c, failed
+        assert rt.log().count("replica failed") >= len(kills)
+        rt.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(rt.proc.wait, 60) == 0
+        await wait_for(lambda: not tagged_pids(rt.tag), within=15, what="no process left")
