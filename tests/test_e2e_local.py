@@ -453,20 +453,19 @@ async def test_model_servers_killed_one_at_a_time_under_load(tmp_path: Path) -> 
             readies = rt.log().count("replica ready")
             kills.append(loop.time())
             os.kill(victims[0], signal.SIGKILL)
-            await wait_for(
-                lambda n=readies: (
-                    rt.log().count("replica ready") > n
-                    and len(child_pids(rt.tag, rt.proc.pid, "examples.gpu_emulator")) == replicas
-                ),
-                within=60,
-                what="a replacement, ready",
-            )
+
+            def replaced(readies: int = readies) -> bool:
+                return rt.log().count("replica ready") > readies and (
+                    len(child_pids(rt.tag, rt.proc.pid, "examples.gpu_emulator")) == replicas
+                )
+
+            await wait_for(replaced, within=60, what="a replacement, ready")
             answered = sum(1 for *_, status in outcomes if status == 200)
-            await wait_for(
-                lambda n=answered: sum(1 for *_, s in outcomes if s == 200) >= n + 10,
-                within=20,
-                what="load after the kill",
-            )
+
+            def flowing(answered: int = answered) -> bool:
+                return sum(1 for *_, s in outcomes if s == 200) >= answered + 10
+
+            await wait_for(flowing, within=20, what="load after the kill")
         stop.set()
         await asyncio.gather(*clients)
         failed = [(sent, done, status) for sent, done, status in outcomes if status != 200]
