@@ -28,6 +28,7 @@ from activator.reporter import ConcurrencyReporter
 from activator.routing import Router, RouteTable
 from activator.sinks import InProcessStatSink, StatSink, WebsocketStatSink
 from activator.throttler import PeerInfo, Throttler
+from cluster.envparse import non_negative_int, seconds
 from cluster.memory import MemoryEndpoints, MemoryRoutes
 from cluster.ports import EndpointSource, PodEndpoint, RouteSource
 from cluster.spec import RevisionKey
@@ -302,47 +303,27 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return p.parse_args(list(argv))
 
 
-def _seconds(raw: str) -> float:
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        raise ValueError("must be a number of seconds") from None
-    if not 0 <= value < float("inf"):
-        raise ValueError("must be a finite number of seconds >= 0")
-    return value
-
-
-def _count(raw: str) -> int:
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise ValueError("must be an integer") from None
-    if value < 0:
-        raise ValueError("must be >= 0 (0 = no cap)")
-    return value
-
-
 # the client-connection limits: (flag, environment variable, settings field, parser, help)
 _LIMITS: tuple[tuple[str, str, str, Callable[[str], Any], str], ...] = (
     (
         "--header-timeout",
         "ACTIVATOR_HEADER_TIMEOUT_SECONDS",
         "header_timeout_s",
-        _seconds,
+        seconds,
         "seconds a client has to send a whole request head, else 408 (0 = no limit; 60)",
     ),
     (
         "--keepalive-timeout",
         "ACTIVATOR_KEEPALIVE_TIMEOUT_SECONDS",
         "keepalive_timeout_s",
-        _seconds,
+        seconds,
         "seconds an idle keep-alive client connection stays open (0 = no limit; 75)",
     ),
     (
         "--max-connections",
         "ACTIVATOR_MAX_CONNECTIONS",
         "max_connections",
-        _count,
+        non_negative_int,
         "client connections open at once (0 = no cap; half the open-file limit)",
     ),
 )

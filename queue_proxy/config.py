@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from cluster.envparse import integer, non_negative_int, seconds
 from cluster.spec import ReadinessProbe
 
 
@@ -119,33 +120,9 @@ class Settings:
 
 
 def _port(raw: str) -> int:
-    value = _int(raw)
+    value = integer(raw)
     if not 0 <= value <= 65535:
         raise ValueError("must be a port within [0, 65535]")
-    return value
-
-
-def _int(raw: str) -> int:
-    try:
-        return int(raw.strip())
-    except ValueError:
-        raise ValueError("must be an integer") from None
-
-
-def _non_negative_int(raw: str) -> int:
-    value = _int(raw)
-    if value < 0:
-        raise ValueError("must be >= 0")
-    return value
-
-
-def _seconds(raw: str) -> float:
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        raise ValueError("must be a number of seconds") from None
-    if not value >= 0 or value == float("inf"):
-        raise ValueError("must be a finite number of seconds >= 0")
     return value
 
 
@@ -224,25 +201,25 @@ _TABLE: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("ADMIN_PORT", "admin_port", _port),
     ("METRICS_PORT", "metrics_port", _port),
     ("QUEUE_BIND_ADDRESS", "bind_host", _text),
-    ("CONTAINER_CONCURRENCY", "container_concurrency", _non_negative_int),
-    ("REVISION_TIMEOUT_SECONDS", "timeout_s", _seconds),
-    ("REVISION_RESPONSE_START_TIMEOUT_SECONDS", "response_start_timeout_s", _seconds),
-    ("REVISION_IDLE_TIMEOUT_SECONDS", "idle_timeout_s", _seconds),
-    ("QUEUE_HEADER_TIMEOUT_SECONDS", "header_timeout_s", _seconds),
-    ("QUEUE_KEEPALIVE_TIMEOUT_SECONDS", "keepalive_timeout_s", _seconds),
-    ("QUEUE_MAX_CONNECTIONS", "max_connections", _non_negative_int),
-    ("QUEUE_DRAIN_QUIET_PERIOD_SECONDS", "drain_quiet_period_s", _seconds),
+    ("CONTAINER_CONCURRENCY", "container_concurrency", non_negative_int),
+    ("REVISION_TIMEOUT_SECONDS", "timeout_s", seconds),
+    ("REVISION_RESPONSE_START_TIMEOUT_SECONDS", "response_start_timeout_s", seconds),
+    ("REVISION_IDLE_TIMEOUT_SECONDS", "idle_timeout_s", seconds),
+    ("QUEUE_HEADER_TIMEOUT_SECONDS", "header_timeout_s", seconds),
+    ("QUEUE_KEEPALIVE_TIMEOUT_SECONDS", "keepalive_timeout_s", seconds),
+    ("QUEUE_MAX_CONNECTIONS", "max_connections", non_negative_int),
+    ("QUEUE_DRAIN_QUIET_PERIOD_SECONDS", "drain_quiet_period_s", seconds),
     ("SERVING_READINESS_PROBE", "readiness_probe", parse_probe),
     ("SERVING_NAMESPACE", "namespace", _text),
     ("SERVING_REVISION", "revision", _text),
     ("SERVING_SERVICE", "service", _text),
     ("SERVING_POD", "pod", _text),
     ("SERVING_POD_IP", "pod_ip", _text),
-    ("QUEUE_GPU_INTERVAL_SECONDS", "gpu_interval_s", _seconds),
+    ("QUEUE_GPU_INTERVAL_SECONDS", "gpu_interval_s", seconds),
     ("QUEUE_LOG_LEVEL", "log_level", _level),
     ("QUEUE_LOG_FORMAT", "log_format", _log_format),
-    ("QUEUE_SERVING_FD", "serving_fd", _non_negative_int),
-    ("QUEUE_ADMIN_FD", "admin_fd", _non_negative_int),
-    ("QUEUE_METRICS_FD", "metrics_fd", _non_negative_int),
-    ("QUEUE_READY_FD", "ready_fd", _non_negative_int),
+    ("QUEUE_SERVING_FD", "serving_fd", non_negative_int),
+    ("QUEUE_ADMIN_FD", "admin_fd", non_negative_int),
+    ("QUEUE_METRICS_FD", "metrics_fd", non_negative_int),
+    ("QUEUE_READY_FD", "ready_fd", non_negative_int),
 )
