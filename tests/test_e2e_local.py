@@ -418,7 +418,7 @@ async def test_json_mode_makes_every_line_json(tmp_path: Path) -> None:
 
 async def test_model_servers_killed_one_at_a_time_under_load(tmp_path: Path) -> None:
     """Three model servers are SIGKILLed one after another while six clients keep 300 ms
-    requests going: only requests in flight at a kill fail (none sent after it), the revision
+    requests going: only requests on the killed replica fail (none a moment after), the revision
     is back to three ready replicas after each, and stopping leaves no process behind."""
     c, replicas = 6, 3
     spec = emulator_spec(annotations={"autoscaling.knative.dev/min-scale": str(replicas)})
@@ -469,11 +469,17 @@ async def test_model_servers_killed_one_at_a_time_under_load(tmp_path: Path) -> 
         stop.set()
         await asyncio.gather(*clients)
         failed = [(sent, done, status) for sent, done, status in outcomes if status != 200]
-        # Each failure was in flight at a kill: sent before it and answered after it.
-        assert all(any(sent < k <= done for k in kills) for sent, done, _ in failed), failed
-        # In flight at a kill, at most the requests on the killed replica fail (about c / 3);
-        # the other replicas' requests finish.
-        assert len(failed) <= len(kills) * c, failed
+        # Each failure was on the killed replica: in flight at the kill, or sent to it in the
+        # moment before the supervisor saw its model server die (a few ms here; on Kubernetes,
+        # until the probes fail), so answered after a kill and sent at most 0.5 s after it.
+        assert all(any(sent < k + 0.5 and k <= done for k in kills) for sent, done, _ in failed), (
+            kills,
+            failed,
+        )
+        # At most c at each kill (about c / 3, the killed replica's share); the other
+        # replicas' requests finish.
+        for k in kills:
+            assert sum(1 for sent, done, _ in failed if sent < k + 0.5 and k <= done) <= c
         assert rt.log().count("replica failed") >= len(kills)
         rt.proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(rt.proc.wait, 60) == 0
