@@ -42,13 +42,32 @@ class ReadinessProbe:
     failure_threshold: int = 3
 
 
+PREDICTOR_FORMATS = ("sklearn", "xgboost", "lightgbm", "onnx", "pytorch")
+"""The model formats of the built-in model server (``python -m modelserver --format``)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Predictor:
+    """A revision served by the built-in model server: the model's format and where it lives.
+
+    ``storage_uri`` is ``file://``, ``http(s)://``, ``s3://`` or a plain path; ``sha256`` (64
+    lowercase hex digits, or "" for none) pins the artifact's content. The local runtime fetches
+    the artifact in the background when the revision is created; on Kubernetes an init step does.
+    """
+
+    format: str
+    storage_uri: str
+    sha256: str = ""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Revision:
     """One immutable version of a service's model server.
 
     ``command``/``env`` say how the local runtime starts a replica (``$PORT`` is the user port);
     ``image`` is the container for Kubernetes. Timeouts are seconds; 0 disables the
-    response-start and idle timeouts.
+    response-start and idle timeouts. A revision with a ``predictor`` runs the built-in model
+    server: its ``command`` is derived from the predictor by the spec loader.
     """
 
     namespace: str
@@ -64,6 +83,7 @@ class Revision:
     env: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     image: str = ""
     user_port: int = 8080
+    predictor: Predictor | None = None
 
     @property
     def key(self) -> RevisionKey:

@@ -25,6 +25,11 @@ The format (docs/configuration.md has the full reference)::
             env: {MODEL: iris}
             image: ghcr.io/example/iris:1                  # Kubernetes
             port: 8080                                     # the model server's port (USER_PORT)
+          - name: iris-v2                  # or the built-in model server, instead of a command:
+            predictor:
+              format: sklearn                              # sklearn | xgboost | lightgbm | onnx | pytorch
+              storageUri: s3://models/iris/model.joblib    # file://, http(s)://, s3:// or a path
+              sha256: 0123...cdef                          # optional: 64 hex digits
         traffic:                   # optional with one revision (it gets 100 %)
           - {revisionName: iris-v1, percent: 100, tag: v1}
 
@@ -34,7 +39,11 @@ be written as YAML numbers or bools; they are kept as the strings Knative would 
 ``70``, ``0.5``). ``config`` is checked by the ``check_config`` the caller passes (``cluster``
 cannot import the autoscaler, whose :meth:`autoscaler.config.AutoscalerConfig.from_data` holds
 the rules: ``zeroserve`` passes them, so ``validate``, ``up`` and a live reload all apply them);
-its errors join the others as ``config.<key> = <value>: <rule>``. The loader itself validates the
+its errors join the others as ``config.<key> = <value>: <rule>``. A ``predictor`` becomes
+the revision's ``command`` (``python -m modelserver --name <service> --format <format> --model
+<storageUri>``, see :func:`predictor_command`) and, unless a ``readinessProbe`` is written, an
+``httpGet`` probe of ``/v2/health/ready``; the :class:`cluster.spec.Predictor` stays on the
+revision, for the runtime's prefetch and the Kubernetes init step. The loader itself validates the
 ``autoscaling.knative.dev/*`` annotations (:mod:`cluster.annotations`) against the
 ``allow-zero-initial-scale`` and ``max-scale-limit`` written in ``config``.
 
@@ -49,6 +58,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -59,7 +69,15 @@ from cluster.annotations import (
     validate_annotations,
 )
 from cluster.goparse import format_number, parse_bool, parse_int32
-from cluster.spec import ReadinessProbe, Revision, Service, Spec, TrafficTarget
+from cluster.spec import (
+    PREDICTOR_FORMATS,
+    Predictor,
+    ReadinessProbe,
+    Revision,
+    Service,
+    Spec,
+    TrafficTarget,
+)
 
 DEFAULT_DOMAIN = "example.com"
 DEFAULT_NAMESPACE = "default"
@@ -85,7 +103,13 @@ _REVISION_FIELDS = (
     "env",
     "image",
     "port",
+    "predictor",
 )
+_PREDICTOR_FIELDS = ("format", "storageUri", "sha256")
+_STORAGE_SCHEMES = ("file", "http", "https", "s3")
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+PREDICTOR_PROBE = ReadinessProbe(kind="http", path="/v2/health/ready")
+"""The readiness probe of a predictor revision that writes none: the model server's V2 health."""
 _PROBE_FIELDS = (
     "httpGet",
     "tcpSocket",
@@ -322,8 +346,17 @@ def _revision(
         else:
             parts = [_scalar(x, f"{path}.command[{n}]", errs) for n, x in enumerate(raw_command)]
             command = tuple(p for p in parts if p is not None)
-    if not command and not image and raw_command is None:
-        errs.add(path, "needs a command (local runtime) or an image (Kubernetes)")
+    predictor: Predictor | None = None
+    if "predictor" in raw:
+        predictor = _predictor(raw["predictor"], f"{path}.predictor", errs)
+        if raw_command is not None:
+            errs.add(
+                path,
+                "command and predictor are exclusive: a predictor runs the built-in model "
+                "server (python -m modelserver), a command runs your own",
+            )
+    elif not command and not image and raw_command is None:
+        errs.add(path, "needs a command (local runtime), an image (Kubernetes) or a predictor")
 
     env = _string_map(raw.get("env"), f"{path}.env", errs)
     for key in env:
@@ -349,6 +382,10 @@ def _revision(
 
     if len(errs.items) > before or name is None or namespace is None or service is None:
         return None
+    if predictor is not None:
+        command = predictor_command(service, predictor)
+        if raw.get("readinessProbe") is None:
+            probe = PREDICTOR_PROBE
     return Revision(
         namespace=namespace,
         service=service,
@@ -363,7 +400,82 @@ def _revision(
         env=MappingProxyType(env),
         image=image,
         user_port=port,
+        predictor=predictor,
     )
+
+
+def predictor_command(service: str, predictor: Predictor) -> tuple[str, ...]:
+    """The built-in model server's command for ``predictor`` (``$PORT`` is its port)::
+
+        python -m modelserver --name iris --format sklearn --model s3://models/iris/model.joblib
+
+    plus ``--sha256 <hex>`` when the artifact is pinned. The model server fetches the URI
+    through the node's artifact cache, which the runtime's prefetch (or the Kubernetes init
+    step) has filled already.
+    """
+    command = ["python", "-m", "modelserver", "--name", service, "--format", predictor.format]
+    command += ["--model", predictor.storage_uri]
+    if predictor.sha256:
+        command += ["--sha256", predictor.sha256]
+    return tuple(command)
+
+
+def _predictor(raw: object, path: str, errs: _Errors) -> Predictor | None:
+    if not isinstance(raw, Mapping):
+        errs.value(path, raw, "must be a mapping (format, storageUri, sha256)")
+        return None
+    before = len(errs.items)
+    _unknown(raw, _PREDICTOR_FIELDS, path, errs)
+    fmt = raw.get("format")
+    if fmt is None:
+        errs.add(f"{path}.format", f"required: one of {', '.join(PREDICTOR_FORMATS)}")
+    elif fmt not in PREDICTOR_FORMATS:
+        errs.value(f"{path}.format", fmt, f"must be one of {', '.join(PREDICTOR_FORMATS)}")
+    uri = raw.get("storageUri")
+    if uri is None:
+        errs.add(f"{path}.storageUri", "required: where the model is (s3://, http(s)://, file://)")
+    else:
+        problem = storage_uri_problem(uri)
+        if problem:
+            errs.value(f"{path}.storageUri", uri, problem)
+    sha256 = raw.get("sha256", "")
+    if "sha256" in raw and not (isinstance(sha256, str) and _SHA256.fullmatch(sha256)):
+        # (a digest of decimal digits only is read by YAML as a number: quote it)
+        errs.value(f"{path}.sha256", sha256, "must be 64 hexadecimal digits, quoted (the SHA-256)")
+    if (
+        len(errs.items) > before
+        or not isinstance(fmt, str)
+        or not isinstance(uri, str)
+        or not isinstance(sha256, str)
+    ):
+        return None
+    return Predictor(format=fmt, storage_uri=uri, sha256=sha256.lower())
+
+
+def storage_uri_problem(uri: object) -> str:
+    """Why ``uri`` is not a storageUri zeroserve can fetch ("" when it is one)."""
+    if not isinstance(uri, str) or not uri.strip():
+        return "must be a non-empty string: s3://, http(s)://, file:// or a plain path"
+    if uri != uri.strip():
+        return "must not start or end with whitespace"
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    if scheme == "":
+        return ""  # a plain path (relative to where zeroserve runs)
+    if scheme not in _STORAGE_SCHEMES:
+        return (
+            f"scheme '{parts.scheme}' is not supported "
+            "(s3://, http://, https://, file:// or a plain path)"
+        )
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path:
+            return "a file URI must be file:///absolute/path"
+    elif scheme == "s3":
+        if not parts.netloc or not parts.path.lstrip("/"):
+            return "an s3 URI must be s3://<bucket>/<key>"
+    elif not parts.hostname:
+        return f"an {scheme} URI must name a host ({scheme}://host/path)"
+    return ""
 
 
 def _probe(raw: object, path: str, errs: _Errors) -> ReadinessProbe:

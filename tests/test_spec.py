@@ -11,7 +11,7 @@ import pytest
 
 from autoscaler.config import AutoscalerConfig
 from autoscaler.resolve import resolve
-from cluster.spec import ReadinessProbe, Revision, RevisionKey, Service, TrafficTarget
+from cluster.spec import Predictor, ReadinessProbe, Revision, RevisionKey, Service, TrafficTarget
 from cluster.spec_loader import SpecError, load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -600,3 +600,183 @@ def test_load_spec_passes_the_checker_and_prefixes_the_file(tmp_path: Path) -> N
     with pytest.raises(SpecError) as info:
         load_spec(path, check_config=_config_errors)
     assert info.value.errors == (f"{path}: config.stable-window = 3s: must be within [6s, 1h]",)
+
+
+# -- predictor: the built-in model server ------------------------------------------------------
+
+SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+
+
+def predictor_spec(predictor: object, **revision: object) -> dict[str, Any]:
+    rev: dict[str, Any] = {"name": "iris-v1", "predictor": predictor, **revision}
+    return {"services": [{"name": "iris", "revisions": [rev]}]}
+
+
+def test_predictor_becomes_the_model_server_command_and_its_health_probe() -> None:
+    uri = "s3://models/iris/model.joblib"
+    spec = parse_spec(predictor_spec({"format": "sklearn", "storageUri": uri}))
+    (rev,) = spec.revisions().values()
+    assert rev.predictor == Predictor(format="sklearn", storage_uri=uri)
+    assert rev.command == (
+        "python", "-m", "modelserver", "--name", "iris", "--format", "sklearn", "--model", uri,
+    )  # fmt: skip
+    assert rev.readiness_probe == ReadinessProbe(kind="http", path="/v2/health/ready")
+
+
+def test_a_pinned_predictor_passes_its_digest_lowercased() -> None:
+    data = predictor_spec(
+        {"format": "onnx", "storageUri": "http://127.0.0.1:1/m.onnx", "sha256": SHA.upper()}
+    )
+    (rev,) = parse_spec(data).revisions().values()
+    assert rev.predictor is not None
+    assert rev.predictor.sha256 == SHA
+    assert rev.command[-2:] == ("--sha256", SHA)
+
+
+def test_a_predictor_keeps_a_written_probe_and_the_other_fields() -> None:
+    data = predictor_spec(
+        {"format": "xgboost", "storageUri": "/models/xgb.json"},
+        readinessProbe={"tcpSocket": {}},
+        containerConcurrency=4,
+        image="ghcr.io/example/zeroserve:1",
+        env={"OMP_NUM_THREADS": "1"},
+    )
+    (rev,) = parse_spec(data).revisions().values()
+    assert rev.readiness_probe == ReadinessProbe(kind="tcp")
+    assert rev.container_concurrency == 4
+    assert rev.image == "ghcr.io/example/zeroserve:1"
+    assert dict(rev.env) == {"OMP_NUM_THREADS": "1"}
+    assert rev.command[rev.command.index("--model") + 1] == "/models/xgb.json"
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "s3://models/iris/model.joblib",
+        "http://127.0.0.1:8000/model.joblib",
+        "https://example.com/models/iris.tar.gz",
+        "file:///srv/models/iris.joblib",
+        "file://localhost/srv/models/iris.joblib",
+        "models/iris.joblib",
+        "/srv/models/iris.joblib",
+    ],
+)
+def test_storage_uris_accepted(uri: str) -> None:
+    (rev,) = (
+        parse_spec(predictor_spec({"format": "sklearn", "storageUri": uri})).revisions().values()
+    )
+    assert rev.predictor is not None
+    assert rev.predictor.storage_uri == uri
+
+
+P = "services[0].revisions[0]"
+FORMATS_RULE = "must be one of sklearn, xgboost, lightgbm, onnx, pytorch"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        pytest.param(
+            predictor_spec({"format": "tensorflow", "storageUri": "s3://b/k"}),
+            f"{P}.predictor.format = 'tensorflow': {FORMATS_RULE}",
+            id="format-unknown",
+        ),
+        pytest.param(
+            predictor_spec({"storageUri": "s3://b/k"}),
+            f"{P}.predictor.format: required: one of sklearn,",
+            id="format-missing",
+        ),
+        pytest.param(
+            predictor_spec({"format": "onnx"}),
+            f"{P}.predictor.storageUri: required",
+            id="uri-missing",
+        ),
+        pytest.param(
+            predictor_spec({"format": "onnx", "storageUri": "gs://models/m.onnx"}),
+            f"{P}.predictor.storageUri = 'gs://models/m.onnx': scheme 'gs' is not supported",
+            id="uri-scheme",
+        ),
+        pytest.param(
+            predictor_spec({"format": "onnx", "storageUri": "s3://models"}),
+            f"{P}.predictor.storageUri = 's3://models': an s3 URI must be s3://<bucket>/<key>",
+            id="uri-s3-no-key",
+        ),
+        pytest.param(
+            predictor_spec({"format": "onnx", "storageUri": "http:///m.onnx"}),
+            f"{P}.predictor.storageUri = 'http:///m.onnx': an http URI must name a host",
+            id="uri-http-no-host",
+        ),
+        pytest.param(
+            predictor_spec({"format": "onnx", "storageUri": "file://models/m.onnx"}),
+            f"{P}.predictor.storageUri = 'file://models/m.onnx': a file URI must be file:///",
+            id="uri-file-relative",
+        ),
+        pytest.param(
+            predictor_spec({"format": "onnx", "storageUri": ""}),
+            f"{P}.predictor.storageUri = '': must be a non-empty string",
+            id="uri-empty",
+        ),
+        pytest.param(
+            predictor_spec({"format": "onnx", "storageUri": ["s3://b/k"]}),
+            f"{P}.predictor.storageUri = ['s3://b/k']: must be a non-empty string",
+            id="uri-not-string",
+        ),
+        pytest.param(
+            predictor_spec({"format": "onnx", "storageUri": "s3://b/k", "sha256": "abc123"}),
+            f"{P}.predictor.sha256 = 'abc123': must be 64 hexadecimal digits",
+            id="sha256-short",
+        ),
+        pytest.param(
+            predictor_spec({"format": "onnx", "storageUri": "s3://b/k", "sha256": "g" * 64}),
+            f"{P}.predictor.sha256 = '{'g' * 64}': must be 64 hexadecimal digits",
+            id="sha256-not-hex",
+        ),
+        pytest.param(
+            predictor_spec({"format": "onnx", "storageUri": "s3://b/k", "sha256": 12345}),
+            f"{P}.predictor.sha256 = 12345: must be 64 hexadecimal digits, quoted",
+            id="sha256-yaml-number",
+        ),
+        pytest.param(
+            predictor_spec({"format": "onnx", "storageUri": "s3://b/k", "storageURI": "x"}),
+            f"{P}.predictor: unknown field 'storageURI' (known: format, storageUri, sha256)",
+            id="predictor-unknown-field",
+        ),
+        pytest.param(
+            predictor_spec("s3://b/k"),
+            f"{P}.predictor = 's3://b/k': must be a mapping (format, storageUri, sha256)",
+            id="predictor-not-mapping",
+        ),
+        pytest.param(
+            predictor_spec({"format": "onnx", "storageUri": "s3://b/k"}, command=["python"]),
+            f"{P}: command and predictor are exclusive",
+            id="command-and-predictor",
+        ),
+        pytest.param(
+            {"services": [{"name": "iris", "revisions": [{"name": "iris-v1"}]}]},
+            f"{P}: needs a command (local runtime), an image (Kubernetes) or a predictor",
+            id="neither",
+        ),
+    ],
+)
+def test_invalid_predictor_names_the_field(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_spec(data)
+    assert any(e.startswith(message) for e in info.value.errors), info.value.errors
+
+
+def test_predictor_from_yaml_file(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(
+        "services:\n"
+        "  - name: iris\n"
+        "    revisions:\n"
+        "      - name: iris-v1\n"
+        "        predictor:\n"
+        "          format: sklearn\n"
+        "          storageUri: s3://models/iris/model.joblib\n"
+        f"          sha256: '{SHA}'\n"
+    )
+    (rev,) = load_spec(path).revisions().values()
+    assert rev.predictor == Predictor(
+        format="sklearn", storage_uri="s3://models/iris/model.joblib", sha256=SHA
+    )
