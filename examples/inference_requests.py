@@ -15,6 +15,20 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+# The JSON body and its errors are the built-in model server's (modelserver.tensors); what is
+# iris-specific here is the feature matrix a request must carry.
+from modelserver.tensors import RequestError as InferenceRequestError
+from modelserver.tensors import json_type as _json_type
+from modelserver.tensors import parse_json_object
+
+__all__ = [
+    "InferenceRequestError",
+    "V2Request",
+    "parse_json_object",
+    "parse_v1_instances",
+    "parse_v2_request",
+]
+
 # The V2 tensor datatypes a numeric feature matrix may arrive in. BOOL, BYTES and the 16-bit
 # float are refused: BYTES is not numbers, and the others are not what a client of this model sends.
 INTEGER_DATATYPES = frozenset(
@@ -25,10 +39,6 @@ SUPPORTED_DATATYPES = FLOAT_DATATYPES | INTEGER_DATATYPES
 KNOWN_DATATYPES = SUPPORTED_DATATYPES | {"BOOL", "BYTES", "FP16", "BF16"}
 
 
-class InferenceRequestError(ValueError):
-    """The request body is malformed; the message says what was wrong."""
-
-
 @dataclass(frozen=True, slots=True)
 class V2Request:
     """A parsed V2 infer request: the features (N, n_features), the request id if one was given,
@@ -37,23 +47,6 @@ class V2Request:
     features: NDArray[np.float64]
     request_id: str | None
     outputs: tuple[str, ...]
-
-
-def parse_json_object(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object; NaN and Infinity are refused like any other invalid JSON."""
-    if not body.strip():
-        raise InferenceRequestError("request body is empty: expected a JSON object")
-    try:
-        value = json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)
-    except UnicodeDecodeError:
-        raise InferenceRequestError(
-            "request body is not UTF-8 text: expected a JSON object"
-        ) from None
-    except ValueError as exc:
-        raise InferenceRequestError(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise InferenceRequestError(f"request body must be a JSON object, got {_json_type(value)}")
-    return value
 
 
 def parse_v1_instances(body: dict[str, Any], n_features: int) -> NDArray[np.float64]:
@@ -206,24 +199,6 @@ def _number(v: Any, where: str) -> float:
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _refuse_constant(name: str) -> float:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _json_type(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "a boolean"
-    if isinstance(v, int | float):
-        return "a number"
-    if isinstance(v, str):
-        return "a string"
-    if isinstance(v, list):
-        return "a list"
-    return "an object"
 
 
 def _feature_hint(n_features: int) -> str:

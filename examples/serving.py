@@ -1,27 +1,33 @@
 """What the example model servers share: env parsing, JSON errors, and serving until SIGTERM.
 
-The shutdown sequence follows STYLE.md §5: on SIGTERM (or SIGINT) the server calls ``on_drain``
-(readiness starts answering 503 while requests are still served), then ``runner.cleanup()`` stops
-listening and waits up to ``shutdown_timeout_s`` for the in-flight requests to finish, and the
-process exits 0.
+JSON errors and the graceful shutdown (:func:`serve_until_signal`) come from
+:mod:`modelserver.http`; a clean shutdown exits 0.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import uvloop
-from aiohttp import web
 
-logger = logging.getLogger("examples")
+# The HTTP plumbing lives with the built-in model server, which serves the same protocols.
+from modelserver.http import json_error, json_errors, serve_until_signal
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+__all__ = [
+    "ConfigError",
+    "ServerSettings",
+    "env_float",
+    "env_int",
+    "json_error",
+    "json_errors",
+    "run",
+    "serve_until_signal",
+    "server_settings_from_env",
+]
 
 
 class ConfigError(ValueError):
@@ -87,90 +93,9 @@ def env_float(
     return value
 
 
-def json_error(status: int, reason: str, **headers: str) -> web.Response:
-    """A refusal with a body that says why: ``{"error": reason}``."""
-    return web.json_response({"error": reason}, status=status, headers=headers or None)
-
-
-@web.middleware
-async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn aiohttp's own refusals (unknown path 404, wrong method 405, body too large 413) into
-    JSON bodies like the handlers' own, keeping the ``Allow`` header of a 405."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        if isinstance(exc, web.HTTPMethodNotAllowed):
-            allowed = ", ".join(sorted(exc.allowed_methods))
-            reason = f"method {request.method} is not allowed on {request.path}; allowed: {allowed}"
-            return json_error(exc.status, reason, Allow=allowed)
-        if isinstance(exc, web.HTTPNotFound) and exc.text == "404: Not Found":
-            return json_error(exc.status, f"no route for {request.path}")
-        return json_error(exc.status, exc.text or exc.reason)
-
-
 def run(serve: Callable[[], Coroutine[Any, Any, None]]) -> int:
     """Run ``serve()`` on uvloop until it returns; the exit status of a clean shutdown is 0."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(serve())
     return 0
-
-
-async def serve_until_signal(
-    app: web.Application,
-    *,
-    host: str,
-    port: int,
-    startup_delay_s: float = 0.0,
-    shutdown_timeout_s: float = 30.0,
-    on_drain: Callable[[], None] | None = None,
-    **runner_kwargs: Any,
-) -> None:
-    """Serve ``app`` on host:port until SIGTERM/SIGINT, then shut down gracefully.
-
-    ``startup_delay_s`` is waited before listening (a signal during it ends the wait at once). The
-    bound port is logged as ``listening on HOST:PORT`` (PORT=0 picks a free one).
-    """
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        if startup_delay_s > 0:
-            logger.info("loading the model for %.3gs before listening", startup_delay_s)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=startup_delay_s)
-            if stop.is_set():
-                logger.info("stopped while loading")
-                return
-        runner = web.AppRunner(
-            app, handle_signals=False, shutdown_timeout=shutdown_timeout_s, **runner_kwargs
-        )
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, host, port)
-            await site.start()
-            for bound_host, bound_port in _bound_addresses(runner):
-                logger.info("listening on %s:%d", bound_host, bound_port)
-            await stop.wait()
-            logger.info("shutdown signal received: draining")
-            if on_drain is not None:
-                on_drain()
-        finally:
-            # Stops listening, waits for in-flight requests (up to shutdown_timeout_s), then runs
-            # the app's cleanup.
-            await runner.cleanup()
-        logger.info("stopped")
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-
-
-def _bound_addresses(runner: web.AppRunner) -> list[tuple[str, int]]:
-    out: list[tuple[str, int]] = []
-    for address in runner.addresses:
-        if isinstance(address, tuple) and len(address) >= 2:
-            out.append((str(address[0]), int(address[1])))
-    return out
