@@ -20,7 +20,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 import dataplane
-from activator.handler import ActivatorHandler
+from activator.handler import ActivatorHandler, NotReadyReason
 from activator.metrics import ActivatorMetrics
 from activator.peers import ActivatorPeers, StaticPeers
 from activator.prober import EndpointProber
@@ -89,6 +89,7 @@ class Activator:
         stats: StatSink,
         peers: ActivatorPeers,
         settings: ActivatorSettings,
+        not_ready_reason: NotReadyReason | None = None,
     ) -> None:
         self.settings = settings
         self.stats = stats
@@ -111,6 +112,7 @@ class Activator:
             reporter=self.reporter,
             sink=stats,
             metrics=self.metrics,
+            not_ready_reason=not_ready_reason,
         )
         self.prober = EndpointProber(
             endpoints,
@@ -243,10 +245,13 @@ def build_activator(
     stats: StatSink,
     peers: ActivatorPeers | None = None,
     settings: ActivatorSettings | None = None,
+    not_ready_reason: NotReadyReason | None = None,
 ) -> Activator:
     """The activator from its ports; then ``await start(host, port)``, ``drain()``, ``close()``.
 
-    The local runtime passes ``InProcessStatSink(collector_callable)`` as ``stats``.
+    The local runtime passes ``InProcessStatSink(collector_callable)`` as ``stats``, and as
+    ``not_ready_reason`` why a revision cannot start (its artifact fetch failing), which a
+    request that timed out waiting for a pod gets in its 503.
     """
     return Activator(
         routes=routes,
@@ -254,6 +259,7 @@ def build_activator(
         stats=stats,
         peers=peers or StaticPeers(),
         settings=settings or ActivatorSettings(),
+        not_ready_reason=not_ready_reason,
     )
 
 

@@ -56,6 +56,7 @@ cdef class ActivatorHandler:
     cdef public dict _host_lanes
     cdef public object _clock
     cdef public PathCounts paths
+    cdef public object not_ready_reason
 
     @cython.locals(
         lane=_Lane,

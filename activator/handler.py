@@ -116,6 +116,11 @@ class PathCounts:
         self.refused = 0  # hot, then the pod refused a fresh connection: a coroutine retries
 
 
+NotReadyReason = Callable[[RevisionKey], str | None]
+"""Why a revision has no ready pod (``s3://models/iris/model.joblib: 403 AccessDenied``), or None:
+appended to the 503 of a request whose wait for a pod timed out."""
+
+
 def _dead_counter() -> RevisionCounter:
     counter = RevisionCounter(0.0)
     counter.live = False
@@ -161,6 +166,7 @@ class ActivatorHandler:
         reporter: ConcurrencyReporter,
         sink: StatSink,
         metrics: ActivatorMetrics,
+        not_ready_reason: NotReadyReason | None = None,
     ) -> None:
         self.router = router
         self.throttler = throttler
@@ -174,6 +180,8 @@ class ActivatorHandler:
         self._host_lanes: dict[str, _Lane] = {}
         self._clock: Callable[[], float] | None = None  # the loop's time(), on the first request
         self.paths = PathCounts()
+        # why a revision has no ready pod, if anyone knows (read by the timeout answer only)
+        self.not_ready_reason = not_ready_reason
 
     def routes_changed(self) -> None:
         """Forget the lanes: routes moved, and a revision's throttler may have been dropped."""
@@ -345,7 +353,10 @@ class ActivatorHandler:
             return 503
         except WaitTimeoutError:
             # named by the revision's timeout, of which the wait had what was left
-            reason = WaitTimeoutError(lane.key, timeout_s)
+            reason = f"{WaitTimeoutError(lane.key, timeout_s)}"
+            why = self.not_ready_reason(lane.key) if self.not_ready_reason is not None else None
+            if why:
+                reason = f"{reason}: {why}"
             ex.respond_now(503, f"{reason}\n".encode())
             return 503
         finally:

@@ -50,6 +50,9 @@ class RevisionStatus:
     panic_rps: float
     has_data: bool
     last_change: ScaleChange | None
+    not_ready_reason: str | None = None
+    """Why the revision's replicas cannot start or be ready, where the runtime knows (its
+    model artifact's fetch failing: ``s3://models/iris/model.joblib: 403 AccessDenied``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +73,7 @@ class RevisionStatus:
                 "has_data": self.has_data,
             },
             "last_change": self.last_change.to_dict() if self.last_change else None,
+            "not_ready_reason": self.not_ready_reason,
         }
 
 

@@ -6,6 +6,11 @@ and the endpoint source; the activator's stats go straight to the autoscaler's c
 Changing the spec file while it runs applies the change (routes, revisions, config) without a
 restart; an invalid file (its ``config:`` checked by the autoscaler's own rules) is rejected
 whole with the reason and the last good one stays in force. At start, an invalid file is an error.
+
+A revision with a ``predictor`` has its model fetched in the background as soon as it appears
+(:mod:`zeroserve.prefetch`): its replicas wait for the artifact before they start, and until the
+fetch succeeds its reason shows in ``/v1/revisions`` (``not_ready_reason``) and in the 503 of a
+request that timed out waiting for the revision.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import logging
 import os
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from aiohttp import web
@@ -27,11 +32,12 @@ from prometheus_client.registry import Collector
 from activator.app import Activator, ActivatorSettings, build_activator
 from activator.sinks import InProcessStatSink
 from autoscaler.engine import Autoscaler, build_autoscaler
-from autoscaler.status import build_status_app
+from autoscaler.status import RevisionStatus, build_status_app
 from cluster.local.supervisor import LocalSupervisor, SupervisorSettings
 from cluster.memory import MemoryConfig, MemoryRevisions, MemoryRoutes
-from cluster.spec import Spec
+from cluster.spec import RevisionKey, Spec
 from cluster.spec_loader import SpecError
+from zeroserve.prefetch import ArtifactPrefetcher, PrefetchSettings
 from zeroserve.specfile import config_warnings, load
 
 log = logging.getLogger("zeroserve")
@@ -66,6 +72,7 @@ class RuntimeSettings:
     drain_quiet_period_s: float = 0.5
     """On shutdown, the activator stops after this many seconds without a new request."""
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
+    prefetch: PrefetchSettings = field(default_factory=PrefetchSettings)
 
 
 class LocalRuntime:
@@ -81,6 +88,11 @@ class LocalRuntime:
         self.revisions = MemoryRevisions(self.spec.revisions())
         self.routes = MemoryRoutes(self.spec.services)
         self.config = MemoryConfig(self.spec.config)
+        # the artifacts first: a new revision's model starts downloading before any replica
+        self.prefetch = ArtifactPrefetcher(settings.prefetch)
+        self.prefetch.set_revisions(self.revisions.current())
+        self.revisions.subscribe(self.prefetch.set_revisions)
+        self.supervisor.before_start = self.prefetch.wait_ready
         self.supervisor.set_revisions(self.revisions.current())
         self.revisions.subscribe(self.supervisor.set_revisions)
         self.autoscaler: Autoscaler = build_autoscaler(
@@ -93,6 +105,7 @@ class LocalRuntime:
             settings=ActivatorSettings(
                 pod_name="activator-local", drain_quiet_period_s=settings.drain_quiet_period_s
             ),
+            not_ready_reason=self.prefetch.not_ready_reason,
         )
         self.autoscaler.metrics.registry.register(_Forward(self.activator.metrics.registry))
         self._status_runner: web.AppRunner | None = None
@@ -111,12 +124,23 @@ class LocalRuntime:
     def url(self) -> str:
         return f"http://{self.settings.host}:{self.port}"
 
+    def status(self) -> list[RevisionStatus]:
+        """The autoscaler's rows, each with why its revision cannot start, if it cannot."""
+        reason = self.prefetch.not_ready_reason
+        return [
+            replace(row, not_ready_reason=why)
+            if (why := reason(RevisionKey(row.namespace, row.revision)))
+            else row
+            for row in self.autoscaler.status()
+        ]
+
     async def start(self) -> None:
-        # First: the queue-proxy zygote imports in the background while the rest starts.
+        # First: the downloads, and the queue-proxy zygote's imports, while the rest starts.
+        await self.prefetch.start()
         await self.supervisor.start()
         await self.autoscaler.start()
         runner = web.AppRunner(
-            build_status_app(self.autoscaler.status, self.autoscaler.metrics), access_log=None
+            build_status_app(self.status, self.autoscaler.metrics), access_log=None
         )
         await runner.setup()
         self._status_runner = runner
@@ -153,6 +177,7 @@ class LocalRuntime:
         await self.activator.close()
         await self.autoscaler.close()
         await self.supervisor.close()
+        await self.prefetch.close()
         if self._status_runner is not None:
             await self._status_runner.cleanup()
 

@@ -18,6 +18,7 @@ COLUMNS = (
     ("RPS", "stable_rps"),
     ("TARGET", "target"),
     ("LAST CHANGE", "last_change"),
+    ("NOT READY BECAUSE", "not_ready_reason"),
 )
 
 

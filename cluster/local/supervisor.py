@@ -25,7 +25,7 @@ import logging
 import socket
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
@@ -155,6 +155,10 @@ class LocalSupervisor(InitializedInMemory):
         self._closed = False
         self.crash_count = 0
         self.on_crash: Callable[[RevisionKey, str, int | None], None] | None = None
+        self.before_start: Callable[[Revision], Awaitable[None]] | None = None
+        """Awaited by each replica before its processes start, as a pod's init step runs before
+        its containers (the runtime's artifact prefetch: a replica waits for its model file
+        instead of starting a model server that would fail on a missing one)."""
         s = self.settings
         self.zygote = Zygote(s.queue_proxy_entry, quiet=not s.log_children) if s.prefork else None
 
@@ -331,6 +335,9 @@ class LocalSupervisor(InitializedInMemory):
         reason = ""
         code: int | None = None
         try:
+            if self.before_start is not None:
+                await self.before_start(replica.revision)
+                started = loop.time()
             if self.settings.log_children:  # each line re-emitted with the pod's name
                 replica.model = await spawn_relayed(
                     replica.revision.command,
