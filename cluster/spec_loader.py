@@ -41,7 +41,8 @@ cannot import the autoscaler, whose :meth:`autoscaler.config.AutoscalerConfig.fr
 the rules: ``zeroserve`` passes them, so ``validate``, ``up`` and a live reload all apply them);
 its errors join the others as ``config.<key> = <value>: <rule>``. A ``predictor`` becomes
 the revision's ``command`` (``python -m modelserver --name <service> --format <format> --model
-<storageUri>``, see :func:`predictor_command`) and, unless a ``readinessProbe`` is written, an
+<storageUri>``, see :func:`predictor_command`; a ``sha256`` pin as ``ZEROSERVE_MODEL_SHA256`` in
+its ``env``) and, unless a ``readinessProbe`` is written, an
 ``httpGet`` probe of ``/v2/health/ready``; the :class:`cluster.spec.Predictor` stays on the
 revision, for the runtime's prefetch and the Kubernetes init step. The loader itself validates the
 ``autoscaling.knative.dev/*`` annotations (:mod:`cluster.annotations`) against the
@@ -108,6 +109,8 @@ _REVISION_FIELDS = (
 _PREDICTOR_FIELDS = ("format", "storageUri", "sha256")
 _STORAGE_SCHEMES = ("file", "http", "https", "s3")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+MODEL_SHA256_ENV = "ZEROSERVE_MODEL_SHA256"
+"""The model server's environment variable with a predictor's ``sha256`` pin."""
 PREDICTOR_PROBE = ReadinessProbe(kind="http", path="/v2/health/ready")
 """The readiness probe of a predictor revision that writes none: the model server's V2 health."""
 _PROBE_FIELDS = (
@@ -384,6 +387,7 @@ def _revision(
         return None
     if predictor is not None:
         command = predictor_command(service, predictor)
+        env = predictor_env(predictor, env)
         if raw.get("readinessProbe") is None:
             probe = PREDICTOR_PROBE
     return Revision(
@@ -409,15 +413,23 @@ def predictor_command(service: str, predictor: Predictor) -> tuple[str, ...]:
 
         python -m modelserver --name iris --format sklearn --model s3://models/iris/model.joblib
 
-    plus ``--sha256 <hex>`` when the artifact is pinned. The model server fetches the URI
-    through the node's artifact cache, which the runtime's prefetch (or the Kubernetes init
-    step) has filled already.
+    The model server fetches the URI through the node's artifact cache, which the runtime's
+    prefetch (or the Kubernetes init step) has filled already. A ``sha256`` pin travels in the
+    environment (:func:`predictor_env`).
     """
-    command = ["python", "-m", "modelserver", "--name", service, "--format", predictor.format]
-    command += ["--model", predictor.storage_uri]
+    return (
+        *("python", "-m", "modelserver", "--name", service, "--format", predictor.format),
+        *("--model", predictor.storage_uri),
+    )
+
+
+def predictor_env(predictor: Predictor, env: Mapping[str, str]) -> dict[str, str]:
+    """The revision's ``env`` plus, for a pinned artifact, ``ZEROSERVE_MODEL_SHA256`` (the
+    digest the model server's fetch checks), which the predictor's ``sha256`` sets."""
+    out = dict(env)
     if predictor.sha256:
-        command += ["--sha256", predictor.sha256]
-    return tuple(command)
+        out[MODEL_SHA256_ENV] = predictor.sha256
+    return out
 
 
 def _predictor(raw: object, path: str, errs: _Errors) -> Predictor | None:
