@@ -38,7 +38,7 @@ from cluster.memory import MemoryConfig, MemoryRevisions, MemoryRoutes
 from cluster.spec import RevisionKey, Spec
 from cluster.spec_loader import SpecError
 from zeroserve.prefetch import ArtifactPrefetcher, PrefetchSettings
-from zeroserve.specfile import config_warnings, load
+from zeroserve.specfile import SpecReader, config_warnings
 
 log = logging.getLogger("zeroserve")
 
@@ -81,7 +81,9 @@ class LocalRuntime:
     def __init__(self, spec_path: str | os.PathLike[str], settings: RuntimeSettings) -> None:
         self.spec_path = Path(spec_path)
         self.settings = settings
-        self.spec: Spec = load(self.spec_path)  # SpecError: the runtime does not start
+        # The reader remembers an InferenceService file's rollouts (its canary) between reloads.
+        self._reader = SpecReader(self.spec_path)
+        self.spec: Spec = self._reader.load()  # SpecError: the runtime does not start
         self._warn_unknown_keys()
         self._mtime = self._stat_mtime()
         self.supervisor = LocalSupervisor(settings.supervisor)
@@ -192,7 +194,7 @@ class LocalRuntime:
     def reload(self) -> bool:
         """Apply the spec file as it is now; False (and a log line) if it is invalid."""
         try:
-            spec = load(self.spec_path)
+            spec = self._reader.load()
         except (SpecError, OSError) as exc:
             # Whole: with a bad config part, neither the config nor the revisions and routes
             # of that file apply (the autoscaler keeps the last good config).
