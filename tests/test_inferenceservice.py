@@ -421,3 +421,32 @@ def test_the_same_predictor_keeps_its_revision_number() -> None:
     h = translate([b], h).history
     [svc] = parse_spec(translate([a], h).spec).services
     assert [r.name for r in svc.revisions] == ["iris-predictor-00001"]
+
+
+async def test_zeroserve_up_reloads_apply_the_canary(tmp_path: Path) -> None:
+    """The local runtime's reload path keeps the history: routes and revisions follow the edit."""
+    from zeroserve.runtime import LocalRuntime, RuntimeSettings
+
+    def version(n: int, canary: int | None = None) -> dict[str, Any]:
+        c = {"command": ["python", "-c", "pass"], "env": [{"name": "V", "value": str(n)}]}
+        p: dict[str, Any] = {"containers": [c], "minReplicas": 0}
+        if canary is not None:
+            p["canaryTrafficPercent"] = canary
+        return isvc(p)
+
+    path = write(tmp_path / "iris.yaml", version(1))
+    rt = LocalRuntime(path, RuntimeSettings(watch_spec_s=0))
+    write(path, version(2, canary=20))
+    assert rt.reload() is True
+    route = rt.routes.current()[("default", "iris")]
+    assert [(t.revision, t.percent) for t in route.traffic] == [
+        ("iris-predictor-00002", 20),
+        ("iris-predictor-00001", 80),
+    ]
+    assert sorted(k.name for k in rt.revisions.current()) == [
+        "iris-predictor-00001",
+        "iris-predictor-00002",
+    ]
+    write(path, version(2))
+    assert rt.reload() is True
+    assert [k.name for k in rt.revisions.current()] == ["iris-predictor-00002"]
