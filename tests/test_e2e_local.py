@@ -6,20 +6,25 @@ Windows are shortened by the spec (stable window 6 s, grace 2 s) so each scenari
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib
 import json
 import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e_support import (
@@ -484,3 +489,216 @@ async def test_model_servers_killed_one_at_a_time_under_load(tmp_path: Path) -> 
         rt.proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(rt.proc.wait, 60) == 0
         await wait_for(lambda: not tagged_pids(rt.tag), within=15, what="no process left")
+
+
+# -- predictor: the built-in model server, its artifact prefetched (issue 20) -------------------
+
+IRIS = {"Host": "iris.default.example.com"}
+MODEL_SERVER = "modelserver --name"  # in a model server's command line, not in a fetch's
+
+
+class ArtifactServer:
+    """A loopback HTTP server with one artifact (404 for any other path); counts its downloads."""
+
+    def __init__(self, path: str, body: bytes) -> None:
+        self.path, self.body = path, body
+        self.downloads = 0
+        self.runner: web.AppRunner | None = None
+        self.base = ""
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.path != self.path:
+            return web.Response(status=404, text="no such model\n")
+        self.downloads += 1
+        return web.Response(body=self.body)
+
+    async def __aenter__(self) -> ArtifactServer:
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", self.handle)
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await self.runner.setup()
+        sock = socket.create_server(("127.0.0.1", 0))
+        self.base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        await web.SockSite(self.runner, sock).start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.runner is not None
+        await self.runner.cleanup()
+
+
+def predictor_spec(
+    uri: str, cache: Path, *, timeout_s: int = 60, initial_zero: bool = True, **env: str
+) -> str:
+    config = {"scale-to-zero-grace-period": "2s"}
+    if initial_zero:
+        config |= {"allow-zero-initial-scale": "true", "initial-scale": "0"}
+    envs = {"ZEROSERVE_MODEL_CACHE": str(cache), **env}
+    return "\n".join(
+        [
+            "config:",
+            *(f'  {k}: "{v}"' for k, v in config.items()),
+            "services:",
+            "  - name: iris",
+            "    revisions:",
+            "      - name: iris-v1",
+            f"        timeoutSeconds: {timeout_s}",
+            '        annotations: {autoscaling.knative.dev/window: "6s"}',
+            "        predictor:",
+            "          format: sklearn",
+            f"          storageUri: {uri}",
+            "        env:",
+            *(f'          {k}: "{v}"' for k, v in envs.items()),
+            "",
+        ]
+    )
+
+
+def iris_model(path: Path) -> tuple[list[list[float]], list[int]]:
+    """Train and save a scikit-learn iris classifier; some inputs and its own predictions."""
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    # (by name: whether mypy has joblib's types depends on the extras' overrides)
+    joblib = importlib.import_module("joblib")
+    x, y = load_iris(return_X_y=True)
+    model = LogisticRegression(max_iter=1000).fit(x, y)
+    joblib.dump(model, path)
+    rows = x[::15]
+    return rows.tolist(), [int(p) for p in model.predict(rows)]
+
+
+async def test_predictor_is_prefetched_once_and_serves_from_zero_twice(tmp_path: Path) -> None:
+    """The artifact is downloaded when the revision appears (at zero replicas); the first
+    request cold-starts the built-in model server and gets the model's own predictions; after
+    scale to zero and back the artifact comes from the cache: one download in all."""
+    rows, expected = iris_model(tmp_path / "model.joblib")
+    body = (tmp_path / "model.joblib").read_bytes()
+    async with ArtifactServer("/models/iris/model.joblib", body) as artifacts:
+        uri = f"{artifacts.base}/models/iris/model.joblib"
+        spec = write_spec(tmp_path, predictor_spec(uri, tmp_path / "cache"))
+        async with (
+            zeroserve_up(spec, tmp_path / "up.log") as rt,
+            aiohttp.ClientSession() as session,
+        ):
+
+            async def fetched() -> bool:
+                row = (await rt.revisions(session)).get("iris-v1", {})
+                return artifacts.downloads == 1 and row.get("not_ready_reason") is None
+
+            await wait_for(fetched, within=60, what="the artifact prefetched")
+            assert "artifact fetched" in rt.log()
+            # fetched while the revision is at zero: no model server has run yet
+            assert await rt.ready(session, "iris-v1") == 0
+            assert child_pids(rt.tag, rt.proc.pid, MODEL_SERVER) == []
+
+            predict = f"{rt.url}/v1/models/iris:predict"
+            for attempt in ("cold", "cold again"):
+                async with session.post(predict, json={"instances": rows}, headers=IRIS) as resp:
+                    assert resp.status == 200, (attempt, await resp.text(), rt.log()[-3000:])
+                    assert (await resp.json())["predictions"] == expected
+                assert len(child_pids(rt.tag, rt.proc.pid, MODEL_SERVER)) == 1
+
+                async def at_zero() -> bool:
+                    return await rt.ready(session, "iris-v1") == 0 and not child_pids(
+                        rt.tag, rt.proc.pid, MODEL_SERVER
+                    )
+
+                await wait_for(at_zero, within=60, interval=0.5, what="scale to zero")
+            assert artifacts.downloads == 1
+            assert "replica failed" not in rt.log()
+
+
+async def _missing_http(tmp_path: Path) -> tuple[str, dict[str, str], contextlib.AsyncExitStack]:
+    stack = contextlib.AsyncExitStack()
+    artifacts = await stack.enter_async_context(ArtifactServer("/models/iris/model.joblib", b"x"))
+    return f"{artifacts.base}/models/missing/model.joblib", {}, stack
+
+
+async def _missing_s3(tmp_path: Path) -> tuple[str, dict[str, str], contextlib.AsyncExitStack]:
+    from moto.server import ThreadedMotoServer
+
+    boto3 = importlib.import_module("boto3")  # (by name, as joblib above)
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    stack = contextlib.AsyncExitStack()
+    stack.callback(server.stop)
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+    s3.create_bucket(Bucket="models")  # the bucket exists; the key does not
+    return "s3://models/iris/missing.joblib", env, stack
+
+
+@pytest.mark.parametrize("source", [_missing_http, _missing_s3], ids=["http-404", "s3-no-key"])
+async def test_a_missing_artifact_holds_replicas_shows_in_status_and_503s_with_the_reason(
+    tmp_path: Path,
+    source: Callable[[Path], Awaitable[tuple[str, dict[str, str], contextlib.AsyncExitStack]]],
+) -> None:
+    """The fetch fails: the revision's replica is held (no model server started, nothing
+    crash-loops), ``zeroserve status`` names the reason, and a request waiting for the revision
+    gets 503 with that reason when its timeout ends."""
+    uri, env, stack = await source(tmp_path)
+    async with stack:
+        spec = write_spec(
+            tmp_path,
+            predictor_spec(uri, tmp_path / "cache", timeout_s=2, initial_zero=False, **env),
+        )
+        async with (
+            zeroserve_up(spec, tmp_path / "up.log") as rt,
+            aiohttp.ClientSession() as session,
+        ):
+
+            async def reason() -> str | None:
+                row = (await rt.revisions(session)).get("iris-v1", {})
+                value = row.get("not_ready_reason")
+                return value if isinstance(value, str) and value != f"{uri}: fetching" else None
+
+            why = await wait_for(reason, within=60, what="the fetch's failure in the status")
+            assert why.startswith(f"{uri}: "), why
+            assert "404" in why or "NoSuchKey" in why or "Not Found" in why, why
+
+            proc = await asyncio.create_subprocess_exec(
+                *(sys.executable, "-m", "zeroserve", "status", "--url", rt.status_url),
+                cwd=ROOT,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            out, _ = await asyncio.wait_for(proc.communicate(), 30)
+            table = out.decode()
+            assert proc.returncode == 0, table
+            assert "NOT READY BECAUSE" in table
+            (line,) = [x for x in table.splitlines() if x.startswith("default/iris-v1")]
+            assert line.endswith(why), table
+
+            started = time.monotonic()
+            predict = f"{rt.url}/v1/models/iris:predict"
+            async with session.post(predict, json={"instances": [[1, 2, 3, 4]]}, headers=IRIS) as r:
+                text = await r.text()
+                assert r.status == 503, text
+            waited = time.monotonic() - started
+            assert text.startswith(
+                "timed out waiting for a ready pod of revision default/iris-v1 after 2s: "
+            ), text
+            assert uri in text, text
+            assert 1.5 <= waited < 15, waited  # the revision's timeout, not a hang
+
+            # held, not crash-looping: asked for one replica, no model server ever started
+            row = (await rt.revisions(session))["iris-v1"]
+            assert row["desired"] >= 1, row
+            assert row["ready"] in (0, None), row
+            assert child_pids(rt.tag, rt.proc.pid, MODEL_SERVER) == []
+            assert "replica failed" not in rt.log()
+            assert rt.log().count("artifact fetch failed") >= 2  # retried
