@@ -54,7 +54,47 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--url", default="http://127.0.0.1:9090/v1/revisions")
     st.add_argument("--json", action="store_true", help="print the raw JSON rows")
     sub.add_parser("validate", help="check a spec file and exit").add_argument("spec")
+    rd = sub.add_parser(
+        "render",
+        help="print the Kubernetes manifests of a spec or InferenceService file "
+        "(kubectl apply -f -)",
+    )
+    rd.add_argument("spec", help="service spec or InferenceService YAML")
+    rd.add_argument(
+        "--image",
+        default=f"zeroserve:{_version()}",
+        help="the zeroserve image: queue-proxy, built-in model server, fetch step "
+        "(default %(default)s)",
+    )
     return p
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("zeroserve")
+    except PackageNotFoundError:
+        return "latest"
+
+
+def _render(args: argparse.Namespace) -> int:
+    """``zeroserve render``: the manifests on stdout, errors on stderr (exit 1)."""
+    from cluster.kubernetes.render import render, to_yaml
+    from zeroserve.specfile import load_translated
+
+    try:
+        spec, translation = load_translated(args.spec)
+    except SpecError as exc:
+        for error in exc.errors:
+            print(f"zeroserve render: {error}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"zeroserve render: {exc}", file=sys.stderr)
+        return 1
+    kube = translation.kube if translation is not None else None
+    print(to_yaml(render(spec, image=args.image, kube=kube)), end="")
+    return 0
 
 
 def _banner(rt: LocalRuntime) -> str:
@@ -160,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         print(json.dumps(rows, indent=2) if args.json else render(rows))
         return 0
+    if args.command == "render":
+        return _render(args)
     if args.command == "validate":
         try:
             spec = load_spec_file(args.spec)
