@@ -358,6 +358,12 @@ def _revision(
                 "command and predictor are exclusive: a predictor runs the built-in model "
                 "server (python -m modelserver), a command runs your own",
             )
+        if "image" in raw:
+            errs.add(
+                path,
+                "image and predictor are exclusive: a predictor runs the built-in model server "
+                "from zeroserve's image, an image runs your own",
+            )
     elif not command and not image and raw_command is None:
         errs.add(path, "needs a command (local runtime), an image (Kubernetes) or a predictor")
 

@@ -639,13 +639,11 @@ def test_a_predictor_keeps_a_written_probe_and_the_other_fields() -> None:
         {"format": "xgboost", "storageUri": "/models/xgb.json"},
         readinessProbe={"tcpSocket": {}},
         containerConcurrency=4,
-        image="ghcr.io/example/zeroserve:1",
         env={"OMP_NUM_THREADS": "1"},
     )
     (rev,) = parse_spec(data).revisions().values()
     assert rev.readiness_probe == ReadinessProbe(kind="tcp")
     assert rev.container_concurrency == 4
-    assert rev.image == "ghcr.io/example/zeroserve:1"
     assert dict(rev.env) == {"OMP_NUM_THREADS": "1"}
     assert rev.command[rev.command.index("--model") + 1] == "/models/xgb.json"
 
@@ -751,6 +749,11 @@ FORMATS_RULE = "must be one of sklearn, xgboost, lightgbm, onnx, pytorch"
             predictor_spec({"format": "onnx", "storageUri": "s3://b/k"}, command=["python"]),
             f"{P}: command and predictor are exclusive",
             id="command-and-predictor",
+        ),
+        pytest.param(
+            predictor_spec({"format": "onnx", "storageUri": "s3://b/k"}, image="ghcr.io/x/y:1"),
+            f"{P}: image and predictor are exclusive",
+            id="image-and-predictor",
         ),
         pytest.param(
             {"services": [{"name": "iris", "revisions": [{"name": "iris-v1"}]}]},
