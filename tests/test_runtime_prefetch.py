@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -303,3 +304,77 @@ def test_status_table_shows_the_reason() -> None:
     header, line = render([row]).splitlines()
     assert header.endswith("NOT READY BECAUSE")
     assert line.endswith("s3://models/iris/model.joblib: 403 AccessDenied")
+
+
+# -- the runtime: a revision added by a live reload has its artifact fetched at once ----------
+
+
+def reload_spec(cache: Path, predictors: dict[str, str]) -> str:
+    lines = [
+        "config:",
+        '  allow-zero-initial-scale: "true"',
+        '  initial-scale: "0"',
+        "services:",
+        "  - name: web",
+        "    revisions:",
+        "      - name: web-v1",
+        f"        command: [{sys.executable}, -c, 'import time; time.sleep(60)']",
+    ]
+    for name, uri in predictors.items():
+        lines += [
+            f"  - name: {name}",
+            "    revisions:",
+            f"      - name: {name}-v1",
+            "        predictor: {format: sklearn, storageUri: '" + uri + "'}",
+            f"        env: {{ZEROSERVE_MODEL_CACHE: '{cache}'}}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+async def test_a_live_reload_fetches_a_new_predictors_artifact_and_status_shows_failures(
+    artifacts: ArtifactServer, tmp_path: Path
+) -> None:
+    from zeroserve.runtime import LocalRuntime, RuntimeSettings
+
+    artifacts.body = BODY
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(reload_spec(tmp_path / "cache", {}))
+    rt = LocalRuntime(
+        spec,
+        RuntimeSettings(
+            port=0,
+            status_port=0,
+            watch_spec_s=0,
+            supervisor=SupervisorSettings(log_children=False),
+            prefetch=fast(),
+        ),
+    )
+    await rt.start()
+    try:
+        good = f"{artifacts.base}/models/iris/model.joblib"
+        with socket.socket() as closed:  # bound, never listening: connections are refused
+            closed.bind(("127.0.0.1", 0))
+            bad = f"http://127.0.0.1:{closed.getsockname()[1]}/models/iris/model.joblib"
+            spec.write_text(reload_spec(tmp_path / "cache", {"iris": good, "bad": bad}))
+            assert rt.reload()
+            iris, broken = RevisionKey("default", "iris-v1"), RevisionKey("default", "bad-v1")
+            await until(lambda: rt.prefetch.path(iris) is not None, "the new artifact fetched")
+            await until(lambda: rt.prefetch.attempts(broken) >= 2, "the bad one retried")
+        assert artifacts.downloads == 1
+        # nothing scaled up: fetched at zero replicas
+        assert rt.supervisor.replicas(iris) == []
+        rows = {row.revision: row for row in rt.status()}
+        assert rows["iris-v1"].not_ready_reason is None
+        assert rows["web-v1"].not_ready_reason is None
+        reason = rows["bad-v1"].not_ready_reason
+        assert reason is not None
+        assert reason == f"{bad}: connection refused", reason
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{rt.status_port}/v1/revisions") as resp,
+        ):
+            served = {r["revision"]: r for r in (await resp.json())["revisions"]}
+        assert served["bad-v1"]["not_ready_reason"].startswith(f"{bad}: ")
+        assert served["iris-v1"]["not_ready_reason"] is None
+    finally:
+        await rt.close()
