@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -216,10 +217,15 @@ class Cache:
                 found.append(entry)
         return found
 
-    def touch(self, entry: Entry) -> None:
-        """Record a use: the entry's mtime orders eviction."""
+    def touch(self, key: str) -> None:
+        """Record a use: the entry's mtime orders eviction.
+
+        An explicit nanosecond stamp: a plain utime() takes the kernel's coarse clock, which gives
+        two uses a few milliseconds apart the same mtime.
+        """
+        now = time.time_ns()
         with contextlib.suppress(FileNotFoundError):
-            os.utime(self.root / entry.key)
+            os.utime(self.root / key, ns=(now, now))
 
     @contextlib.contextmanager
     def fetch_lock(self, key: str, uri: str) -> Iterator[None]:
@@ -258,6 +264,7 @@ class Cache:
         fsync_dir(staged)
         os.rename(staged, self.root / key)
         fsync_dir(self.root)
+        self.touch(key)
         entry = self.entry(key)
         assert entry is not None  # just renamed into place under the fetch lock
         return entry
@@ -289,6 +296,8 @@ class Cache:
         Never the entry ``keep`` (the one just fetched) nor one that a process holds; when those
         alone exceed the limit the cache stays over it. Returns the entries removed.
         """
+        for crashed in (self.root / TRASH).iterdir():  # a removal that a crash cut short
+            shutil.rmtree(crashed, ignore_errors=True)
         entries = sorted(self.entries(), key=lambda e: e.last_used)
         total = sum(e.size for e in entries)
         removed = []

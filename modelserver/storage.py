@@ -106,14 +106,14 @@ def _cached(
     """The entry for ``key``: found, or downloaded once under the key's lock and renamed into place."""
     entry = cache.entry(key)
     if entry is not None and pin in (None, entry.sha256):
-        cache.touch(entry)
+        cache.touch(key)
         log.debug("artifact cache hit", extra={"uri": uri, "path": str(entry.path)})
         return entry
     with cache.fetch_lock(key, uri):
         # another process may have fetched it while this one waited for the lock
         entry = cache.entry(key)
         if entry is not None and pin in (None, entry.sha256):
-            cache.touch(entry)
+            cache.touch(key)
             return entry
         start = time.monotonic()
         staged = cache.new_tmp(key)
@@ -130,10 +130,12 @@ def _cached(
             else:
                 name = raw.name
             fsync_tree(staged / name)
-            if entry is not None and not cache.remove(key):
+            # a cached copy that differs from the pin (or whose meta.json is unreadable) goes
+            if (cache.root / key).exists() and not cache.remove(key):
+                cached = entry.sha256 if entry is not None else "unknown"
                 raise FetchError(
                     uri,
-                    f"the cached copy (sha256 {entry.sha256}) differs from the pinned {pin} "
+                    f"the cached copy (sha256 {cached}) differs from the pinned {pin} "
                     "and is in use: it cannot be replaced",
                 )
             new = cache.commit(key, staged, uri=uri, sha256=digest, name=name)

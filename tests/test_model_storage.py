@@ -622,6 +622,40 @@ def test_the_least_recently_used_artifact_is_evicted_but_never_one_in_use(
     assert leftovers(cache_dir) == []
 
 
+def test_a_pinned_refetch_never_replaces_a_copy_in_use(server: FileServer, cache_dir: Path) -> None:
+    uri = f"{server.base}/m.joblib"
+    server.files["/m.joblib"] = b"v1"
+    path = fetch(uri, cache_dir=cache_dir)
+    server.files["/m.joblib"] = b"v2"
+
+    held = holder(path)
+    try:
+        with pytest.raises(FetchError) as err:
+            fetch(uri, cache_dir=cache_dir, sha256=sha(b"v2"))
+    finally:
+        release(held)
+
+    assert str(err.value) == (
+        f"{uri}: the cached copy (sha256 {sha(b'v1')}) differs from the pinned {sha(b'v2')} "
+        "and is in use: it cannot be replaced"
+    )
+    assert path.read_bytes() == b"v1"
+    assert leftovers(cache_dir) == []
+    assert fetch(uri, cache_dir=cache_dir, sha256=sha(b"v2")).read_bytes() == b"v2"
+
+
+def test_an_entry_with_an_unreadable_record_is_fetched_again(
+    server: FileServer, cache_dir: Path
+) -> None:
+    uri = f"{server.base}/m.joblib"
+    server.files["/m.joblib"] = b"m"
+    path = fetch(uri, cache_dir=cache_dir)
+    (path.parent / "meta.json").write_text("{not json")
+
+    assert fetch(uri, cache_dir=cache_dir).read_bytes() == b"m"
+    assert server.hits["/m.joblib"] == 2
+
+
 def test_an_artifact_larger_than_the_limit_is_kept(server: FileServer, cache_dir: Path) -> None:
     server.files["/big.bin"] = b"x" * 1000
 
