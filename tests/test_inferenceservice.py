@@ -450,3 +450,34 @@ async def test_zeroserve_up_reloads_apply_the_canary(tmp_path: Path) -> None:
     write(path, version(2))
     assert rt.reload() is True
     assert [k.name for k in rt.revisions.current()] == ["iris-predictor-00002"]
+
+
+EXAMPLES = sorted(REPO.glob("examples/*isvc*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_the_examples_validate_and_their_models_exist(path: Path) -> None:
+    spec = load(path)
+    assert spec.services
+    for rev in spec.revisions().values():
+        assert rev.predictor is not None
+        # plain paths, relative to where zeroserve runs: the repository's root
+        assert (REPO / rev.predictor.storage_uri).is_file(), rev.predictor.storage_uri
+
+
+def test_the_examples_canary_sequence(tmp_path: Path) -> None:
+    """docs/configuration.md's walk-through, with the two example files."""
+    path = tmp_path / "iris.yaml"
+    path.write_text((REPO / "examples" / "iris-isvc.yaml").read_text())
+    reader = SpecReader(path)
+    reader.load()
+    path.write_text((REPO / "examples" / "iris-canary-isvc.yaml").read_text())
+    [svc] = reader.load().services
+    assert [(t.revision, t.percent, t.tag) for t in svc.traffic] == [
+        ("iris-predictor-00002", 10, "latest"),
+        ("iris-predictor-00001", 90, "prev"),
+    ]
+    new = svc.revision("iris-predictor-00002")
+    assert new is not None
+    assert new.predictor is not None
+    assert new.predictor.format == "onnx"
