@@ -127,7 +127,7 @@ async def _load(config: ModelConfig, state: ModelState, hooks: Hooks) -> None:
     try:
         model = await asyncio.to_thread(_open, config, state.resources)
         load_s = loop.time() - started
-        logger.info("model loaded", extra={**fields, "platform": model.platform, "load_s": load_s})
+        logger.info("model loaded", extra={**fields, "platform": model.platform, "load_s": round(load_s, 4)})
         state.phase = "warming"
         warm_started = loop.time()
         try:
@@ -138,7 +138,7 @@ async def _load(config: ModelConfig, state: ModelState, hooks: Hooks) -> None:
             raise RuntimeError(f"warm-up inference failed: {exc}") from exc
         state.outputs = model.outputs or derived_outputs(results)
         warmup_s = loop.time() - warm_started
-        logger.info("warm-up done", extra={**fields, "warmup_s": warmup_s})
+        logger.info("warm-up done", extra={**fields, "warmup_s": round(warmup_s, 4)})
     except Exception as exc:
         state.phase = "failed"
         state.load_error = f"model {config.name!r} failed to load: {exc}"
