@@ -127,7 +127,9 @@ async def _load(config: ModelConfig, state: ModelState, hooks: Hooks) -> None:
     try:
         model = await asyncio.to_thread(_open, config, state.resources)
         load_s = loop.time() - started
-        logger.info("model loaded", extra={**fields, "platform": model.platform, "load_s": round(load_s, 4)})
+        logger.info(
+            "model loaded", extra={**fields, "platform": model.platform, "load_s": round(load_s, 4)}
+        )
         state.phase = "warming"
         warm_started = loop.time()
         try:
