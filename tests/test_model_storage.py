@@ -495,18 +495,32 @@ def test_a_bad_size_limit_in_the_environment_is_named(
 # ---------------------------------------------------------------- one download, atomic entries
 
 
-def blocked_waiters(lock_file: Path) -> int:
-    """Processes blocked in flock on ``lock_file``, from /proc/locks (``-> FLOCK`` lines)."""
-    try:
-        inode = lock_file.stat().st_ino
-    except FileNotFoundError:
-        return 0
-    count = 0
-    for line in Path("/proc/locks").read_text().splitlines():
-        fields = line.split()
-        if "->" in fields and fields[-3].endswith(f":{inode}"):
-            count += 1
-    return count
+class Replica:
+    """A CLI fetch in its own process; its stderr is read as it comes."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = cli(*args)
+        self.stderr: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+
+    def waiting(self) -> bool:
+        return any("waiting for another process fetching the artifact" in x for x in self.stderr)
+
+    def finish(self) -> tuple[int, str]:
+        assert self.proc.stdout is not None
+        out = self.proc.stdout.read()
+        self.proc.wait(DEADLINE_S)
+        self.reader.join(DEADLINE_S)
+        self.proc.stdout.close()
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+        return self.proc.returncode, out
 
 
 def test_replicas_starting_together_download_once(server: FileServer, cache_dir: Path) -> None:
@@ -514,26 +528,26 @@ def test_replicas_starting_together_download_once(server: FileServer, cache_dir:
     server.files["/big.joblib"] = body
     gate = server.gates["/big.joblib"] = threading.Event()
     uri = f"{server.base}/big.joblib"
-    replicas = 4
+    count = 4
 
-    procs = [cli(uri, "--cache-dir", str(cache_dir)) for _ in range(replicas)]
-    # The first replica's download stalls halfway until the others are queued behind its lock
+    replicas = [Replica(uri, "--cache-dir", str(cache_dir)) for _ in range(count)]
+    # The first replica's download stalls halfway until the others have found its lock taken
     # (or, were there no lock, until they all asked the server too).
-    lock_file = cache_dir / LOCKS / f"{uri_key(uri)}.fetch"
     try:
         wait_until(
             lambda: (
-                blocked_waiters(lock_file) == replicas - 1 or server.hits["/big.joblib"] == replicas
+                sum(r.waiting() for r in replicas) == count - 1
+                or server.hits["/big.joblib"] == count
             ),
             "the other replicas to wait for the first one's download",
         )
     finally:
         gate.set()
-        outputs = [p.communicate(timeout=DEADLINE_S) for p in procs]
+        results = [r.finish() for r in replicas]
 
-    assert [p.returncode for p in procs] == [0] * replicas, [err for _, err in outputs]
+    assert [rc for rc, _ in results] == [0] * count, [r.stderr for r in replicas]
     assert server.hits["/big.joblib"] == 1
-    paths = {Path(out.strip()) for out, _ in outputs}
+    paths = {Path(out.strip()) for _, out in results}
     assert len(paths) == 1
     assert paths.pop().read_bytes() == body
 
