@@ -532,7 +532,10 @@ def test_the_examples_exist() -> None:
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_example_loads_and_resolves(path: Path) -> None:
-    spec = load_spec(path)
+    # either form: a native spec, or InferenceService documents (cluster/inferenceservice.py)
+    from cluster.inferenceservice import load_file
+
+    spec, _ = load_file(path)
     config = AutoscalerConfig.from_data(spec.config)
     assert spec.services
     for rev in spec.revisions().values():
