@@ -1,5 +1,7 @@
-# The zeroserve image: one image for the activator, the autoscaler, the queue-proxy sidecar and the
-# example model servers (deploy/ picks the component by its command: python -m activator | …).
+# The zeroserve image: one image for the activator, the autoscaler, the queue-proxy sidecar, the
+# built-in model server with every format's library (python -m modelserver; its storage init step,
+# python -m modelserver.storage) and the example model servers (deploy/ and `zeroserve render` pick
+# the component by its command: python -m activator | …).
 # Build: docker build -t <registry>/zeroserve:<tag> .   (no Docker engine on the development
 # machines: this file is checked by review, not by CI.)
 
@@ -15,7 +17,8 @@ COPY queue_proxy queue_proxy
 COPY activator activator
 COPY autoscaler autoscaler
 COPY zeroserve zeroserve
-RUN pip wheel --no-cache-dir --wheel-dir /wheels . \
+COPY modelserver modelserver
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[models]' \
     && python -c "import zipfile, glob; w = glob.glob('/wheels/zeroserve-*.whl')[0]; \
 assert any(n.startswith('dataplane/server.') and n.endswith('.so') for n in zipfile.ZipFile(w).namelist()), 'dataplane not compiled'"
 
