@@ -35,7 +35,7 @@ def parse_shape(text: str) -> tuple[int, ...]:
         dims = tuple(int(d) for d in text.replace(" ", "").split(","))
     except ValueError:
         raise ConfigError(
-            f"--example-input-shape {text}: must be comma-separated integers, e.g. -1,4"
+            f"--example-input-shape {text}: must be comma-separated integers, e.g. =-1,4"
         ) from None
     if not dims or any(d < -1 or d == 0 for d in dims):
         raise ConfigError(
@@ -64,7 +64,7 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument(
         "--example-input-shape",
         default=None,
-        help="TorchScript: the input's shape, e.g. -1,4 (-1: any size)",
+        help="TorchScript: the input's shape, e.g. --example-input-shape=-1,4 (-1: any size)",
     )
     p.add_argument("--log-level", default=env.get("LOG_LEVEL", "").strip() or "info")
     p.add_argument(

@@ -127,8 +127,15 @@ async def _load(config: ModelConfig, state: ModelState, hooks: Hooks) -> None:
     try:
         model = await asyncio.to_thread(_open, config, state.resources)
         load_s = loop.time() - started
+        device = str(getattr(model, "device", "cpu"))  # pytorch and onnx may run on cuda
         logger.info(
-            "model loaded", extra={**fields, "platform": model.platform, "load_s": round(load_s, 4)}
+            "model loaded",
+            extra={
+                **fields,
+                "platform": model.platform,
+                "device": device,
+                "load_s": round(load_s, 4),
+            },
         )
         state.phase = "warming"
         warm_started = loop.time()

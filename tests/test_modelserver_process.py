@@ -144,6 +144,38 @@ async def test_process_serves_a_file_uri_archive_unpacked_into_the_cache(
     assert len(unpacked) == 1, "the archive was not unpacked into the cache"
 
 
+async def test_process_serves_torchscript_with_an_example_input_shape(tmp_path: Path) -> None:
+    import warnings
+
+    import numpy as np
+    import torch
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Softmax(dim=1)).eval()
+    with warnings.catch_warnings():  # torch deprecates TorchScript, still loads it
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.script(module).save(str(tmp_path / "model.pt"))
+    batch = X[ROWS].astype(np.float32)
+    with torch.inference_mode():
+        expected = module(torch.from_numpy(batch)).numpy().tolist()
+    # The "=" form: "-1,4" on its own would read as a flag.
+    args = ["--name", "ts", "--format", "pytorch", "--model", str(tmp_path / "model.pt")]
+    args += ["--example-input-shape=-1,4", "--device", "cpu"]
+    async with modelserver(args, tmp_path) as p, aiohttp.ClientSession() as session:
+        await poll_until_status(
+            session, p.base + "/v2/health/ready", 200, timeout_s=START_TIMEOUT_S, what=p.log()
+        )
+        body = {"instances": batch.tolist()}
+        async with session.post(p.base + "/v1/models/ts:predict", json=body) as resp:
+            assert resp.status == 200
+            assert (await resp.json())["predictions"] == expected
+        async with session.get(p.base + "/v2/models/ts") as resp:
+            meta = await resp.json()
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}]
+    loaded = next(r for r in p.records() if r["msg"] == "model loaded")
+    assert loaded["device"] == "cpu"
+
+
 @pytest.mark.parametrize(
     ("args", "error"),
     [
@@ -169,7 +201,7 @@ async def test_process_serves_a_file_uri_archive_unpacked_into_the_cache(
         ),
         pytest.param(
             ["--name", "m", "--format", "pytorch", "--model", "x", "--example-input-shape", "4,a"],
-            "modelserver: --example-input-shape 4,a: must be comma-separated integers, e.g. -1,4",
+            "modelserver: --example-input-shape 4,a: must be comma-separated integers, e.g. =-1,4",
             id="bad-shape",
         ),
         pytest.param(

@@ -44,6 +44,7 @@ class OnnxModel:
 
     def __init__(self, session: onnxruntime.InferenceSession, path: Path) -> None:
         self.session = session
+        self.device = "cuda" if "CUDAExecutionProvider" in session.get_providers() else "cpu"
         inputs: list[TensorSpec] = []
         for arg in session.get_inputs():
             datatype = DATATYPES.get(arg.type)

@@ -4,8 +4,9 @@ on the CPU (``--device`` forces one).
 
 An exported program records its inputs and outputs (names, dtypes, shapes; a dimension exported
 as dynamic is -1). A TorchScript file records only its inputs' names, so its shapes come from
-``--example-input-shape`` (one FP32 input, e.g. ``-1,4``) or from a ``signature.json`` beside the
-model file: ``{"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]}``. Outputs are
+``--example-input-shape=-1,4`` (one FP32 input; the ``=`` keeps the leading minus from reading
+as a flag) or from a ``signature.json`` beside the model file:
+``{"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]}``. Outputs are
 ``output-0``, ``output-1``… (a tensor, or a tuple/list of them), or a returned dict's keys.
 """
 
@@ -166,7 +167,7 @@ def _load_torchscript(path: Path, device: torch.device, options: LoadOptions) ->
     else:
         raise ModelError(
             f"--model {path}: a TorchScript file does not record its input shapes; "
-            f"give --example-input-shape (e.g. -1,4) or write {SIGNATURE_FILE} beside it"
+            f"give --example-input-shape=-1,4 (for example) or write {SIGNATURE_FILE} beside it"
         )
     return TorchModel(module, platform="pytorch_torchscript", device=device, inputs=inputs)
 
