@@ -134,6 +134,10 @@ class ArtifactPrefetcher:
                 self._spawn(art)
         if art.ready.is_set():
             return
+        log.info(
+            "replica waits for its model artifact",
+            extra={"revision": str(revision.key), "uri": ref.uri, "error": art.error},
+        )
         art.waiters += 1
         try:
             await art.ready.wait()
