@@ -174,13 +174,12 @@ def local_model(uri: str) -> Iterator[Path]:
         return
     from modelserver import storage
 
-    path = storage.fetch(uri)
-    hold = getattr(storage, "hold", None)
-    if hold is None:
-        yield path
-        return
-    with hold(path):
-        yield path
+    with contextlib.ExitStack() as stack:
+        try:
+            held = stack.enter_context(storage.hold(storage.fetch(uri)))
+        except storage.FetchError:  # evicted between fetch and hold: fetch it again, once
+            held = stack.enter_context(storage.hold(storage.fetch(uri)))
+        yield held
 
 
 # --- health and metadata -----------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -76,6 +77,16 @@ async def serving(
         if wait_ready:
             await asyncio.wait_for(app[STATE].ready_event.wait(), READY_TIMEOUT_S)
         yield Served(base, session, app)
+
+
+def script(module: Any) -> Any:
+    """``torch.jit.script(module)``: torch ≥ 2.9 deprecates TorchScript (a FutureWarning), and the
+    server still loads it."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.script(module)
 
 
 def tensor(name: str, array: NDArray[Any], datatype: str) -> dict[str, Any]:

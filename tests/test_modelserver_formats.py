@@ -5,14 +5,13 @@ same inputs, and its V2 metadata is the model's own signature."""
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from tests.modelserver_support import ROWS, iris, serving, tensor
+from tests.modelserver_support import ROWS, iris, script, serving, tensor
 
 X, Y = iris()
 BATCH = X[ROWS]
@@ -280,14 +279,6 @@ async def test_onnx_several_inputs_of_every_kind_of_datatype(tmp_path: Path) -> 
 # --- PyTorch -------------------------------------------------------------------------------------
 
 
-def _script(module: Any) -> Any:
-    import torch
-
-    with warnings.catch_warnings():  # torch ≥ 2.9 deprecates TorchScript, still loads it
-        warnings.simplefilter("ignore", FutureWarning)
-        return torch.jit.script(module)
-
-
 def _torch_module() -> Any:
     import torch
 
@@ -301,7 +292,7 @@ async def test_torchscript_predicts_as_the_module(tmp_path: Path) -> None:
     import torch
 
     module = _torch_module()
-    scripted = _script(module)
+    scripted = script(module)
     scripted.save(str(tmp_path / "model.pt"))
     with torch.inference_mode():
         expected = scripted(torch.from_numpy(BATCH.astype(np.float32))).numpy()
@@ -328,7 +319,7 @@ async def test_torchscript_signature_sidecar_names_several_inputs(tmp_path: Path
         ) -> tuple[torch.Tensor, torch.Tensor]:
             return x * factor.unsqueeze(1), factor.sum().reshape(1)
 
-    _script(Scale()).save(str(tmp_path / "model.pt"))
+    script(Scale()).save(str(tmp_path / "model.pt"))
     signature = {
         "inputs": [
             {"name": "x", "datatype": "FP32", "shape": [-1, 2]},

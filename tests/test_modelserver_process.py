@@ -5,6 +5,7 @@ warming up (logged with load_s and warmup_s), answers as the model does, exits 0
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import signal
@@ -21,7 +22,7 @@ import joblib
 import pytest
 
 from tests.examples_support import ROOT, free_port, poll_until_status
-from tests.modelserver_support import ROWS, iris
+from tests.modelserver_support import ROWS, iris, script
 
 pytestmark = pytest.mark.e2e
 
@@ -140,21 +141,34 @@ async def test_process_serves_a_file_uri_archive_unpacked_into_the_cache(
         body = {"instances": X[ROWS].tolist()}
         async with session.post(base + "/v1/models/iris:predict", json=body) as resp:
             assert (await resp.json())["predictions"] == expected
-    unpacked = list(cache.rglob("model.joblib"))
-    assert len(unpacked) == 1, "the archive was not unpacked into the cache"
+        unpacked = list(cache.rglob("model.joblib"))
+        assert len(unpacked) == 1, "the archive was not unpacked into the cache"
+        # While it serves, the server holds the artifact in use: eviction's exclusive lock fails.
+        (use_lock,) = cache.rglob("*.use")
+        assert not _can_lock_exclusively(use_lock)
+        p.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(p.proc.wait(), 30) == 0
+    assert _can_lock_exclusively(use_lock)
+
+
+def _can_lock_exclusively(path: Path) -> bool:
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 async def test_process_serves_torchscript_with_an_example_input_shape(tmp_path: Path) -> None:
-    import warnings
-
     import numpy as np
     import torch
 
     torch.manual_seed(0)
     module = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Softmax(dim=1)).eval()
-    with warnings.catch_warnings():  # torch deprecates TorchScript, still loads it
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.script(module).save(str(tmp_path / "model.pt"))
+    script(module).save(str(tmp_path / "model.pt"))
     batch = X[ROWS].astype(np.float32)
     with torch.inference_mode():
         expected = module(torch.from_numpy(batch)).numpy().tolist()
