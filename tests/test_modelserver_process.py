@@ -256,3 +256,22 @@ async def test_a_model_that_fails_to_load_exits_1_after_listening(tmp_path: Path
     assert "cannot load it as sklearn" in failed[0]["error"]
     # It listened first (liveness answered while it loaded), then stopped.
     assert any(r["msg"].startswith("listening on 127.0.0.1:") for r in p.records())
+
+
+async def test_only_the_format_in_use_is_imported(iris_model: tuple[Path, list[int]]) -> None:
+    path, _ = iris_model
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from modelserver.app import main\n"
+        "from modelserver.model import LoadOptions, load\n"
+        f"load(Path({str(path)!r}), 'sklearn', LoadOptions())\n"
+        "heavy = ('sklearn', 'torch', 'xgboost', 'lightgbm', 'onnxruntime')\n"
+        "print(sorted(m for m in sys.modules if m in heavy))\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, cwd=ROOT, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0
+    assert out.decode().strip() == "['sklearn']"
