@@ -54,6 +54,12 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument(
         "--model", required=True, help="a model file or one-model directory, or a storage URI"
     )
+    p.add_argument(
+        "--sha256",
+        default=env.get("ZEROSERVE_MODEL_SHA256", "").strip() or None,
+        help="the artifact's expected sha256 (hex; default $ZEROSERVE_MODEL_SHA256): checked "
+        "before loading",
+    )
     p.add_argument("--port", type=int, default=None, help="listening port (default: $PORT or 8080)")
     p.add_argument("--host", default=env.get("HOST", "").strip() or "127.0.0.1")
     p.add_argument(
@@ -111,6 +117,15 @@ def _device(text: str) -> str:
     raise ConfigError(f"--device {text}: must be auto, cpu, cuda or cuda:N")
 
 
+def _sha256(text: str | None) -> str | None:
+    if text is None:
+        return None
+    digest = text.strip().lower().removeprefix("sha256:")
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ConfigError(f"--sha256 {text!r}: must be 64 hex digits")
+    return digest
+
+
 def _name(text: str) -> str:
     if not text or "/" in text or ":" in text:
         raise ConfigError(f"--name {text!r}: must be non-empty, without '/' or ':'")
@@ -127,11 +142,12 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             format=args.format,
             model=args.model,
             options=LoadOptions(device=_device(args.device), example_input_shape=shape),
+            sha256=_sha256(args.sha256),
         )
         port = _port(args.port, env)
         shutdown_timeout_s = _shutdown_timeout(env)
         check_format(config.format)
-        if "://" not in config.model:  # a URI is fetched after listening
+        if "://" not in config.model and config.sha256 is None:  # else fetched after listening
             model_file(Path(config.model), config.format)
     except (ConfigError, ModelError) as exc:
         print(f"modelserver: {exc}", file=sys.stderr)

@@ -51,6 +51,8 @@ class ModelConfig:
     model: str
     """A local file or one-model directory, or a storage URI (file://, http(s)://, s3://)."""
     options: LoadOptions = field(default_factory=LoadOptions)
+    sha256: str | None = None
+    """The artifact's pinned digest (hex), checked by :func:`modelserver.storage.fetch`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,24 +163,25 @@ async def _load(config: ModelConfig, state: ModelState, hooks: Hooks) -> None:
 
 
 def _open(config: ModelConfig, resources: contextlib.ExitStack) -> Model:
-    path = resources.enter_context(local_model(config.model))
+    path = resources.enter_context(local_model(config.model, config.sha256))
     return load(path, config.format, config.options)
 
 
 @contextlib.contextmanager
-def local_model(uri: str) -> Iterator[Path]:
+def local_model(uri: str, sha256: str | None = None) -> Iterator[Path]:
     """The local path of ``uri``, held in use (never evicted from the artifact cache) while the
-    context is open. The one place that talks to :mod:`modelserver.storage`."""
-    if "://" not in uri:
+    context is open, its digest checked against ``sha256`` when pinned. The one place that talks
+    to :mod:`modelserver.storage`."""
+    if "://" not in uri and sha256 is None:
         yield Path(uri)
         return
     from modelserver import storage
 
     with contextlib.ExitStack() as stack:
         try:
-            held = stack.enter_context(storage.hold(storage.fetch(uri)))
+            held = stack.enter_context(storage.hold(storage.fetch(uri, sha256=sha256)))
         except storage.FetchError:  # evicted between fetch and hold: fetch it again, once
-            held = stack.enter_context(storage.hold(storage.fetch(uri)))
+            held = stack.enter_context(storage.hold(storage.fetch(uri, sha256=sha256)))
         yield held
 
 

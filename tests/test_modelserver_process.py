@@ -258,6 +258,42 @@ async def test_a_model_that_fails_to_load_exits_1_after_listening(tmp_path: Path
     assert any(r["msg"].startswith("listening on 127.0.0.1:") for r in p.records())
 
 
+@pytest.mark.parametrize(
+    "pinned", [pytest.param(True, id="right"), pytest.param(False, id="wrong")]
+)
+async def test_a_pinned_sha256_is_checked_before_loading(
+    tmp_path: Path, iris_model: tuple[Path, list[int]], pinned: bool
+) -> None:
+    """ZEROSERVE_MODEL_SHA256 (what the spec loader sets for a predictor's ``sha256:``) is the
+    model's pin: the right digest serves, a wrong one never loads and exits 1 naming both."""
+    import hashlib
+
+    path, _ = iris_model
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    pin = digest if pinned else "0" * 64
+    args = ["--name", "m", "--format", "sklearn", "--model", f"file://{path}"]
+    env = {"ZEROSERVE_MODEL_SHA256": pin, "ZEROSERVE_MODEL_CACHE": str(tmp_path / "cache")}
+    async with modelserver(args, tmp_path, **env) as p:
+        if pinned:
+            async with aiohttp.ClientSession() as session:
+                await poll_until_status(
+                    session, p.base + "/v2/health/ready", 200, timeout_s=START_TIMEOUT_S
+                )
+        else:
+            assert await asyncio.wait_for(p.proc.wait(), 60) == 1
+    if not pinned:
+        (failed,) = [r for r in p.records() if r["msg"] == "model failed to load"]
+        assert digest in failed["error"]
+        assert "0" * 64 in failed["error"]
+
+
+async def test_a_malformed_sha256_flag_exits_2(tmp_path: Path) -> None:
+    args = ["--name", "m", "--format", "sklearn", "--model", "x.joblib", "--sha256", "abc"]
+    async with modelserver(args, tmp_path) as p:
+        assert await asyncio.wait_for(p.proc.wait(), 30) == 2
+    assert "--sha256 'abc': must be 64 hex digits" in p.log()
+
+
 async def test_only_the_format_in_use_is_imported(iris_model: tuple[Path, list[int]]) -> None:
     path, _ = iris_model
     code = (
