@@ -3,7 +3,7 @@ cimport cython
 
 from dataplane.deadlines cimport Deadline, new_deadline
 from dataplane.headers cimport scan_response_headers, status_line
-from dataplane.server cimport _Exchange
+from dataplane.server cimport _Connection, _Exchange
 from dataplane.upstream cimport ResponseSink, UpstreamConnection
 
 
@@ -65,6 +65,7 @@ cdef class Forward(ResponseSink):
     cpdef flush(self)
     cpdef on_message_complete(self)
     cpdef _cancel_start_timer(self)
+    @cython.locals(client=_Connection)
     cpdef _detach(self, bint reuse)
     cpdef _finish(self, object result, bint answered=*)
     cpdef on_upgraded(self, rest)

@@ -546,7 +546,13 @@ class Forward(ResponseSink):
             return
         conn.sink = None
         if reuse:
-            self._ex._conn._server.pool.release(conn, self._ex._conn._time())
+            client = self._ex._conn
+            if client._write_paused and conn.transport is not None:
+                # The response's last bytes paused the client's writes, and with them this
+                # connection's reading (client_pause_writing): nothing resumes it once pooled,
+                # and the next response on it would never be read.
+                conn.transport.resume_reading()
+            client._server.pool.release(conn, client._time())
         else:
             conn.abort()
         self._ex._conn.pause_for_upstream(False)

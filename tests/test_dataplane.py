@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -193,6 +194,53 @@ async def test_big_download_sha(proxy: Proxy, client: aiohttp.ClientSession) -> 
         async for chunk in resp.content.iter_any():
             h.update(chunk)
     assert h.hexdigest() == hashlib.sha256((b"x" * 65536 * 129)[:size]).hexdigest()
+
+
+async def _read_head(sock: socket.socket) -> tuple[bytes, bytes]:
+    """A response head read off a raw socket, and the bytes after it."""
+    loop = asyncio.get_running_loop()
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = await loop.sock_recv(sock, 65536)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return head, rest
+
+
+async def test_pooled_connection_reads_again_after_the_client_paused_at_the_response_end(
+    proxy: Proxy,
+) -> None:
+    """The last upstream read of a response is more than the client's socket takes at once:
+    writing it pauses the client, and with it the upstream connection's reading, just as the
+    response ends. That connection goes back to the pool and must read again, else the next
+    response on it never arrives (a queue-proxy then waits out its drain with the request in
+    flight: tests/test_queue_proxy_process.py hung so, under load)."""
+    loop = asyncio.get_running_loop()
+    size = 100_000  # a few upstream reads at most, each far more than ~16 KiB
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", proxy.server.port))
+        await poll_until(lambda: len(proxy.server.connections) == 1)
+        (conn,) = proxy.server.connections
+        assert conn.transport is not None
+        # a small fixed send buffer (no autotuning): the kernel takes a few KiB per write
+        conn.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+        )
+        await loop.sock_sendall(sock, b"GET /big?size=%d HTTP/1.1\r\nHost: t\r\n\r\n" % size)
+        head, rest = await asyncio.wait_for(_read_head(sock), 5)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        got = len(rest)
+        async with asyncio.timeout(5):
+            while got < size:
+                got += len(await loop.sock_recv(sock, 65536))
+        assert got == size
+        assert proxy.server.pool.idle_count() == 1  # the next request takes this connection
+        await loop.sock_sendall(sock, b"GET /echo HTTP/1.1\r\nHost: t\r\n\r\n")
+        head, _ = await asyncio.wait_for(_read_head(sock), 5)
+        assert head.startswith(b"HTTP/1.1 200 ")
 
 
 @pytest.mark.parametrize(
