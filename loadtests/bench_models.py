@@ -360,10 +360,10 @@ def latency_summary(times: dict[str, list[float]]) -> dict[str, Any]:
 
 
 async def cold_rounds(
-    rt: Runtime, fmt: str, body: bytes, rounds: int, settle_s: float
-) -> list[dict[str, float]]:
+    rt: Runtime, fmt: str, body: bytes, rounds: int, settle_s: float, out: list[dict[str, float]]
+) -> None:
+    """Time ``rounds`` first predictions from zero, appending each to ``out`` as it is taken."""
     name, revision = f"{fmt}-cold", f"{fmt}-cold-v1"
-    out: list[dict[str, float]] = []
     async with aiohttp.ClientSession() as status:
 
         async def row() -> dict[str, Any]:
@@ -404,7 +404,6 @@ async def cold_rounds(
             )
             out.append({"first_prediction_s": round(elapsed, 4), **fields[0]})
             print(f"    from zero {i + 1}/{rounds}: {elapsed:.3f} s", flush=True)
-    return out
 
 
 # --- per format ----------------------------------------------------------------------------------
@@ -425,23 +424,24 @@ class Args:
     results: list[dict[str, Any]] = field(default_factory=list)
 
 
-async def bench_format(args: Args, fmt: str, size: int, uri: str, cache: Path) -> dict[str, Any]:
+async def bench_format(args: Args, fmt: str, size: int, uri: str, cache: Path) -> None:
+    """Measure one format into a result of ``args.results``, filled in as each phase ends (so a
+    deadline still reports what was measured)."""
     result: dict[str, Any] = {"format": fmt, "artifact_bytes": size, "uri": uri}
+    args.results.append(result)
     env = {"ZEROSERVE_MODEL_CACHE": str(cache)}
-    starts = []
+    starts: dict[str, list[float]] = {"start_to_ready_s": [], "load_s": [], "warmup_s": []}
     for i in range(args.starts):
         s = await standalone_start(fmt, uri, env)
-        starts.append(s)
+        starts["start_to_ready_s"].append(round(s.start_to_ready_s, 4))
+        starts["load_s"].append(s.load_s)
+        starts["warmup_s"].append(s.warmup_s)
+        result["start"] = starts
         print(
             f"    start {i + 1}/{args.starts}: ready {s.start_to_ready_s:.3f} s "
             f"(load_s {s.load_s}, warmup_s {s.warmup_s})",
             flush=True,
         )
-    result["start"] = {
-        "start_to_ready_s": [round(s.start_to_ready_s, 4) for s in starts],
-        "load_s": [s.load_s for s in starts],
-        "warmup_s": [s.warmup_s for s in starts],
-    }
     with tempfile.TemporaryDirectory(prefix=f"bench-models-{fmt}-") as tmp:
         spec = Path(tmp) / "spec.yaml"
         spec.write_text(spec_text(fmt, uri, cache))
@@ -483,8 +483,8 @@ async def bench_format(args: Args, fmt: str, size: int, uri: str, cache: Path) -
                 f"{warm['via_ms']['p50']:.3f} ms ({warm['requests']} each)",
                 flush=True,
             )
-            result["cold"] = await cold_rounds(rt, fmt, body, args.cold, args.settle)
-    return result
+            result["cold"] = []
+            await cold_rounds(rt, fmt, body, args.cold, args.settle, result["cold"])
 
 
 def median(values: Sequence[float]) -> float:
@@ -575,7 +575,7 @@ async def run(args: Args) -> None:
             for fmt in args.formats:
                 size = sizes[fmt]
                 print(f"{fmt} ({size} bytes)", flush=True)
-                args.results.append(await bench_format(args, fmt, size, uris[fmt], cache))
+                await bench_format(args, fmt, size, uris[fmt], cache)
 
 
 def parse(argv: Sequence[str] | None) -> Args:
