@@ -5,13 +5,19 @@ the model is fetched, loaded and warmed up in a thread. Readiness (``/v2/health/
 ``/v2/models/<name>/ready``, V1 ``GET /v1/models/<name>``) turns true only once one warm-up
 inference on inputs made from the model's signature has run; until then inference answers 503
 with ``Retry-After``. After SIGTERM readiness answers 503 again while requests are still served.
+
+Each phase of the start (:mod:`modelserver.phases`: imports, accelerator init, fetch, load,
+warm-up) is logged as it ends (``cold-start phase``) and listed at ``GET /zeroserve/phases``,
+outside the protocols' paths, where the local supervisor collects them once the replica is ready.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,7 +27,15 @@ from typing import Any
 from aiohttp import web
 
 from modelserver.http import json_error, json_errors
-from modelserver.model import LoadOptions, Model, derived_outputs, example_inputs, load
+from modelserver.model import (
+    LoadOptions,
+    Model,
+    check_format,
+    derived_outputs,
+    example_inputs,
+    load,
+)
+from modelserver.phases import Phase, PhaseClock
 from modelserver.tensors import (
     RequestError,
     TensorSpec,
@@ -78,6 +92,8 @@ class ModelState:
     """Why loading failed; liveness then answers 500 and the process exits non-zero."""
     resources: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     """What the server holds while it serves (the artifact's in-use lock)."""
+    phases: PhaseClock = field(default_factory=PhaseClock)
+    """The start's phases so far (``GET /zeroserve/phases``)."""
 
     @property
     def ready(self) -> bool:
@@ -86,6 +102,8 @@ class ModelState:
 
 CONFIG = web.AppKey("modelserver_config", ModelConfig)
 STATE = web.AppKey("modelserver_state", ModelState)
+PHASES_PATH = "/zeroserve/phases"
+"""Where the start's phases are listed (JSON: ``started_at``, ``done``, ``phases``)."""
 HOOKS = web.AppKey("modelserver_hooks", Hooks)
 
 
@@ -106,6 +124,7 @@ def make_app(config: ModelConfig, *, hooks: Hooks | None = None) -> web.Applicat
     app.router.add_get("/v1/models", v1_list)
     app.router.add_get("/v1/models/{model:[^/:]+}", model_ready)
     app.router.add_post("/v1/models/{model:[^/:]+}:predict", v1_predict)
+    app.router.add_get(PHASES_PATH, phases)
     return app
 
 
@@ -123,12 +142,11 @@ async def _load_in_background(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _load(config: ModelConfig, state: ModelState, hooks: Hooks) -> None:
-    loop = asyncio.get_running_loop()
     fields: dict[str, Any] = {"model": config.name, "format": config.format, "uri": config.model}
-    started = loop.time()
+    clock = state.phases
     try:
-        model = await asyncio.to_thread(_open, config, state.resources)
-        load_s = loop.time() - started
+        model = await asyncio.to_thread(_open, config, state.resources, clock, fields)
+        load_s = clock.phases[-1].seconds
         device = str(getattr(model, "device", "cpu"))  # pytorch and onnx may run on cuda
         logger.info(
             "model loaded",
@@ -140,7 +158,7 @@ async def _load(config: ModelConfig, state: ModelState, hooks: Hooks) -> None:
             },
         )
         state.phase = "warming"
-        warm_started = loop.time()
+        warm_started = time.monotonic()
         try:
             results = await asyncio.to_thread(
                 model.predict, example_inputs(model.inputs), frozenset()
@@ -148,10 +166,11 @@ async def _load(config: ModelConfig, state: ModelState, hooks: Hooks) -> None:
         except Exception as exc:
             raise RuntimeError(f"warm-up inference failed: {exc}") from exc
         state.outputs = model.outputs or derived_outputs(results)
-        warmup_s = loop.time() - warm_started
-        logger.info("warm-up done", extra={**fields, "warmup_s": round(warmup_s, 4)})
+        warmup = _phase_done(clock, "warmup", warm_started, fields)
+        logger.info("warm-up done", extra={**fields, "warmup_s": round(warmup.seconds, 4)})
     except Exception as exc:
         state.phase = "failed"
+        state.phases.done = True
         state.load_error = f"model {config.name!r} failed to load: {exc}"
         logger.error("model failed to load", extra={**fields, "error": str(exc)})
         if hooks.on_load_error is not None:
@@ -159,12 +178,64 @@ async def _load(config: ModelConfig, state: ModelState, hooks: Hooks) -> None:
         return
     state.model = model
     state.phase = "ready"
+    state.phases.done = True
     state.ready_event.set()
 
 
-def _open(config: ModelConfig, resources: contextlib.ExitStack) -> Model:
+def _open(
+    config: ModelConfig,
+    resources: contextlib.ExitStack,
+    clock: PhaseClock,
+    fields: dict[str, Any],
+) -> Model:
+    """Import, initialise the accelerator, fetch and load, each a timed phase (in a thread)."""
+    # imports: from the process's start, so the interpreter's own start counts too
+    info = check_format(config.format)
+    importlib.import_module(f"modelserver.formats.{info.module}")
+    _phase_done(clock, "imports", clock.started, fields)
+    began = time.monotonic()
+    if _init_accelerator(config):
+        _phase_done(clock, "accelerator_init", began, fields)
+    began = time.monotonic()
     path = resources.enter_context(local_model(config.model, config.sha256))
-    return load(path, config.format, config.options)
+    _phase_done(clock, "fetch", began, fields)
+    began = time.monotonic()
+    model = load(path, config.format, config.options)
+    _phase_done(clock, "load", began, fields)
+    return model
+
+
+def _init_accelerator(config: ModelConfig) -> bool:
+    """Create the CUDA context now when the model will run on a GPU, so that its cost shows
+    apart from loading; False (nothing done) on the CPU. Only PyTorch is timed this way:
+    onnxruntime creates its CUDA context inside the session, i.e. in ``load``."""
+    device = config.options.device
+    if config.format != "pytorch" or device == "cpu":
+        return False
+    import torch
+
+    if device == "auto":
+        if not torch.cuda.is_available():
+            return False
+        device = "cuda"
+    torch.cuda.init()  # type: ignore[no-untyped-call]
+    torch.zeros(1, device=device)  # the context is made on the first tensor on the device
+    torch.cuda.synchronize(device)
+    return True
+
+
+def _phase_done(clock: PhaseClock, phase: str, began: float, fields: dict[str, Any]) -> Phase:
+    done = clock.end(phase, began)
+    logger.info(
+        "cold-start phase",
+        extra={
+            **fields,
+            "phase": phase,
+            "seconds": round(done.seconds, 4),
+            "since_start_s": round(done.since_start_s, 4),
+        },
+    )
+    return done
 
 
 @contextlib.contextmanager
@@ -225,6 +296,10 @@ async def model_metadata(request: web.Request) -> web.Response:
             "outputs": [s.metadata() for s in state.outputs],
         }
     )
+
+
+async def phases(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATE].phases.to_dict())
 
 
 async def model_ready(request: web.Request) -> web.Response:
