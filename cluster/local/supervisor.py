@@ -32,6 +32,7 @@ from typing import Any
 
 import aiohttp
 
+from cluster.local.coldstart import REPORT_PATH, ColdStarts, StartTimer
 from cluster.local.output import LogFormat, spawn_relayed
 from cluster.local.ports import PortTable, listener_owners
 from cluster.local.process import Child, spawn, terminate
@@ -159,6 +160,8 @@ class LocalSupervisor(InitializedInMemory):
         """Awaited by each replica before its processes start, as a pod's init step runs before
         its containers (the runtime's artifact prefetch: a replica waits for its model file
         instead of starting a model server that would fail on a missing one)."""
+        self.cold_starts = ColdStarts()
+        """Each replica's cold start by phase (:mod:`cluster.local.coldstart`)."""
         s = self.settings
         self.zygote = Zygote(s.queue_proxy_entry, quiet=not s.log_children) if s.prefork else None
 
@@ -332,12 +335,13 @@ class LocalSupervisor(InitializedInMemory):
         model_env, qp_env = self._env(replica)
         out = None if self.settings.log_children else asyncio.subprocess.DEVNULL
         started = loop.time()
+        timer = StartTimer(started)  # the cold start's phases (cluster.local.coldstart)
         reason = ""
         code: int | None = None
         try:
             if self.before_start is not None:
                 await self.before_start(replica.revision)
-                started = loop.time()
+                started = timer.prefetched = loop.time()
             if self.settings.log_children:  # each line re-emitted with the pod's name
                 replica.model = await spawn_relayed(
                     replica.revision.command,
@@ -348,6 +352,7 @@ class LocalSupervisor(InitializedInMemory):
                 )
             else:
                 replica.model = await spawn(replica.revision.command, model_env, stdout=out)
+            timer.spawned = loop.time()
             fds = {var: sock.fileno() for var, sock in replica.listeners.items()}
             if self.zygote is not None:
                 replica.queue_proxy = await self.zygote.fork(
@@ -382,6 +387,7 @@ class LocalSupervisor(InitializedInMemory):
                     replica.ready = True
                     self._publish(key)
                     log.info("replica ready", extra={"revision": str(key), "pod": replica.name})
+                    self._collect_cold_start(key, replica, timer, loop.time())
                     proc, code = await exited
                     reason = f"{proc} exited with code {code}"
             finally:
@@ -420,6 +426,20 @@ class LocalSupervisor(InitializedInMemory):
             self.on_crash(key, replica.name, code)
         await self._kill(replica)
         self._forget(state, replica)
+
+    def _collect_cold_start(
+        self, key: RevisionKey, replica: Replica, timer: StartTimer, ready_at: float
+    ) -> None:
+        self.cold_starts.collect(
+            namespace=key.namespace,
+            revision=key.name,
+            pod=replica.name,
+            started_at=replica.started_at,
+            timer=timer,
+            ready_at=ready_at,
+            session=self._client(),
+            report_url=f"http://{self.settings.host}:{replica.user_port}{REPORT_PATH}",
+        )
 
     def _forget(self, state: _RevisionState, replica: Replica) -> None:
         """The replica's processes have exited: its ports may go to another one."""
@@ -524,6 +544,7 @@ class LocalSupervisor(InitializedInMemory):
                     tasks.append(replica.task)
             self._publish(key)
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.cold_starts.close()
         if self.zygote is not None:
             await self.zygote.close()
         if self._session is not None:
