@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -29,6 +29,13 @@ class ScaleChange:
 
     def to_dict(self) -> dict[str, Any]:
         return {"from": self.from_scale, "to": self.to_scale, "reason": self.reason, "at": self.at}
+
+
+class ColdStartSummary(Protocol):
+    """A replica's last cold start, where the runtime records them (the local supervisor):
+    ``{"pod", "started_at", "total_s", "phases": {name: seconds}}``."""
+
+    def to_dict(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,6 +60,8 @@ class RevisionStatus:
     not_ready_reason: str | None = None
     """Why the revision's replicas cannot start or be ready, where the runtime knows (its
     model artifact's fetch failing: ``s3://models/iris/model.joblib: 403 AccessDenied``)."""
+    last_cold_start: ColdStartSummary | None = None
+    """The revision's latest replica start by phase, where the runtime records them."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -74,6 +83,7 @@ class RevisionStatus:
             },
             "last_change": self.last_change.to_dict() if self.last_change else None,
             "not_ready_reason": self.not_ready_reason,
+            "last_cold_start": self.last_cold_start.to_dict() if self.last_cold_start else None,
         }
 
 

@@ -76,6 +76,8 @@ class PhaseClock:
     def to_dict(self) -> dict[str, Any]:
         return {
             "started_at": round(self.started_at, 3),
+            # the start on CLOCK_MONOTONIC, which the supervisor on this machine shares
+            "started_monotonic": round(self.started, 6),
             "done": self.done,
             "phases": [p.to_dict() for p in self.phases],
         }

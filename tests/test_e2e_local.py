@@ -21,6 +21,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -702,3 +703,120 @@ async def test_a_missing_artifact_holds_replicas_shows_in_status_and_503s_with_t
             assert child_pids(rt.tag, rt.proc.pid, MODEL_SERVER) == []
             assert "replica failed" not in rt.log()
             assert rt.log().count("artifact fetch failed") >= 2  # retried
+
+
+# -- where a cold start goes (issue 26) -----------------------------------------------------------
+
+MODEL_SERVER_PHASES = ["spawn", "imports", "fetch", "load", "warmup", "ready"]  # CPU: no accel
+
+
+def cold_start_spec(uri: str, cache: Path) -> str:
+    """The built-in model server on a file:// model, and a command server (the iris example),
+    both from zero."""
+    return "\n".join(
+        [
+            "domain: example.com",
+            "config:",
+            '  allow-zero-initial-scale: "true"',
+            '  initial-scale: "0"',
+            "services:",
+            "  - name: iris",
+            "    revisions:",
+            "      - name: iris-v1",
+            "        predictor: {format: sklearn, storageUri: " + uri + "}",
+            f'        env: {{ZEROSERVE_MODEL_CACHE: "{cache}"}}',
+            "  - name: iris-cmd",
+            "    revisions:",
+            "      - name: iris-cmd-v1",
+            "        readinessProbe: {httpGet: {path: /v2/health/ready}}",
+            "        command: [python, -m, examples.iris_server]",
+            "",
+        ]
+    )
+
+
+async def test_cold_start_phases_in_status_cli_and_metrics(tmp_path: Path) -> None:
+    """After a cold start from zero, ``/v1/revisions`` has the revision's ``last_cold_start``
+    with the built-in model server's phases (spawn, imports, fetch, load, warm-up, ready) and a
+    total within the request's own wait; ``zeroserve status`` prints it; ``/metrics`` counts one
+    observation per phase. A command server that reports nothing gets spawn and ready only."""
+    rows, expected = iris_model(tmp_path / "model.joblib")
+    spec = write_spec(tmp_path, cold_start_spec((tmp_path / "model.joblib").as_uri(), tmp_path))
+    async with (
+        zeroserve_up(spec, tmp_path / "up.log") as rt,
+        aiohttp.ClientSession() as session,
+    ):
+
+        async def fetched() -> bool:
+            row = (await rt.revisions(session)).get("iris-v1", {})
+            return bool(row) and row.get("not_ready_reason") is None
+
+        await wait_for(fetched, within=30, what="the artifact prefetched")
+        assert (await rt.revisions(session))["iris-v1"]["last_cold_start"] is None
+
+        waits: dict[str, float] = {}
+        for revision, host in (
+            ("iris-v1", IRIS),
+            ("iris-cmd-v1", {"Host": "iris-cmd.default.example.com"}),
+        ):
+            sent = time.monotonic()
+            url = f"{rt.url}/v1/models/iris:predict"
+            async with session.post(url, json={"instances": rows}, headers=host) as resp:
+                assert resp.status == 200, (revision, await resp.text(), rt.log()[-3000:])
+                if revision == "iris-v1":
+                    assert (await resp.json())["predictions"] == expected
+            waits[revision] = time.monotonic() - sent
+
+        async def recorded() -> dict[str, Any] | None:
+            revs = await rt.revisions(session)
+            cold = {name: revs[name]["last_cold_start"] for name in waits}
+            return cold if all(cold.values()) else None
+
+        cold = await wait_for(recorded, within=10, what="the cold starts recorded")
+        model, command = cold["iris-v1"], cold["iris-cmd-v1"]
+        assert list(model["phases"]) == MODEL_SERVER_PHASES, model
+        assert list(command["phases"]) == ["spawn", "ready"], command
+        for name, one in cold.items():
+            phases, total = one["phases"], one["total_s"]
+            assert all(s >= 0 for s in phases.values()), one
+            # the replica's start is the request's wait, less the proxies' share and the
+            # inference after it; its phases add up to it (rounding aside)
+            assert 0 < total <= waits[name], (one, waits)
+            assert total >= waits[name] - 0.5, (one, waits)
+            assert abs(sum(phases.values()) - total) < 0.05, one
+            assert str(one["pod"]).startswith(name)
+        assert model["phases"]["imports"] > 0
+        assert "zeroserve.coldstart: cold-start phase" in rt.log()  # the supervisor's lines
+        assert "zeroserve.coldstart: cold start" in rt.log()
+
+        status = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "zeroserve", "status", "--url", rt.status_url],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert status.returncode == 0, status.stderr
+        lines = status.stdout.splitlines()
+        header = next(i for i, line in enumerate(lines) if line.startswith("LAST COLD START"))
+        assert "WARMUP" in lines[header]
+        shown = {line.split()[0]: line for line in lines[header + 1 :] if line.strip()}
+        assert str(model["pod"]) in shown["default/iris-v1"], status.stdout
+        assert str(command["pod"]) in shown["default/iris-cmd-v1"], status.stdout
+
+        metrics_url = rt.status_url.replace("/v1/revisions", "/metrics")
+        async with session.get(metrics_url) as resp:
+            text = await resp.text()
+        counts = {
+            (smp.labels["revision"], smp.labels["phase"]): smp.value
+            for family in text_string_to_metric_families(text)
+            for smp in family.samples
+            if smp.name == "zeroserve_cold_start_phase_seconds_count"
+            and smp.labels.get("namespace") == "default"
+        }
+        assert counts == {
+            **{("iris-v1", phase): 1.0 for phase in MODEL_SERVER_PHASES},
+            ("iris-cmd-v1", "spawn"): 1.0,
+            ("iris-cmd-v1", "ready"): 1.0,
+        }, text

@@ -18,7 +18,7 @@ from metrics.logs import configure_logging
 from zeroserve.runtime import LocalRuntime, RuntimeSettings
 from zeroserve.specfile import config_warnings
 from zeroserve.specfile import load as load_spec_file
-from zeroserve.status import StatusError, fetch, render
+from zeroserve.status import StatusError, fetch, render, render_cold_starts
 
 log = logging.getLogger("zeroserve")
 
@@ -53,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="a table of revisions from a running runtime")
     st.add_argument("--url", default="http://127.0.0.1:9090/v1/revisions")
     st.add_argument("--json", action="store_true", help="print the raw JSON rows")
+    st.add_argument(
+        "--cold-starts",
+        action="store_true",
+        help="print only each revision's last cold start by phase (by default it follows the "
+        "revisions table)",
+    )
     sub.add_parser("validate", help="check a spec file and exit").add_argument("spec")
     rd = sub.add_parser(
         "render",
@@ -198,7 +204,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         except StatusError as exc:
             print(f"zeroserve status: {exc}", file=sys.stderr)
             return 1
-        print(json.dumps(rows, indent=2) if args.json else render(rows))
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        cold = render_cold_starts(rows)
+        if args.cold_starts:
+            print(cold or "(no cold starts yet)")
+        else:
+            print(render(rows) + (f"\n\n{cold}" if cold else ""))
         return 0
     if args.command == "render":
         return _render(args)

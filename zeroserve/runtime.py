@@ -110,6 +110,8 @@ class LocalRuntime:
             not_ready_reason=self.prefetch.not_ready_reason,
         )
         self.autoscaler.metrics.registry.register(_Forward(self.activator.metrics.registry))
+        # zeroserve_cold_start_phase_seconds, beside them on the status port's /metrics
+        self.autoscaler.metrics.registry.register(_Forward(self.supervisor.cold_starts.registry))
         self._status_runner: web.AppRunner | None = None
         self._status_port = 0
         self._watch_task: asyncio.Task[None] | None = None
@@ -127,12 +129,17 @@ class LocalRuntime:
         return f"http://{self.settings.host}:{self.port}"
 
     def status(self) -> list[RevisionStatus]:
-        """The autoscaler's rows, each with why its revision cannot start, if it cannot."""
+        """The autoscaler's rows, each with why its revision cannot start, if it cannot, and
+        its last cold start by phase."""
         reason = self.prefetch.not_ready_reason
+        cold = self.supervisor.cold_starts.last
         return [
-            replace(row, not_ready_reason=why)
-            if (why := reason(RevisionKey(row.namespace, row.revision)))
-            else row
+            replace(
+                row,
+                not_ready_reason=reason(RevisionKey(row.namespace, row.revision))
+                or row.not_ready_reason,
+                last_cold_start=cold(row.namespace, row.revision),
+            )
             for row in self.autoscaler.status()
         ]
 

@@ -1,8 +1,10 @@
-"""``zeroserve status``: a table of revisions from the autoscaler's ``/v1/revisions``."""
+"""``zeroserve status``: a table of revisions from the autoscaler's ``/v1/revisions``, and one of
+each revision's last cold start by phase."""
 
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -74,3 +76,58 @@ def render(rows: Sequence[Mapping[str, Any]]) -> str:
     if not rows:
         lines.append("(no revisions)")
     return "\n".join(line.rstrip() for line in lines)
+
+
+# The order a cold start's phases run in (cluster.local.coldstart.PHASES), as column titles.
+PHASE_COLUMNS = (
+    ("SPAWN", "spawn"),
+    ("IMPORTS", "imports"),
+    ("ACCEL-INIT", "accelerator_init"),
+    ("FETCH", "fetch"),
+    ("LOAD", "load"),
+    ("WARMUP", "warmup"),
+    ("READY", "ready"),
+)
+
+
+def render_cold_starts(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Each revision's last cold start, one line per revision with a ``last_cold_start``: its
+    pod, when it was decided, its total and each phase's seconds (``-``: the phase did not
+    apply, e.g. no accelerator, or a command server that reports no phases). Empty when no
+    revision has one."""
+    starts = [
+        (row, row["last_cold_start"])
+        for row in sorted(
+            rows, key=lambda r: (str(r.get("namespace", "")), str(r.get("revision", "")))
+        )
+        if isinstance(row.get("last_cold_start"), dict)
+    ]
+    if not starts:
+        return ""
+    titles = ["LAST COLD START", "POD", "STARTED", "TOTAL"] + [t for t, _ in PHASE_COLUMNS]
+    table = [titles]
+    for row, cold in starts:
+        phases = cold.get("phases") if isinstance(cold.get("phases"), dict) else {}
+        started = cold.get("started_at")
+        table.append(
+            [
+                _cell(row, "revision"),
+                str(cold.get("pod", "-")),
+                time.strftime("%H:%M:%S", time.localtime(started))
+                if isinstance(started, int | float)
+                else "-",
+                _secs(cold.get("total_s")),
+                *(_secs(phases.get(key)) for _, key in PHASE_COLUMNS),
+            ]
+        )
+    widths = [max(len(line[i]) for line in table) for i in range(len(titles))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in table
+    )
+
+
+def _secs(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "-"
+    return f"{value * 1000:.0f}ms" if value < 1 else f"{value:.2f}s"

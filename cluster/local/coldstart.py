@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,9 @@ log = logging.getLogger("zeroserve.coldstart")
 PHASES = ("spawn", "imports", "accelerator_init", "fetch", "load", "warmup", "ready")
 REPORT_PATH = "/zeroserve/phases"
 REPORT_TIMEOUT_S = 2.0
+MAX_PREDATE_S = 600.0
+"""A model server's start reported this long before the decision is taken to be on another
+clock (the supervisor's own mark is used instead)."""
 BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
@@ -71,18 +74,28 @@ class ColdStart:
 
 @dataclass(slots=True)
 class StartTimer:
-    """The supervisor's marks for one replica's start, on the event loop's (monotonic) clock."""
+    """The supervisor's marks for one replica's start, in ``time.monotonic()`` seconds: on Linux
+    CLOCK_MONOTONIC, the clock the model server reports its own start on, so the two compare."""
 
     decided: float
     prefetched: float | None = None
     """When the wait for the artifact ended (None: there was none)."""
     spawned: float | None = None
-    """When the model-server process existed."""
+    """When the supervisor had the model-server process (spawned or forked)."""
 
 
-def parse_report(data: object) -> tuple[ReportedPhase, ...] | None:
-    """The phases of a ``GET /zeroserve/phases`` body; None for anything else (a server of its
-    own that answers that path differently)."""
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What a model server said about its start: when it began (``time.monotonic()``; None if
+    it did not say) and its phases in order."""
+
+    started_monotonic: float | None
+    phases: tuple[ReportedPhase, ...]
+
+
+def parse_report(data: object) -> Report | None:
+    """A ``GET /zeroserve/phases`` body; None for anything else (a server of its own that
+    answers that path differently)."""
     if not isinstance(data, Mapping) or not isinstance(data.get("phases"), list):
         return None
     out: list[ReportedPhase] = []
@@ -95,7 +108,8 @@ def parse_report(data: object) -> tuple[ReportedPhase, ...] | None:
         if not _seconds(seconds) or not _seconds(since):
             return None
         out.append(ReportedPhase(str(name), float(seconds), float(since)))  # type: ignore[arg-type]
-    return tuple(out)
+    started = data.get("started_monotonic")
+    return Report(float(started) if _seconds(started) else None, tuple(out))  # type: ignore[arg-type]
 
 
 def _seconds(value: object) -> bool:
@@ -108,32 +122,44 @@ def _seconds(value: object) -> bool:
 
 
 def combine(
-    timer: StartTimer, ready_at: float, reported: Sequence[ReportedPhase] | None
+    timer: StartTimer, ready_at: float, report: Report | None
 ) -> tuple[float, tuple[tuple[str, float], ...]]:
-    """The total and the phases of one cold start (see the module doc).
+    """The total and the phases of one cold start (see the module doc); all times monotonic.
 
-    Worked: decided at 0, artifact there at 0.0 (no wait), model server spawned at 0.004, it
-    reports imports 0.9 s (since its start 0.9), fetch 0.01 (0.91), load 0.05 (0.96), warmup
-    0.02 (0.98); marked ready at 1.0 → spawn 0.004, …, ready 1.0 − 0.004 − 0.98 = 0.016.
+    The model server's start comes from its report (else: when the supervisor had the process);
+    a reported phase counts only from the decision on (a process started before it, e.g. one
+    handed over ready-made, does not charge its earlier life to this cold start), so the phases
+    add up to the total but for the model server's few milliseconds between phases.
+
+    Worked: decided at 0, no artifact wait, the model server starts at 0.004 and reports imports
+    0.9 s (ending 0.9 after its start), fetch 0.01 (0.91), load 0.05 (0.96), warmup 0.02 (0.98);
+    marked ready at 1.0 → total 1.0: spawn 0.004, imports 0.9, …, ready 1.0 − 0.984 = 0.016.
     """
     total_s = max(ready_at - timer.decided, 0.0)
     prefetched = timer.decided if timer.prefetched is None else timer.prefetched
-    spawned = prefetched if timer.spawned is None else timer.spawned
-    wait_s = max(prefetched - timer.decided, 0.0)
-    spawn_s = max(spawned - prefetched, 0.0)
-    reported = reported or ()
+    reported = report.phases if report is not None else ()
+    model_start = timer.spawned if timer.spawned is not None else prefetched
+    started = None if report is None else report.started_monotonic
+    if started is not None and timer.decided - MAX_PREDATE_S <= started <= ready_at:
+        model_start = started  # the same clock, as on Linux
+    wait_s = prefetched - timer.decided
     fetch_reported = any(p.phase == "fetch" for p in reported)
-    phases: list[tuple[str, float]] = [("spawn", spawn_s if fetch_reported else spawn_s + wait_s)]
+    spawn_end = min(max(model_start, prefetched), ready_at)
+    spawn_s = spawn_end - prefetched + (0.0 if fetch_reported else wait_s)
+    phases: list[tuple[str, float]] = [("spawn", spawn_s)]
+    model_end = spawn_end
     for p in reported:
-        phases.append((p.phase, p.seconds + wait_s if p.phase == "fetch" else p.seconds))
-    model_s = reported[-1].since_start_s if reported else 0.0
-    phases.append(("ready", max(total_s - wait_s - spawn_s - model_s, 0.0)))
+        end = min(model_start + p.since_start_s, ready_at)
+        seconds = max(min(p.seconds, end - prefetched), 0.0)  # not before the decision
+        phases.append((p.phase, seconds + wait_s if p.phase == "fetch" else seconds))
+        model_end = max(model_end, end)
+    phases.append(("ready", max(ready_at - model_end, 0.0)))
     return total_s, tuple(phases)
 
 
 async def fetch_report(
     session: aiohttp.ClientSession, url: str, timeout_s: float = REPORT_TIMEOUT_S
-) -> tuple[ReportedPhase, ...] | None:
+) -> Report | None:
     """The model server's phases at ``url``; None when it reports none (or cannot be asked)."""
     try:
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
@@ -193,8 +219,8 @@ class ColdStarts:
         (readiness never waits for this)."""
 
         async def run() -> None:
-            reported = await fetch_report(session, report_url)
-            total_s, phases = combine(timer, ready_at, reported)
+            report = await fetch_report(session, report_url)
+            total_s, phases = combine(timer, ready_at, report)
             self.record(
                 ColdStart(
                     namespace=namespace,

@@ -335,13 +335,16 @@ class LocalSupervisor(InitializedInMemory):
         model_env, qp_env = self._env(replica)
         out = None if self.settings.log_children else asyncio.subprocess.DEVNULL
         started = loop.time()
-        timer = StartTimer(started)  # the cold start's phases (cluster.local.coldstart)
+        # the cold start's phases (cluster.local.coldstart), on the clock the model server
+        # reports its own start on
+        timer = StartTimer(time.monotonic())
         reason = ""
         code: int | None = None
         try:
             if self.before_start is not None:
                 await self.before_start(replica.revision)
-                started = timer.prefetched = loop.time()
+                started = loop.time()
+                timer.prefetched = time.monotonic()
             if self.settings.log_children:  # each line re-emitted with the pod's name
                 replica.model = await spawn_relayed(
                     replica.revision.command,
@@ -352,7 +355,7 @@ class LocalSupervisor(InitializedInMemory):
                 )
             else:
                 replica.model = await spawn(replica.revision.command, model_env, stdout=out)
-            timer.spawned = loop.time()
+            timer.spawned = time.monotonic()
             fds = {var: sock.fileno() for var, sock in replica.listeners.items()}
             if self.zygote is not None:
                 replica.queue_proxy = await self.zygote.fork(
@@ -387,7 +390,7 @@ class LocalSupervisor(InitializedInMemory):
                     replica.ready = True
                     self._publish(key)
                     log.info("replica ready", extra={"revision": str(key), "pod": replica.name})
-                    self._collect_cold_start(key, replica, timer, loop.time())
+                    self._collect_cold_start(key, replica, timer, time.monotonic())
                     proc, code = await exited
                     reason = f"{proc} exited with code {code}"
             finally:
