@@ -67,7 +67,9 @@ class Revision:
     ``command``/``env`` say how the local runtime starts a replica (``$PORT`` is the user port);
     ``image`` is the container for Kubernetes. Timeouts are seconds; 0 disables the
     response-start and idle timeouts. A revision with a ``predictor`` runs the built-in model
-    server: its ``command`` is derived from the predictor by the spec loader.
+    server: its ``command`` is derived from the predictor by the spec loader. ``preload`` names
+    modules the local runtime imports once in a parked process that replicas are forked from
+    (``python -m MODULE`` commands; :mod:`cluster.local.model_zygote`).
     """
 
     namespace: str
@@ -84,6 +86,7 @@ class Revision:
     image: str = ""
     user_port: int = 8080
     predictor: Predictor | None = None
+    preload: tuple[str, ...] = ()
 
     @property
     def key(self) -> RevisionKey:

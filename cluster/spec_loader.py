@@ -30,6 +30,7 @@ The format (docs/configuration.md has the full reference)::
               format: sklearn                              # sklearn | xgboost | lightgbm | onnx | pytorch
               storageUri: s3://models/iris/model.joblib    # file://, http(s)://, s3:// or a path
               sha256: 0123...cdef                          # optional: 64 hex digits
+            preload: [transformers]        # optional: modules replicas are forked with, imported
         traffic:                   # optional with one revision (it gets 100 %)
           - {revisionName: iris-v1, percent: 100, tag: v1}
 
@@ -105,7 +106,9 @@ _REVISION_FIELDS = (
     "image",
     "port",
     "predictor",
+    "preload",
 )
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _PREDICTOR_FIELDS = ("format", "storageUri", "sha256")
 _STORAGE_SCHEMES = ("file", "http", "https", "s3")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
@@ -388,6 +391,7 @@ def _revision(
         )
 
     probe = _probe(raw.get("readinessProbe"), f"{path}.readinessProbe", errs)
+    preload = _preload(raw.get("preload"), f"{path}.preload", errs)
 
     if len(errs.items) > before or name is None or namespace is None or service is None:
         return None
@@ -411,7 +415,24 @@ def _revision(
         image=image,
         user_port=port,
         predictor=predictor,
+        preload=preload,
     )
+
+
+def _preload(raw: object, path: str, errs: _Errors) -> tuple[str, ...]:
+    """``preload: [torch, transformers]``: Python module names, each once."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        errs.value(path, raw, "must be a list of Python module names (torch, transformers)")
+        return ()
+    names: list[str] = []
+    for n, item in enumerate(raw):
+        if not isinstance(item, str) or not _MODULE_NAME.fullmatch(item):
+            errs.value(f"{path}[{n}]", item, "must be a Python module name (torch, torch.nn)")
+        elif item not in names:
+            names.append(item)
+    return tuple(names)
 
 
 def predictor_command(service: str, predictor: Predictor) -> tuple[str, ...]:
