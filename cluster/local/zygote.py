@@ -14,6 +14,7 @@ Protocol, one JSON object per line. To the zygote (its stdin)::
 From the zygote (its stdout)::
 
     {"event": "hello", "pid": 4200, "import_s": 0.31}  # once, the entry point is imported
+                                                       # (+ "unsafe": "" or why, with preload)
     {"event": "forked", "id": 1, "pid": 4242}          # or "fork-failed" with "error"
     {"event": "exit", "pid": 4242, "code": 0}          # reaped (negative code: killed by signal)
 
@@ -25,7 +26,10 @@ A fork with ``fds`` is preceded by one datagram on a Unix socket pair (``SOCK_SE
 zygote's end is named by ``ZEROSERVE_ZYGOTE_FDS`` in its environment) that carries the request's
 id and, as ``SCM_RIGHTS``, the descriptors in that order: the child finds each one's number in
 the environment variable of that name (the local supervisor hands a queue-proxy the listening
-sockets it opened itself this way, so that their ports are never free in between).
+sockets it opened itself this way, so that their ports are never free in between). A zygote
+started with ``preload`` (a model server's parent, :mod:`cluster.local.model_zygote`) has no
+entry point: each fork names a ``module`` run as ``python -m`` would, with ``argv``, the whole
+environment (``replace_env``) and its own stdout and stderr (``stdio``: they lead the datagram).
 
 The zygote reaps its children, so signals go through it: it signals only a child it has not
 reaped, whose pid cannot have been reused. If the zygote dies, its children die with it
@@ -42,7 +46,7 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cluster.local.process import spawn_process
@@ -94,9 +98,15 @@ class Zygote:
         quiet: bool = False,
         python: str = sys.executable,
         fork_timeout_s: float = 60.0,
+        preload: Sequence[str] | None = None,
     ) -> None:
         self.entry = entry
         """``module:function`` the zygote imports and each child calls with ``[]``."""
+        self.preload = None if preload is None else tuple(preload)
+        """Instead of an entry point: modules the zygote imports (``--preload``); each fork then
+        names the module its child runs."""
+        self.unsafe = ""
+        """With ``preload``: why the zygote's last hello said it is unsafe to fork ("" if safe)."""
         self.quiet = quiet
         """True: the children's output goes to /dev/null (else to this process's stderr)."""
         self.python = python
@@ -107,6 +117,7 @@ class Zygote:
         self._fds: socket.socket | None = None
         self._reader: asyncio.Task[None] | None = None
         self._hello = False
+        self._hello_seen: asyncio.Future[str] | None = None
         self._lock = asyncio.Lock()
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[ForkedChild]] = {}
@@ -118,6 +129,11 @@ class Zygote:
     def pid(self) -> int | None:
         """The zygote's pid while it runs."""
         return None if self._proc is None else self._proc.pid
+
+    @property
+    def children(self) -> int:
+        """How many of its children have not exited."""
+        return len(self._children)
 
     async def start(self) -> None:
         """Start the zygote process unless it runs (it imports in the background)."""
@@ -137,10 +153,24 @@ class Zygote:
             self._fds = ours
             self._proc = proc
             self._hello = False
+            self._hello_seen = asyncio.get_running_loop().create_future()
             self.starts += 1
             self._reader = asyncio.create_task(self._read(proc), name="zygote reader")
 
+    async def hello(self, timeout_s: float | None = None) -> str:
+        """Start the zygote unless it runs, wait until it has imported; "" or why it is unsafe
+        to fork from. Raises OSError if it exits first or is not done within ``timeout_s``."""
+        await self.start()
+        seen = self._hello_seen
+        if seen is None:
+            raise OSError("the zygote is not running")
+        try:
+            return await asyncio.wait_for(asyncio.shield(seen), timeout_s)
+        except TimeoutError:
+            raise OSError(f"the zygote did not import within {timeout_s:g}s") from None
+
     async def _spawn(self, fds_fd: int) -> asyncio.subprocess.Process:
+        what = [self.entry] if self.preload is None else ["--preload", ",".join(self.preload)]
         return await spawn_process(
             # -O as this interpreter has it (the asserts the runtime runs without)
             [
@@ -148,7 +178,7 @@ class Zygote:
                 *["-O"] * sys.flags.optimize,
                 "-m",
                 "cluster.local.zygote_main",
-                self.entry,
+                *what,
             ],
             {"ZEROSERVE_ZYGOTE_FDS": str(fds_fd)},
             stdin=asyncio.subprocess.PIPE,
@@ -164,10 +194,18 @@ class Zygote:
         name: str = "",
         notify_env: str | None = None,
         fds: Mapping[str, int] | None = None,
+        module: str = "",
+        argv: Sequence[str] = (),
+        replace_env: bool = False,
+        stdio: tuple[int, int] | None = None,
     ) -> ForkedChild:
         """A new child running the entry point with ``env`` on top of the zygote's environment,
         and a copy of each descriptor of ``fds`` (its number in the child goes in the variable
         that names it). The caller keeps its own descriptors.
+
+        ``module``/``argv``: the child runs ``python -m module argv...`` instead (a ``preload``
+        zygote's children); ``replace_env``: ``env`` is the child's whole environment;
+        ``stdio``: descriptors that become the child's stdout and stderr.
 
         Raises OSError if the zygote cannot fork (or died, or did not answer in time).
         """
@@ -180,12 +218,20 @@ class Zygote:
         request: dict[str, Any] = {"op": "fork", "id": fid, "name": name, "env": dict(env)}
         if notify_env:
             request["notify_env"] = notify_env
+        if module:
+            request.update(module=module, argv=list(argv))
+        if replace_env:
+            request["replace_env"] = True
+        if stdio:
+            request["stdio"] = True
         if fds:
             request["fds"] = list(fds)
+        passed = [*(stdio or ()), *(fds or {}).values()]
+        if passed:
             if self._fds is None:
                 raise OSError("the zygote is not running")
             # before the line that asks for them: the zygote reads them when it reads the line
-            socket.send_fds(self._fds, [str(fid).encode()], list(fds.values()))
+            socket.send_fds(self._fds, [str(fid).encode()], passed)
         self._send(request)
         try:
             return await asyncio.wait_for(fut, self.fork_timeout_s)
@@ -205,7 +251,8 @@ class Zygote:
     async def close(self, timeout_s: float = 10.0) -> None:
         """Close the zygote's stdin (it kills any child left and exits), and wait for it."""
         self._closed = True
-        proc = self._proc
+        async with self._lock:  # a start under way finishes first: its process is closed too
+            proc = self._proc
         if proc is None:
             return
         if proc.stdin is not None:
@@ -247,7 +294,17 @@ class Zygote:
         event = msg["event"]
         if event == "hello":
             self._hello = True
-            log.info("zygote ready", extra={"zygote_pid": msg["pid"], "import_s": msg["import_s"]})
+            self.unsafe = str(msg.get("unsafe") or "")
+            if self._hello_seen is not None and not self._hello_seen.done():
+                self._hello_seen.set_result(self.unsafe)
+            log.info(
+                "zygote ready",
+                extra={
+                    "zygote_pid": msg["pid"],
+                    "import_s": msg["import_s"],
+                    "preload": ",".join(self.preload or ()),
+                },
+            )
         elif event == "forked":
             pid = int(msg["pid"])
             child = ForkedChild(self, pid)
@@ -278,7 +335,8 @@ class Zygote:
 
     def _gone(self, proc: asyncio.subprocess.Process, code: int) -> None:
         """The zygote exited: its children died with it (PR_SET_PDEATHSIG)."""
-        if self._proc is proc:
+        current = self._proc is proc
+        if current:
             self._proc = None
             if self._fds is not None:
                 self._fds.close()
@@ -291,5 +349,9 @@ class Zygote:
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(OSError(f"the zygote exited with code {code}"))
+        seen = self._hello_seen
+        if current and seen is not None and not seen.done():
+            seen.set_exception(OSError(f"the zygote exited with code {code} before it imported"))
+            seen.exception()  # retrieved: nobody may be waiting
         if not self._closed:
             log.warning("zygote exited", extra={"code": code, "children_lost": len(children)})

@@ -1,6 +1,7 @@
 """The zygote process: imports an entry point once, then forks a ready child per request.
 
     python -m cluster.local.zygote_main queue_proxy.app:main
+    python -m cluster.local.zygote_main --preload torch,modelserver.app   # a model-server parent
 
 Python's start (interpreter, then ~300 ms of imports for the queue-proxy) would otherwise be paid
 by every replica, on the cold-start path. The zygote pays it once, before any request, and
@@ -12,6 +13,15 @@ and a running loop cannot be shared): children create their own. Each child gets
 spawned replica process gets: its own session (so its own process group), PR_SET_PDEATHSIG
 (it dies with the zygote, which dies with the runtime), stdin from /dev/null, stdout and
 stderr where the zygote's stderr goes, and its environment on top of the zygote's.
+
+With ``--preload`` there is no entry point: the zygote imports the modules and does their
+one-time work (:func:`cluster.local.model_zygote.preload`, which also says whether it is still
+safe to fork), and each request names the module its child runs as ``python -m`` would
+(``"module"``, ``"argv"``), the child's whole environment (``"replace_env"``) and its stdout
+and stderr (``"stdio"``: the first two descriptors of the request's datagram).
+
+The reports pipe is moved off descriptor 1 at start (1 then goes where 2 goes), so that a module
+that prints while it is imported cannot corrupt the protocol.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import gc
 import importlib
 import json
 import os
+import runpy
 import select
 import signal
 import socket
@@ -33,8 +44,10 @@ from typing import Any, NoReturn
 from cluster.local.process import die_with_parent
 
 _REQUESTS = 0  # stdin: JSON lines from the runtime
-_REPORTS = 1  # stdout: JSON lines to the runtime (the zygote's and its children's)
-_LOG = 2  # stderr: where children's stdout and stderr go
+_LOG = 2  # stderr: where children's stdout and stderr go (unless a request gives its own)
+_reports = 1
+"""JSON lines to the runtime (the zygote's and its children's): stdout until :func:`main`
+moves it to another descriptor."""
 
 Entry = Callable[[list[str]], Any]
 
@@ -53,14 +66,15 @@ def load_entry(spec: str) -> Entry:
 def _send(message: Mapping[str, Any]) -> None:
     # One write per line, well under PIPE_BUF (4 KiB): lines from the zygote and its children
     # (a child's "ready") never interleave.
-    os.write(_REPORTS, (json.dumps(message) + "\n").encode())
+    os.write(_reports, (json.dumps(message) + "\n").encode())
 
 
 class Zygote:
     """The fork loop: requests on stdin, SIGCHLD through a wake-up pipe, reports on stdout."""
 
-    def __init__(self, entry: Entry, fds: socket.socket | None = None) -> None:
+    def __init__(self, entry: Entry | None, fds: socket.socket | None = None) -> None:
         self.entry = entry
+        """What a child calls with ``[]``; None: each request names a module to run."""
         self.fds = fds
         """Where descriptors for the children arrive (``ZEROSERVE_ZYGOTE_FDS``)."""
         self.pid = os.getpid()
@@ -116,12 +130,21 @@ class Zygote:
         env = {str(k): str(v) for k, v in dict(request.get("env") or {}).items()}
         name = str(request.get("name") or "")
         notify_env = request.get("notify_env")
+        run = _Run(
+            module=str(request.get("module") or ""),
+            argv=[str(a) for a in request.get("argv") or ()],
+            replace_env=bool(request.get("replace_env")),
+        )
         inherited: list[int] = []
         try:
             names = [str(n) for n in request.get("fds") or ()]
-            if names:
-                inherited = self._receive_fds(request["id"], len(names))
-                env.update({n: str(fd) for n, fd in zip(names, inherited, strict=True)})
+            stdio = 2 if request.get("stdio") else 0
+            if names or stdio:
+                inherited = self._receive_fds(request["id"], stdio + len(names))
+                run.stdio = inherited[:stdio]
+                env.update({n: str(fd) for n, fd in zip(names, inherited[stdio:], strict=True)})
+            if not run.module and self.entry is None:
+                raise ValueError("no module to run (this zygote has no entry point)")
             pid = os.fork()
         except (OSError, ValueError) as exc:
             _send({"event": "fork-failed", "id": request["id"], "error": str(exc)})
@@ -131,7 +154,7 @@ class Zygote:
                 for fd in inherited:  # the child has its copies; the runtime keeps its own
                     os.close(fd)
         if pid == 0:
-            self._child(env, name, str(notify_env) if notify_env else None)
+            self._child(env, name, str(notify_env) if notify_env else None, run)
         self.children.add(pid)
         _send({"event": "forked", "id": request["id"], "pid": pid})
 
@@ -148,7 +171,9 @@ class Zygote:
             )
         return fds
 
-    def _child(self, env: Mapping[str, str], name: str, notify_env: str | None) -> NoReturn:
+    def _child(
+        self, env: Mapping[str, str], name: str, notify_env: str | None, run: _Run
+    ) -> NoReturn:
         code = 1
         try:
             os.setsid()
@@ -161,17 +186,33 @@ class Zygote:
             os.close(self._wake_w)
             if self.fds is not None:
                 self.fds.close()
-            notify_fd = os.dup(_REPORTS) if notify_env else None
+            notify_fd = os.dup(_reports) if notify_env else None
+            if _reports != 1:
+                os.close(_reports)
             devnull = os.open(os.devnull, os.O_RDONLY)
             os.dup2(devnull, _REQUESTS)
             os.close(devnull)
-            os.dup2(_LOG, _REPORTS)
+            if run.stdio:
+                for target, fd in zip((1, 2), run.stdio, strict=True):
+                    os.dup2(fd, target)
+                for fd in set(run.stdio) - {1, 2}:
+                    os.close(fd)
+            else:
+                os.dup2(_LOG, 1)
+            if run.replace_env:  # the environment a spawned process would have had
+                before = os.environ.get("PYTHONPATH", "")
+                os.environ.clear()
+                _extend_path(before, env.get("PYTHONPATH", ""))
             os.environ.update(env)
             if notify_env and notify_fd is not None:
                 os.environ[notify_env] = str(notify_fd)
             if name:
                 _set_comm(name)
-            code = _exit_code(self.entry([]))
+            if run.module:
+                code = _run_module(run.module, run.argv)
+            else:
+                assert self.entry is not None
+                code = _exit_code(self.entry([]))
         except SystemExit as exc:
             code = _exit_code(exc.code)
         except BaseException:
@@ -206,6 +247,40 @@ class Zygote:
         self.children.clear()
 
 
+class _Run:
+    """What a forked child runs: a module as ``python -m`` does, or the zygote's entry point."""
+
+    def __init__(self, *, module: str, argv: list[str], replace_env: bool) -> None:
+        self.module = module
+        self.argv = argv
+        self.replace_env = replace_env
+        self.stdio: list[int] = []
+
+
+def _run_module(module: str, argv: list[str]) -> int:
+    """``python -m module argv...`` in this process; its exit code. Exit handlers run as at an
+    interpreter's exit (the model server's logging flushes through one)."""
+    import atexit
+
+    sys.argv = [module, *argv]  # runpy sets argv[0] to the module's file, as -m does
+    code = 0
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as exc:
+        code = _exit_code(exc.code)
+    with contextlib.suppress(Exception):
+        atexit._run_exitfuncs()
+    return code
+
+
+def _extend_path(before: str, after: str) -> None:
+    """Entries a replica's ``PYTHONPATH`` adds to the zygote's, put in front of ``sys.path``
+    as the interpreter would have (the zygote's own are there already)."""
+    known = set(before.split(os.pathsep))
+    added = [p for p in after.split(os.pathsep) if p and p not in known]
+    sys.path[1:1] = [os.path.abspath(p) for p in added]
+
+
 def _exit_code(value: object) -> int:
     if value is None:
         return 0
@@ -222,22 +297,47 @@ def _set_comm(name: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m cluster.local.zygote_main module:function", file=sys.stderr)
+    global _reports
+    preload = len(argv) == 2 and argv[0] == "--preload"
+    if len(argv) != 1 and not preload:
+        print(
+            "usage: python -m cluster.local.zygote_main module:function | --preload mod1,mod2",
+            file=sys.stderr,
+        )
         return 2
+    _reports = os.dup(1)
+    os.dup2(_LOG, 1)  # a print while importing goes to the log, not into the protocol
     t0 = time.perf_counter()
+    entry: Entry | None = None
+    unsafe = ""
     try:
-        entry = load_entry(argv[0])
+        if preload:
+            from cluster.local.model_zygote import preload as prepare
+
+            unsafe = prepare([m for m in argv[1].split(",") if m])
+        else:
+            entry = load_entry(argv[0])
     except (ImportError, AttributeError, ValueError) as exc:
-        print(f"zygote: cannot load {argv[0]}: {exc}", file=sys.stderr, flush=True)
+        print(f"zygote: cannot load {argv[-1]}: {exc}", file=sys.stderr, flush=True)
         return 2
     # Objects that exist now are shared copy-on-write with every child: keep the collector
     # from touching (and so copying) their pages.
     fds_fd = os.environ.pop("ZEROSERVE_ZYGOTE_FDS", "")
     fds = socket.socket(fileno=int(fds_fd)) if fds_fd else None
     gc.freeze()
-    _send({"event": "hello", "pid": os.getpid(), "import_s": round(time.perf_counter() - t0, 4)})
-    return Zygote(entry, fds).run()
+    hello: dict[str, Any] = {
+        "event": "hello",
+        "pid": os.getpid(),
+        "import_s": round(time.perf_counter() - t0, 4),
+    }
+    if preload:
+        hello["unsafe"] = unsafe
+    _send(hello)
+    code = Zygote(entry, fds).run()
+    if preload:  # skip the interpreter's finalisation: seconds, and noise, for a framework
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -1,0 +1,341 @@
+"""The framework zygote with real processes: built-in model servers (pytorch, sklearn) forked from
+the parked process for their preload set, serving correctly and stopping with the runtime; a parked
+process that started a thread is not forked from (one log line, replicas spawned); a parked process
+killed is restarted; the ``preload:`` field's validation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+
+from cluster.local.model_zygote import RelayedFork, preload_set
+from cluster.local.process import Spawned
+from cluster.local.supervisor import LocalSupervisor, Replica, SupervisorSettings
+from cluster.local.zygote import ForkedChild, Zygote
+from cluster.spec import Predictor, Revision, RevisionKey
+from cluster.spec_loader import PREDICTOR_PROBE, SpecError, parse_spec, predictor_command
+from tests.e2e_support import wait_for
+from tests.modelserver_support import ROWS, iris, script
+from tests.zygote_support import alive, comm, proc_stat
+
+X, Y = iris()
+BATCH = X[ROWS]
+
+
+def settings(**changes: object) -> SupervisorSettings:
+    base: dict[str, object] = {
+        "log_children": False,
+        "drain_quiet_period_s": 0.1,
+        "kill_grace_s": 5.0,
+        "crash_backoff_initial_s": 0.05,
+    }
+    base.update(changes)
+    return SupervisorSettings(**base)  # type: ignore[arg-type]
+
+
+def builtin(service: str, fmt: str, model: Path, **changes: Any) -> Revision:
+    """A revision of the built-in model server, as the spec loader makes it from ``predictor:``."""
+    predictor = Predictor(format=fmt, storage_uri=str(model))
+    return Revision(
+        namespace="default",
+        service=service,
+        name=f"{service}-v1",
+        timeout_s=10.0,
+        command=predictor_command(service, predictor),
+        readiness_probe=PREDICTOR_PROBE,
+        predictor=predictor,
+        **changes,
+    )
+
+
+async def until(predicate: Callable[[], object], what: str, within: float = 25.0) -> None:
+    await wait_for(predicate, within=within, interval=0.02, what=what)
+
+
+def ready(sup: LocalSupervisor, key: RevisionKey) -> list[Replica]:
+    return [r for r in sup.replicas(key) if r.ready and not r.stopping]
+
+
+async def serve_one(sup: LocalSupervisor, key: RevisionKey, within: float = 25.0) -> Replica:
+    await sup.set_scale(key, 1)
+    await until(lambda: len(ready(sup, key)) == 1, f"a ready replica of {key}", within)
+    return ready(sup, key)[0]
+
+
+async def predict(replica: Replica, name: str, rows: Any) -> list[Any]:
+    """V1 predict through the replica's queue-proxy."""
+    url = f"http://127.0.0.1:{replica.serving_port}/v1/models/{name}:predict"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, json={"instances": rows}) as resp,
+    ):
+        body = await resp.json()
+        assert resp.status == 200, body
+    predictions: list[Any] = body["predictions"]
+    return predictions
+
+
+def cmdline(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/cmdline", "rb") as fh:
+        return [part.decode() for part in fh.read().split(b"\0") if part]
+
+
+def parked(sup: LocalSupervisor, rev: Revision) -> Zygote:
+    assert sup.models is not None
+    zygote = sup.models.parked(rev)
+    assert zygote is not None
+    assert zygote.pid is not None
+    return zygote
+
+
+def assert_forked(replica: Replica, zygote: Zygote) -> int:
+    """The model server is the parked process's child, named after its pod, in its own group."""
+    model = replica.model
+    assert isinstance(model, (RelayedFork, ForkedChild)), model
+    stat = proc_stat(model.pid)
+    assert stat["ppid"] == zygote.pid
+    assert cmdline(zygote.pid or 0)[1:4] == ["-m", "cluster.local.zygote_main", "--preload"]
+    assert stat["pgid"] == model.pid  # its own process group (and session)
+    assert stat["sid"] == model.pid
+    assert comm(model.pid) == replica.name[:15]
+    return model.pid
+
+
+def torch_model(tmp_path: Path) -> tuple[Path, list[list[float]]]:
+    """A TorchScript iris-shaped module with a signature sidecar, and its expected outputs."""
+    import torch
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(
+        torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3), torch.nn.Softmax(dim=1)
+    ).eval()
+    scripted = script(module)
+    path = tmp_path / "torch" / "model.pt"
+    path.parent.mkdir()
+    scripted.save(str(path))
+    signature = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}]}
+    (path.parent / "signature.json").write_text(json.dumps(signature))
+    with torch.inference_mode():
+        expected = scripted(torch.from_numpy(BATCH.astype(np.float32))).numpy()
+    return path, expected.tolist()
+
+
+def sklearn_model(tmp_path: Path) -> tuple[Path, list[int]]:
+    import joblib
+    from sklearn.linear_model import LogisticRegression
+
+    estimator = LogisticRegression(max_iter=1000).fit(X, Y)
+    path = tmp_path / "sk" / "model.joblib"
+    path.parent.mkdir()
+    joblib.dump(estimator, path)
+    return path, estimator.predict(BATCH).tolist()
+
+
+# -- which commands are forked, with what -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "preload", "expected"),
+    [
+        pytest.param(
+            ("python", "-m", "modelserver", "--format", "sklearn", "--model", "m"),
+            (),
+            ("joblib", "modelserver.app", "modelserver.formats.sklearn", "numpy", "sklearn"),
+            id="builtin-sklearn",
+        ),
+        pytest.param(
+            (sys.executable, "-m", "modelserver", "--format=onnx", "--model", "m"),
+            ("transformers",),
+            (
+                "modelserver.app",
+                "modelserver.formats.onnx",
+                "numpy",
+                "onnxruntime",
+                "transformers",
+            ),
+            id="builtin-onnx-plus-own",
+        ),
+        pytest.param(
+            ("python3", "-m", "my.server"), ("torch", "torch"), ("torch",), id="own-module"
+        ),
+        pytest.param(("python", "-m", "my.server"), (), (), id="own-module-no-preload"),
+        pytest.param(("python", "-c", "pass"), ("torch",), None, id="not-python-m"),
+        pytest.param(("./serve", "-m", "x"), (), None, id="not-python"),
+    ],
+)
+def test_preload_set(
+    command: tuple[str, ...], preload: tuple[str, ...], expected: tuple[str, ...] | None
+) -> None:
+    rev = Revision(namespace="n", service="s", name="s-v1", command=command, preload=preload)
+    assert preload_set(rev) == expected
+
+
+@pytest.mark.parametrize(
+    ("preload", "errors"),
+    [
+        pytest.param(
+            "torch",
+            ["preload = 'torch': must be a list of Python module names (torch, transformers)"],
+            id="not-a-list",
+        ),
+        pytest.param(
+            ["torch", "1x", 3, "a..b"],
+            [
+                "preload[1] = '1x': must be a Python module name (torch, torch.nn)",
+                "preload[2] = 3: must be a Python module name (torch, torch.nn)",
+                "preload[3] = 'a..b': must be a Python module name (torch, torch.nn)",
+            ],
+            id="bad-names",
+        ),
+    ],
+)
+def test_preload_validation_names_the_field(preload: object, errors: list[str]) -> None:
+    rev = {"name": "s-v1", "command": ["python", "-m", "s"], "preload": preload}
+    with pytest.raises(SpecError) as info:
+        parse_spec({"services": [{"name": "s", "revisions": [rev]}]})
+    assert list(info.value.errors) == [f"services[0].revisions[0].{e}" for e in errors]
+
+
+def test_preload_is_kept_in_order_once() -> None:
+    rev = {"name": "s-v1", "command": ["python", "-m", "s"], "preload": ["torch", "x.y", "torch"]}
+    spec = parse_spec({"services": [{"name": "s", "revisions": [rev]}]})
+    assert spec.services[0].revisions[0].preload == ("torch", "x.y")
+
+
+# -- with real processes ------------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
+async def test_builtin_servers_fork_from_their_parked_process(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    torch_path, torch_expected = torch_model(tmp_path)
+    sk_path, sk_expected = sklearn_model(tmp_path)
+    tv1 = builtin("tiris", "pytorch", torch_path)
+    sv1 = builtin("siris", "sklearn", sk_path)
+    sup = LocalSupervisor(settings(log_children=True))
+    sup.set_revisions({tv1.key: tv1, sv1.key: sv1})
+    pids: list[int] = []
+    try:
+        t_replica, s_replica = await asyncio.gather(
+            serve_one(sup, tv1.key, 40.0), serve_one(sup, sv1.key, 40.0)
+        )
+        t_zygote, s_zygote = parked(sup, tv1), parked(sup, sv1)
+        assert t_zygote is not s_zygote  # one parked process per preload set
+        pids += [t_zygote.pid or 0, s_zygote.pid or 0]
+        pids.append(assert_forked(t_replica, t_zygote))
+        pids.append(assert_forked(s_replica, s_zygote))
+        got = await predict(t_replica, "tiris", BATCH.tolist())
+        assert np.allclose(got, torch_expected, atol=1e-6)
+        assert await predict(s_replica, "siris", BATCH.tolist()) == sk_expected
+        assert sup.models is not None
+        assert sup.models.unsafe(tv1) == ""
+        assert sup.crash_count == 0
+    finally:
+        await sup.close()
+    assert [p for p in pids if alive(p)] == []  # replicas and parked processes stopped
+    err = capsys.readouterr().err
+    assert f"{t_replica.name} | " in err  # the forked servers' output is relayed as a spawned one's
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
+async def test_a_killed_parked_process_takes_its_replicas_and_is_restarted(
+    tmp_path: Path,
+) -> None:
+    sk_path, sk_expected = sklearn_model(tmp_path)
+    rev = builtin("kiris", "sklearn", sk_path)
+    sup = LocalSupervisor(settings())
+    sup.set_revisions({rev.key: rev})
+    try:
+        first = await serve_one(sup, rev.key)
+        zygote = parked(sup, rev)
+        old_zygote = zygote.pid or 0
+        old_model = assert_forked(first, zygote)
+        os.kill(old_zygote, signal.SIGKILL)
+        await until(lambda: not alive(old_model), "its model server dead with it (PDEATHSIG)")
+        await until(
+            lambda: any(r.name != first.name for r in ready(sup, rev.key)),
+            "a replacement forked from a new parked process",
+        )
+        second = ready(sup, rev.key)[0]
+        assert zygote.starts == 2
+        assert zygote.pid not in (None, old_zygote)
+        assert_forked(second, zygote)
+        assert await predict(second, "kiris", BATCH.tolist()) == sk_expected
+
+        # A new preload set: the next replica forks from a new parked process for it.
+        changed = builtin("kiris", "sklearn", sk_path, preload=("json",))
+        sup.set_revisions({rev.key: changed})
+        await sup.set_scale(rev.key, 0)
+        await until(lambda: not sup.replicas(rev.key), "scaled to zero")
+        third = await serve_one(sup, rev.key)
+        new = parked(sup, changed)
+        assert new is not zygote
+        assert_forked(third, new)
+        assert "json" in cmdline(new.pid or 0)[-1].split(",")
+        sup.set_revisions({rev.key: changed})  # the old set's process has no replica: closed
+        await until(lambda: not alive(zygote.pid or old_zygote), "the unused parked process closed")
+    finally:
+        await sup.close()
+
+
+THREADED = """
+import threading, time
+threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()
+"""
+SERVER = """
+import http.server, os
+http.server.HTTPServer(
+    ("127.0.0.1", int(os.environ["PORT"])), http.server.SimpleHTTPRequestHandler
+).serve_forever()
+"""
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
+async def test_a_parked_process_with_a_thread_is_not_forked_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "threaded_mod.py").write_text(THREADED)
+    (tmp_path / "tiny_server.py").write_text(SERVER)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    rev = Revision(
+        namespace="default",
+        service="thr",
+        name="thr-v1",
+        timeout_s=10.0,
+        command=("python", "-m", "tiny_server"),
+        preload=("threaded_mod",),
+    )
+    caplog.set_level(logging.INFO, logger="zeroserve.model_zygote")
+    sup = LocalSupervisor(settings())
+    sup.set_revisions({rev.key: rev})
+    try:
+        replica = await serve_one(sup, rev.key)
+        assert isinstance(replica.model, Spawned)  # the current spawn path
+        assert proc_stat(replica.model.pid)["ppid"] == os.getpid()
+        assert sup.models is not None
+        assert sup.models.unsafe(rev) == "threads started: 2"
+        lines = [r.getMessage() for r in caplog.records if "unsafe" in r.getMessage()]
+        assert lines == [
+            "model-server zygote unsafe to fork: threads started: 2; "
+            "replicas start as fresh processes"
+        ]
+        url = f"http://127.0.0.1:{replica.serving_port}/"
+        async with aiohttp.ClientSession() as session, session.get(url) as resp:
+            assert resp.status == 200  # still serves, through its queue-proxy
+    finally:
+        await sup.close()
