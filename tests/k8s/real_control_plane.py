@@ -478,13 +478,20 @@ async def test_rendered_manifests_pass_a_server_side_dry_run(
     from tests.test_render import ISVC, NATIVE, REPO
     from zeroserve.specfile import load_translated
 
-    objs: list[dict[str, Any]] = []
+    rendered: list[list[dict[str, Any]]] = []
     for path in [REPO / "examples" / "canary.yaml", *sorted(REPO.glob("examples/*isvc*.yaml"))]:
         spec, tr = load_translated(path)
-        objs += render(spec, image="zeroserve:test", kube=tr.kube if tr else None)
+        rendered.append(render(spec, image="zeroserve:test", kube=tr.kube if tr else None))
     tr = translate(ISVC)
-    objs += render(parse_spec(tr.spec), image="zeroserve:test", kube=tr.kube)
-    objs += render(parse_spec(NATIVE), image="zeroserve:test")
+    rendered.append(render(parse_spec(tr.spec), image="zeroserve:test", kube=tr.kube))
+    rendered.append(render(parse_spec(NATIVE), image="zeroserve:test"))
+    # Each file in a namespace of its own: two files may name the same service (route-iris), and
+    # the other tests of this control plane keep real objects in theirs.
+    objs: list[dict[str, Any]] = []
+    for i, batch in enumerate(rendered):
+        for obj in batch:
+            obj["metadata"]["namespace"] = f"dry-run-{i}-{obj['metadata']['namespace']}"
+        objs += batch
     assert {o["kind"] for o in objs} == {"Deployment", "Service", "ConfigMap"}
     deployments = [o for o in objs if o["kind"] == "Deployment"]
     assert any("initContainers" in o["spec"]["template"]["spec"] for o in deployments)
