@@ -169,7 +169,7 @@ def sklearn_model(tmp_path: Path) -> tuple[Path, list[int]]:
         pytest.param(
             ("python3", "-m", "my.server"), ("torch", "torch"), ("torch",), id="own-module"
         ),
-        pytest.param(("python", "-m", "my.server"), (), (), id="own-module-no-preload"),
+        pytest.param(("python", "-m", "my.server"), (), None, id="nothing-to-preload"),
         pytest.param(("python", "-c", "pass"), ("torch",), None, id="not-python-m"),
         pytest.param(("./serve", "-m", "x"), (), None, id="not-python"),
     ],
