@@ -109,6 +109,7 @@ def assert_forked(replica: Replica, zygote: Zygote) -> int:
     assert stat["pgid"] == model.pid  # its own process group (and session)
     assert stat["sid"] == model.pid
     assert comm(model.pid) == replica.name[:15]
+    assert cmdline(model.pid)[1:3] == ["-m", "modelserver"]  # ps shows the server's command
     return model.pid
 
 
@@ -285,7 +286,7 @@ async def test_a_killed_parked_process_takes_its_replicas_and_is_restarted(
         new = parked(sup, changed)
         assert new is not zygote
         assert_forked(third, new)
-        assert "json" in cmdline(new.pid or 0)[-1].split(",")
+        assert "json" in cmdline(new.pid or 0)[4].split(",")
         sup.set_revisions({rev.key: changed})  # the old set's process has no replica: closed
         await until(lambda: not alive(zygote.pid or old_zygote), "the unused parked process closed")
     finally:
@@ -339,3 +340,27 @@ async def test_a_parked_process_with_a_thread_is_not_forked_from(
             assert resp.status == 200  # still serves, through its queue-proxy
     finally:
         await sup.close()
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
+def test_parked_processes_start_with_the_supervisor_before_any_replica(tmp_path: Path) -> None:
+    # As zeroserve up does: the revisions are set before the event loop runs.
+    sk_path, _ = sklearn_model(tmp_path)
+    rev = builtin("eager", "sklearn", sk_path)
+    sup = LocalSupervisor(settings())
+    sup.set_revisions({rev.key: rev})
+
+    async def body() -> None:
+        try:
+            await sup.start()
+            assert sup.models is not None
+            await until(lambda: sup.models and sup.models.parked(rev), "a parked process")
+            zygote = sup.models.parked(rev)
+            assert zygote is not None
+            assert await zygote.hello(30) == ""  # imported, with no replica asked for
+            assert sup.replicas(rev.key) == []
+        finally:
+            await sup.close()
+
+    asyncio.run(body())

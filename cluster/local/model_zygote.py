@@ -226,6 +226,7 @@ class ModelZygotes:
         self._parked: dict[PreloadSet, Zygote] = {}
         self._unsafe: dict[PreloadSet, str] = {}
         self._wanted: set[PreloadSet] = set()
+        self._revisions: list[Revision] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -243,15 +244,21 @@ class ModelZygotes:
         """The revisions that may start replicas: start (in the background, when a loop runs)
         a parked process for each of their preload sets, and close the ones none needs that
         have no replica left."""
-        self._wanted = {k for k in map(preload_set, revisions) if k is not None}
+        self._revisions = list(revisions)
+        self._wanted = {k for k in map(preload_set, self._revisions) if k is not None}
         try:
             asyncio.get_running_loop()
-        except RuntimeError:
+        except RuntimeError:  # told before the loop runs: :meth:`start` starts them
             return
         for key in self._wanted:
             if key not in self._unsafe:
                 self._background(self._check(self._zygote(key)))
         self._retire()
+
+    def start(self) -> None:
+        """Start the parked processes for the revisions :meth:`want` was last told of (in the
+        background: they import while the runtime starts)."""
+        self.want(self._revisions)
 
     def _zygote(self, key: PreloadSet) -> Zygote:
         zygote = self._parked.get(key)

@@ -174,7 +174,10 @@ class LocalSupervisor(InitializedInMemory):
         """The model servers' parked processes (:mod:`cluster.local.model_zygote`)."""
 
     async def start(self) -> None:
-        """Start the queue-proxy zygote now, so that it has imported before the first replica."""
+        """Start the queue-proxy zygote now, so that it has imported before the first replica,
+        and the model servers' parked processes (in the background: torch takes seconds)."""
+        if self.models is not None:
+            self.models.start()
         if self.zygote is not None:
             await self.zygote.start()
 

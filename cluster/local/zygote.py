@@ -170,7 +170,9 @@ class Zygote:
             raise OSError(f"the zygote did not import within {timeout_s:g}s") from None
 
     async def _spawn(self, fds_fd: int) -> asyncio.subprocess.Process:
-        what = [self.entry] if self.preload is None else ["--preload", ",".join(self.preload)]
+        what = [self.entry]
+        if self.preload is not None:  # room for each child's own command line (zygote_main)
+            what = ["--preload", ",".join(self.preload), " " * 1024]
         return await spawn_process(
             # -O as this interpreter has it (the asserts the runtime runs without)
             [

@@ -209,6 +209,7 @@ class Zygote:
             if name:
                 _set_comm(name)
             if run.module:
+                _set_cmdline([sys.executable, "-m", run.module, *run.argv])
                 code = _run_module(run.module, run.argv)
             else:
                 assert self.entry is not None
@@ -290,6 +291,22 @@ def _exit_code(value: object) -> int:
     return 1
 
 
+def _set_cmdline(words: list[str]) -> None:
+    """Show ``words`` as this process's command line (``ps``, ``/proc/PID/cmdline``): written
+    over the zygote's own argv, which the runtime padded for it; cut to its length."""
+    import ctypes
+
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open(f"/proc/{os.getpid()}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48, 49)
+        size = end - start
+        if start <= 0 or size <= 0:
+            return
+        data = b"\0".join(w.encode() for w in words)[: size - 1]
+        ctypes.memmove(start, data.ljust(size, b"\0"), size)
+
+
 def _set_comm(name: str) -> None:
     """The child's name in ``ps -o comm``/``top`` (15 bytes at most)."""
     with contextlib.suppress(OSError), open(f"/proc/{os.getpid()}/comm", "w") as fh:
@@ -298,7 +315,7 @@ def _set_comm(name: str) -> None:
 
 def main(argv: list[str]) -> int:
     global _reports
-    preload = len(argv) == 2 and argv[0] == "--preload"
+    preload = len(argv) in (2, 3) and argv[0] == "--preload"
     if len(argv) != 1 and not preload:
         print(
             "usage: python -m cluster.local.zygote_main module:function | --preload mod1,mod2",
