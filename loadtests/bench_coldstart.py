@@ -1,6 +1,11 @@
 """Cold-start benchmark (issue 6): first request at zero to its response, minus model start.
 
     .venv/bin/python -m loadtests.bench_coldstart --rounds 10
+    .venv/bin/python -m loadtests.bench_coldstart --model bert --rounds 5 [--device cuda]
+
+``--model bert`` (issue 26) measures a real framework model instead, a BERT-base-size PyTorch
+encoder served by the built-in model server, with and without the framework zygote:
+:mod:`loadtests.coldstart_framework`. What follows is the default, ``--model emulator``.
 
 Starts ``python -m zeroserve up`` with one GPU-emulator service (initial scale 0, window 6 s,
 grace 1 s, no emulated model load, 1 ms of work). Each round waits until the revision has no
@@ -42,6 +47,7 @@ from pathlib import Path
 import aiohttp
 
 from cluster.local.zygote import Zygote
+from loadtests import coldstart_framework
 from loadtests.harness import queue_proxy_env
 from tests.e2e_support import ROOT, emulator_spec, wait_for, zeroserve_up
 
@@ -276,6 +282,12 @@ async def main_async(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--model",
+        choices=("emulator", "bert"),
+        default="emulator",
+        help="emulator: the GPU emulator (issue 6); bert: a BERT-size PyTorch model (issue 26)",
+    )
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument(
         "--settle",
@@ -283,9 +295,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=2.0,
         help="seconds to wait after ready == 0 so the old replica has drained (default 2)",
     )
+    coldstart_framework.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.model == "bert":
+        return coldstart_framework.main(args)
     return asyncio.run(main_async(args))
 
 

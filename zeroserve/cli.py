@@ -41,6 +41,12 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--quiet-replicas", action="store_true", help="discard the replicas' own output"
     )
+    up.add_argument(
+        "--no-model-prefork",
+        action="store_true",
+        help="spawn every model server as a new process instead of forking it from a parked "
+        "process that has imported its framework (the framework zygote)",
+    )
     up.add_argument("--log-level", default="info")
     up.add_argument(
         "--log-format",
@@ -155,7 +161,10 @@ async def _up(args: argparse.Namespace) -> int:
         port=args.port,
         status_port=args.status_port,
         supervisor=SupervisorSettings(
-            host=args.host, log_children=not args.quiet_replicas, log_format=args.log_format
+            host=args.host,
+            log_children=not args.quiet_replicas,
+            log_format=args.log_format,
+            model_prefork=not args.no_model_prefork,
         ),
     )
     rt = LocalRuntime(args.spec, settings)
