@@ -22,8 +22,8 @@ Per format, in order:
    datatype from the model's metadata), sequential on one keep-alive connection per target,
    interleaved request by request (the order alternating): *via* the ingress (activator →
    queue-proxy → model server, Host ``F.default.example.com``) and *direct* to the warm replica's
-   own model server, at the ``PORT`` in its process's environment (``/proc/PID/environ``): the same
-   process both ways. ``--warmup`` requests each first, untimed, then ``--requests`` each.
+   own model server, at the port it listens on (its ``PORT``, from the kernel's socket table): the
+   same process both ways. ``--warmup`` requests each first, untimed, then ``--requests`` each.
    *Added* = via − direct at the same percentile (nearest rank).
 3. **First prediction from zero**, ``--cold`` times: wait until ``F-cold`` has no replica (plus
    ``--settle`` s for the last one's drain), then one V2 infer on a new connection, timed from the
@@ -260,13 +260,24 @@ def model_server_pid(rt: Runtime, name: str) -> int | None:
     return None
 
 
-def env_port(pid: int) -> int:
-    """``PORT`` from a process's environment: where the supervisor told the model server to
-    listen."""
-    for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
-        if entry.startswith(b"PORT="):
-            return int(entry[5:])
-    raise RuntimeError(f"process {pid} has no PORT in its environment")
+def listening_port(pid: int) -> int:
+    """The TCP port a process listens on: where the supervisor told the model server to listen
+    (its ``$PORT``; read from the kernel's socket table, since a model server forked from a
+    parked process shows that process's environment in ``/proc/PID/environ``)."""
+    sockets = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:["):
+                sockets.add(link[len("socket:[") : -1])
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as fh:
+            next(fh)
+            for line in fh:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in sockets:  # 0A: LISTEN
+                    return int(fields[1].rsplit(":", 1)[1], 16)
+    raise RuntimeError(f"process {pid} listens on no TCP port")
 
 
 def relayed_fields(log: str, revision: str) -> list[dict[str, float]]:
@@ -455,7 +466,7 @@ async def bench_format(args: Args, fmt: str, size: int, uri: str, cache: Path) -
                     return await rt.ready(status, f"{fmt}-v1") >= 1
 
                 await wait_for(warm_ready, within=300, interval=0.05, what=f"{fmt}-v1 ready")
-            port = env_port(pid)
+            port = listening_port(pid)
             body = infer_body(port, fmt)
             replica = relayed_fields(rt.log(), f"{fmt}-v1")
             direct = Client(port, None, f"/v2/models/{fmt}/infer", body)
@@ -473,9 +484,7 @@ async def bench_format(args: Args, fmt: str, size: int, uri: str, cache: Path) -
                 direct.close()
                 via.close()
             warm = latency_summary(times)
-            warm["direct"] = (
-                f"the warm replica's model server (pid {pid}), PORT={port} from its environment"
-            )
+            warm["direct"] = f"the warm replica's model server (pid {pid}), port {port} (listening)"
             warm["replica"] = replica[0] if replica else {}
             result["warm"] = warm
             print(
