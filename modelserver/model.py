@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from modelserver import preload
 from modelserver.tensors import NUMPY_DTYPES, Array, TensorSpec, datatype_of
+
+logger = logging.getLogger("modelserver.model")
 
 
 class ModelError(ValueError):
@@ -105,12 +109,21 @@ def model_file(path: Path, fmt: str) -> Path:
 
 
 def load(path: Path, fmt: str, options: LoadOptions) -> Model:
-    """Load the model file at ``path`` (a file or a one-model directory) with ``fmt``'s library."""
+    """Load the model file at ``path`` (a file or a one-model directory) with ``fmt``'s library,
+    or take the one the parked process this replica was forked from loaded onto the CPU
+    (:mod:`modelserver.preload`) and move it to its device."""
     info = check_format(fmt)
     file = model_file(path, fmt)
     module = importlib.import_module(f"modelserver.formats.{info.module}")
     loader: Loader = module.load
+    preloaded = preload.take(fmt, file)
     try:
+        if preloaded is not None:  # loaded by the parked process this replica was forked from
+            logger.info(
+                "model taken from the parked process",
+                extra={"format": fmt, "path": str(file), "preloaded": True},
+            )
+            return module.from_preloaded(preloaded, options)  # type: ignore[no-any-return]
         return loader(file, options)
     except ModelError:
         raise

@@ -364,3 +364,128 @@ def test_parked_processes_start_with_the_supervisor_before_any_replica(tmp_path:
             await sup.close()
 
     asyncio.run(body())
+
+
+# -- the model loaded by the parked process (issue 26) -------------------------------------------
+
+
+def exported_mlp(path: Path, seed: int = 0) -> list[list[float]]:
+    """A ``torch.export`` MLP of ~46 MB (11 × 1024² FP32 weights) taking iris rows, saved at
+    ``path``: big enough that loading it shows next to taking it. Its outputs for BATCH."""
+    import torch
+
+    torch.manual_seed(seed)
+    layers: list[torch.nn.Module] = [torch.nn.Linear(4, 1024), torch.nn.ReLU()]
+    for _ in range(11):
+        layers += [torch.nn.Linear(1024, 1024), torch.nn.ReLU()]
+    module = torch.nn.Sequential(*layers, torch.nn.Linear(1024, 3)).eval()
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    example = torch.zeros(2, 4)
+    program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.export.save(program, str(path))
+    with torch.inference_mode():
+        expected = module(torch.from_numpy(BATCH.astype(np.float32))).numpy()
+    return expected.tolist()  # type: ignore[no-any-return]
+
+
+def fresh_load_s(path: Path) -> float:
+    """What the replica's ``load`` phase costs without the parked process's copy."""
+    import time
+
+    import torch
+
+    began = time.monotonic()
+    torch.export.load(str(path)).module()
+    return time.monotonic() - began
+
+
+@pytest.mark.parametrize(
+    ("fmt", "name", "expected"),
+    [
+        pytest.param("pytorch", "m.pt2", "model", id="pytorch-export-preloaded"),
+        pytest.param("pytorch", "m.pt", None, id="torchscript-not"),
+        pytest.param("sklearn", "m.joblib", None, id="sklearn-not"),
+        pytest.param("pytorch", "", None, id="not-fetched-yet"),
+    ],
+)
+def test_park_key_names_the_model_a_parked_process_loads(
+    tmp_path: Path, fmt: str, name: str, expected: str | None
+) -> None:
+    from cluster.local.model_zygote import park_key
+
+    artifact = tmp_path / (name or "absent")
+    if name:
+        artifact.write_bytes(b"x")
+    rev = builtin("k", fmt, artifact)
+    key = park_key(rev, artifact if name else None)
+    assert key is not None
+    assert key[0] == preload_set(rev)
+    assert key[1] == ((fmt, str(artifact)) if expected else None)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
+async def test_a_replica_takes_the_model_its_parked_process_loaded(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "mlp" / "model.pt2"
+    expected = exported_mlp(path)
+    fresh_s = fresh_load_s(path)
+    rev = builtin("big", "pytorch", path)
+    sup = LocalSupervisor(settings(log_children=True))
+    sup.set_revisions({rev.key: rev})
+    try:
+        replica = await serve_one(sup, rev.key, 40.0)
+        zygote = parked(sup, rev)
+        assert sup.models is not None
+        assert sup.models.key(rev) == (preload_set(rev), ("pytorch", str(path)))
+        assert_forked(replica, zygote)
+        # its hello came after the load: no CUDA context, one Python thread (fork_problem)
+        assert zygote.unsafe == ""
+        assert sup.models.unsafe(rev) == ""
+        got = await predict(replica, "big", BATCH.tolist())
+        assert np.allclose(got, expected, atol=1e-5)
+        await until(lambda: sup.cold_starts.last("default", "big-v1"), "the cold start recorded")
+        cold = sup.cold_starts.last("default", "big-v1")
+        assert cold is not None
+        load_s = dict(cold.phases)["load"]
+        assert load_s < 0.5 * fresh_s, (load_s, fresh_s)
+    finally:
+        await sup.close()
+    err = capfd.readouterr().err
+    taken = [line for line in err.splitlines() if "model taken from the parked process" in line]
+    assert len(taken) == 1, err[-2000:]
+    assert taken[0].startswith(f"{replica.name} | ")  # the replica's own log line
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
+async def test_a_new_artifact_gets_a_new_parked_process_and_the_old_one_closes(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    old_path, new_path = tmp_path / "a" / "model.pt2", tmp_path / "b" / "model.pt2"
+    exported_mlp(old_path, seed=0)
+    new_expected = exported_mlp(new_path, seed=1)
+    v1 = builtin("edit", "pytorch", old_path)
+    v2 = builtin("edit", "pytorch", new_path)
+    sup = LocalSupervisor(settings(log_children=True))
+    sup.set_revisions({v1.key: v1})
+    try:
+        await serve_one(sup, v1.key, 40.0)
+        old = parked(sup, v1)
+        old_pid = old.pid or 0
+        # the edit: the same revision now names another artifact
+        sup.set_revisions({v2.key: v2})
+        await sup.set_scale(v2.key, 0)
+        await until(lambda: not sup.replicas(v2.key), "the old replica gone")
+        replica = await serve_one(sup, v2.key, 40.0)
+        new = parked(sup, v2)
+        assert new is not old
+        assert_forked(replica, new)
+        await until(lambda: not alive(old_pid), "the old parked process closed")
+        assert np.allclose(await predict(replica, "edit", BATCH.tolist()), new_expected, atol=1e-5)
+    finally:
+        await sup.close()
+    taken = [line for line in capfd.readouterr().err.splitlines() if "parked process" in line]
+    assert sum("model taken from the parked process" in line for line in taken) == 2

@@ -85,6 +85,9 @@ class ArtifactPrefetcher:
         self._artifacts: dict[ArtifactRef, _Artifact] = {}
         self._refs: dict[RevisionKey, ArtifactRef] = {}
         self._started = False
+        self.on_ready: Callable[[], None] | None = None
+        """Called after an artifact reached the cache (the framework zygote then starts the
+        parked process that loads it, :mod:`cluster.local.model_zygote`)."""
 
     # -- the revision set ----------------------------------------------------------------------
 
@@ -162,6 +165,14 @@ class ArtifactPrefetcher:
         art = self._artifacts.get(ref) if ref is not None else None
         return art.path if art is not None else None
 
+    def local_path(self, revision: Revision) -> Path | None:
+        """The local path of ``revision``'s artifact once it is in the cache, else None."""
+        if revision.predictor is None:
+            return None
+        ref = ArtifactRef(revision.predictor.storage_uri, revision.predictor.sha256)
+        art = self._artifacts.get(ref)
+        return art.path if art is not None and art.ready.is_set() else None
+
     def attempts(self, key: RevisionKey) -> int:
         """How many fetches of ``key``'s artifact were started."""
         ref = self._refs.get(key)
@@ -208,6 +219,8 @@ class ArtifactPrefetcher:
                 "artifact fetched",
                 extra={"uri": art.ref.uri, "path": str(art.path), "attempt": art.attempts},
             )
+            if self.on_ready is not None:
+                self.on_ready()
             return
 
     async def _fetch_in_child(self, ref: ArtifactRef, env: Mapping[str, str]) -> Path:

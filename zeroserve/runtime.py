@@ -95,6 +95,9 @@ class LocalRuntime:
         self.prefetch.set_revisions(self.revisions.current())
         self.revisions.subscribe(self.prefetch.set_revisions)
         self.supervisor.before_start = self.prefetch.wait_ready
+        if self.supervisor.models is not None:  # a parked process loads a fetched model
+            self.supervisor.models.artifact = self.prefetch.local_path
+            self.prefetch.on_ready = self.supervisor.models.artifact_ready
         self.supervisor.set_revisions(self.revisions.current())
         self.revisions.subscribe(self.supervisor.set_revisions)
         self.autoscaler: Autoscaler = build_autoscaler(

@@ -14,6 +14,13 @@ A revision's preload set is its ``preload:`` list plus, for the built-in model s
 format needs (:data:`FORMAT_PRELOAD`) and the server itself. The parked process imports the set,
 then does the framework's one-time work that touches no accelerator (:func:`preload`: for torch,
 nn modules built on the meta device; the CUDA libraries' files read ahead into the page cache).
+With ``model_preload`` (the supervisor's setting, on by default) a built-in pytorch server's
+parked process also loads the revision's ``.pt2`` model onto the CPU once its artifact is in the
+cache (:func:`modelserver.preload.load_model`: ``torch.export.load(...).module()``, no tensor
+operation, no CUDA), so that a replica only moves it to its device: the parked process is then
+keyed by its preload set and the artifact's local path (:func:`park_key`), started when the
+artifact is ready and closed when no revision names it and no replica it forked is left. It holds
+one CPU copy of the model (the file's size, roughly) for as long as it is parked.
 A fork copies only the calling thread, and a CUDA context does not survive one: a parked process
 that has started a thread or initialised CUDA says so in its hello, the runtime logs why in one
 line and spawns that set's replicas instead.
@@ -29,13 +36,14 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from cluster.local.output import DRAIN_S, LogFormat, Stream, _relay_pipe, line_writer
 from cluster.local.zygote import ForkedChild, Zygote
 from cluster.spec import Revision
+from modelserver.preload import PRELOADABLE
 
 log = logging.getLogger("zeroserve.model_zygote")
 
@@ -52,6 +60,15 @@ FORMAT_PRELOAD: Mapping[str, tuple[str, ...]] = {
 """What each format of the built-in model server imports; its own modules come on top."""
 
 PreloadSet = tuple[str, ...]
+
+ModelArtifact = tuple[str, str]
+"""``(format, local path)`` of a model a parked process loads before it forks."""
+
+ParkKey = tuple[PreloadSet, ModelArtifact | None]
+"""What one parked process is for: its preload set, and the model it loaded (if any)."""
+
+ArtifactPath = Callable[[Revision], Path | None]
+"""The local path of a revision's model artifact once it is in the cache (None until then)."""
 
 _PYTHONS = ("python", "python3")
 
@@ -95,20 +112,62 @@ def preload_set(rev: Revision) -> PreloadSet | None:
     return tuple(sorted(names)) or None
 
 
+def local_artifact(rev: Revision) -> Path | None:
+    """A predictor's artifact when its URI is a local path or ``file://`` (no fetch needed):
+    the default :data:`ArtifactPath` where no prefetcher says where the cache put it."""
+    if rev.predictor is None:
+        return None
+    uri = rev.predictor.storage_uri
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    elif "://" in uri:
+        return None
+    path = Path(uri)
+    return path if path.exists() else None
+
+
+def park_key(rev: Revision, artifact: Path | None) -> ParkKey | None:
+    """The parked process ``rev``'s replicas fork from: its preload set, plus its model when
+    it is the built-in server's, of a preloadable format (:data:`modelserver.preload.PRELOADABLE`),
+    and ``artifact`` (its local path) is known. None: its replicas are spawned."""
+    modules = preload_set(rev)
+    parsed = python_module(rev.command)
+    if modules is None or parsed is None:
+        return None
+    module, args = parsed
+    fmt = _format(rev, module, args)
+    suffixes = PRELOADABLE.get(fmt, ())
+    if module != MODEL_SERVER or artifact is None or not suffixes:
+        return (modules, None)
+    if artifact.is_file() and artifact.suffix.lower() not in suffixes:
+        return (modules, None)  # a TorchScript file: loaded by each replica, as before
+    return (modules, (fmt, str(artifact)))
+
+
 # -- in the parked process -------------------------------------------------------------------------
 
 
-def preload(modules: Sequence[str]) -> str:
-    """Import ``modules``, do their one-time work; "" if the process may still fork, else why not.
+def preload(modules: Sequence[str], model: ModelArtifact | None = None) -> str:
+    """Import ``modules``, do their one-time work, load ``model`` onto the CPU; "" if the
+    process may still fork, else why not.
 
     Runs in the parked process (``python -m cluster.local.zygote_main --preload a,b``). An
-    import error propagates (the zygote exits, replicas are spawned and show the error).
+    import error propagates (the zygote exits, replicas are spawned and show the error); a model
+    that cannot be loaded is said in one line, and each replica then loads (and reports) it.
     """
     for name in modules:
         importlib.import_module(name)
     if "torch" in sys.modules:
         _warm_torch()
         _read_ahead(_torch_libraries())
+    if model is not None:
+        from modelserver import preload as registry
+
+        fmt, path = model
+        try:
+            registry.load_model(fmt, Path(path))
+        except Exception as exc:  # the replicas load it themselves, and say why it fails
+            print(f"zygote: model not preloaded: {exc}", file=sys.stderr, flush=True)
     return fork_problem()
 
 
@@ -218,34 +277,59 @@ class RelayedFork:
 class ModelZygotes:
     """The parked processes, one per preload set; see the module doc."""
 
-    def __init__(self, *, quiet: bool = False, import_timeout_s: float = 300.0) -> None:
+    def __init__(
+        self,
+        *,
+        quiet: bool = False,
+        import_timeout_s: float = 300.0,
+        model_preload: bool = True,
+        artifact: ArtifactPath = local_artifact,
+    ) -> None:
         self.quiet = quiet
         """True: a parked process's own output goes to /dev/null."""
         self.import_timeout_s = import_timeout_s
         """How long a parked process may take to import its set before replicas are spawned."""
-        self._parked: dict[PreloadSet, Zygote] = {}
-        self._unsafe: dict[PreloadSet, str] = {}
-        self._wanted: set[PreloadSet] = set()
+        self.model_preload = model_preload
+        """True: a built-in pytorch server's parked process loads its model (see the module doc)."""
+        self.artifact = artifact
+        """Where a revision's artifact is once fetched (the runtime's prefetcher's answer)."""
+        self._parked: dict[ParkKey, Zygote] = {}
+        self._unsafe: dict[ParkKey, str] = {}
+        self._wanted: set[ParkKey] = set()
         self._revisions: list[Revision] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._retirers: set[asyncio.Task[None]] = set()
         self._closed = False
 
     def parked(self, rev: Revision) -> Zygote | None:
         """The parked process ``rev``'s replicas are forked from (None: they are spawned)."""
-        key = preload_set(rev)
+        key = self.key(rev)
         return None if key is None else self._parked.get(key)
 
     def unsafe(self, rev: Revision) -> str:
         """Why ``rev``'s replicas are spawned although their command could be forked ("")."""
-        key = preload_set(rev)
+        key = self.key(rev)
         return "" if key is None else self._unsafe.get(key, "")
+
+    def key(self, rev: Revision) -> ParkKey | None:
+        """:func:`park_key` of ``rev``, its model left out unless :attr:`model_preload`."""
+        if not self.model_preload:
+            modules = preload_set(rev)
+            return None if modules is None else (modules, None)
+        return park_key(rev, self.artifact(rev))
 
     def want(self, revisions: Iterable[Revision]) -> None:
         """The revisions that may start replicas: start (in the background, when a loop runs)
         a parked process for each of their preload sets, and close the ones none needs that
         have no replica left."""
         self._revisions = list(revisions)
-        self._wanted = {k for k in map(preload_set, self._revisions) if k is not None}
+        # A revision whose model is still being fetched gets its parked process once the
+        # artifact is ready (:meth:`artifact_ready`): one torch import, not two.
+        self._wanted = {
+            k
+            for rev in self._revisions
+            if (k := self.key(rev)) is not None and not (k[1] is None and self._awaits(rev))
+        }
         try:
             asyncio.get_running_loop()
         except RuntimeError:  # told before the loop runs: :meth:`start` starts them
@@ -260,10 +344,29 @@ class ModelZygotes:
         background: they import while the runtime starts)."""
         self.want(self._revisions)
 
-    def _zygote(self, key: PreloadSet) -> Zygote:
+    def _awaits(self, rev: Revision) -> bool:
+        """True: ``rev``'s parked process will load its model once the artifact is known."""
+        parsed = python_module(rev.command)
+        if not self.model_preload or parsed is None or parsed[0] != MODEL_SERVER:
+            return False
+        return _format(rev, *parsed) in PRELOADABLE and self.artifact(rev) is None
+
+    def artifact_ready(self) -> None:
+        """A revision's artifact reached the cache: start the parked process that loads it
+        (and retire the one it replaces)."""
+        self.want(self._revisions)
+
+    def _zygote(self, key: ParkKey) -> Zygote:
         zygote = self._parked.get(key)
         if zygote is None:
-            zygote = Zygote("", quiet=self.quiet, preload=key, fork_timeout_s=self.import_timeout_s)
+            modules, model = key
+            zygote = Zygote(
+                "",
+                quiet=self.quiet,
+                preload=modules,
+                preload_args=("--model", *model) if model is not None else (),
+                fork_timeout_s=self.import_timeout_s,
+            )
             self._parked[key] = zygote
         return zygote
 
@@ -280,14 +383,15 @@ class ModelZygotes:
 
     async def _check(self, zygote: Zygote) -> None:
         """Start ``zygote``, wait for its hello; when it is unsafe, log why and close it."""
-        assert zygote.preload is not None
-        key = zygote.preload
+        key = next((k for k, z in self._parked.items() if z is zygote), None)
+        if key is None:  # retired meanwhile
+            return
         try:
             problem = await zygote.hello(self.import_timeout_s)
         except OSError as exc:
             log.warning(
                 "model-server zygote did not start; replicas start as fresh processes",
-                extra={"preload": ",".join(key), "error": str(exc)},
+                extra={"preload": ",".join(key[0]), "error": str(exc)},
             )
             return
         if problem and key not in self._unsafe:
@@ -295,7 +399,7 @@ class ModelZygotes:
             log.warning(
                 "model-server zygote unsafe to fork: %s; replicas start as fresh processes",
                 problem,
-                extra={"preload": ",".join(key)},
+                extra={"preload": ",".join(key[0])},
             )
             if self._parked.get(key) is zygote:
                 del self._parked[key]
@@ -314,7 +418,7 @@ class ModelZygotes:
         """``rev``'s model server forked from its parked process, with ``env`` on top of this
         process's environment (as :func:`cluster.local.process.spawn_process` gives it) and its
         output relayed (``relay``) or discarded; None when it must be spawned instead."""
-        key = preload_set(rev)
+        key = self.key(rev)
         parsed = python_module(rev.command)
         if key is None or parsed is None or self._closed or key in self._unsafe:
             return None
@@ -327,16 +431,27 @@ class ModelZygotes:
             if key in self._unsafe or zygote.pid is None:
                 return None
             try:
-                return await self._fork_one(
+                forked = await self._fork_one(
                     zygote, full_env, module, args, pod=pod, revision=revision, fmt=fmt, relay=relay
                 )
             except OSError as exc:
                 if attempt == 2:
                     log.warning(
                         "model-server zygote could not fork; spawning the replica",
-                        extra={"pod": pod, "preload": ",".join(key), "error": str(exc)},
+                        extra={"pod": pod, "preload": ",".join(key[0]), "error": str(exc)},
                     )
+                continue
+            # a parked process no revision wants any more goes with its last replica
+            retirer = asyncio.create_task(self._retire_after(forked))
+            self._retirers.add(retirer)
+            retirer.add_done_callback(self._retirers.discard)
+            return forked
         return None
+
+    async def _retire_after(self, forked: RelayedFork | ForkedChild) -> None:
+        await (forked.child if isinstance(forked, RelayedFork) else forked).wait()
+        if not self._closed:
+            self._retire()
 
     async def _fork_one(
         self,
@@ -395,6 +510,9 @@ class ModelZygotes:
     async def close(self) -> None:
         """Close every parked process (after the supervisor has stopped their replicas)."""
         self._closed = True
+        for task in list(self._retirers):  # they would wait for replicas still running
+            task.cancel()
+        await asyncio.gather(*self._retirers, return_exceptions=True)
         await asyncio.gather(*self._tasks, return_exceptions=True)
         parked = list(self._parked.values())
         self._parked.clear()

@@ -72,6 +72,11 @@ class SupervisorSettings:
     from a parked process that has imported its framework (the revision's ``preload`` plus its
     format's; :mod:`cluster.local.model_zygote`): seconds less per cold start for torch. False,
     or a parked process that is unsafe to fork from, spawns the command."""
+    model_preload: bool = True
+    """With ``model_prefork``: a built-in pytorch server's parked process also loads the
+    revision's ``.pt2`` model onto the CPU once its artifact is fetched, so that a forked replica
+    only moves it to its device (:mod:`modelserver.preload`); it holds one CPU copy of the model
+    per artifact. Other formats load in each replica as before. False: only the imports."""
     log_children: bool = True
     """Children's output goes to the runtime's stdout/stderr; False sends it to /dev/null."""
     log_format: LogFormat = "text"
@@ -170,7 +175,11 @@ class LocalSupervisor(InitializedInMemory):
         """Each replica's cold start by phase (:mod:`cluster.local.coldstart`)."""
         s = self.settings
         self.zygote = Zygote(s.queue_proxy_entry, quiet=not s.log_children) if s.prefork else None
-        self.models = ModelZygotes(quiet=not s.log_children) if s.model_prefork else None
+        self.models = (
+            ModelZygotes(quiet=not s.log_children, model_preload=s.model_preload)
+            if s.model_prefork
+            else None
+        )
         """The model servers' parked processes (:mod:`cluster.local.model_zygote`)."""
 
     async def start(self) -> None:

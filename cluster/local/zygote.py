@@ -99,12 +99,15 @@ class Zygote:
         python: str = sys.executable,
         fork_timeout_s: float = 60.0,
         preload: Sequence[str] | None = None,
+        preload_args: Sequence[str] = (),
     ) -> None:
         self.entry = entry
         """``module:function`` the zygote imports and each child calls with ``[]``."""
         self.preload = None if preload is None else tuple(preload)
         """Instead of an entry point: modules the zygote imports (``--preload``); each fork then
         names the module its child runs."""
+        self.preload_args = tuple(preload_args)
+        """With ``preload``: more arguments for ``zygote_main`` (``--model FORMAT PATH``)."""
         self.unsafe = ""
         """With ``preload``: why the zygote's last hello said it is unsafe to fork ("" if safe)."""
         self.quiet = quiet
@@ -172,7 +175,7 @@ class Zygote:
     async def _spawn(self, fds_fd: int) -> asyncio.subprocess.Process:
         what = [self.entry]
         if self.preload is not None:  # room for each child's own command line (zygote_main)
-            what = ["--preload", ",".join(self.preload), " " * 1024]
+            what = ["--preload", ",".join(self.preload), " " * 1024, *self.preload_args]
         return await spawn_process(
             # -O as this interpreter has it (the asserts the runtime runs without)
             [

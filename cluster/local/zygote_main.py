@@ -2,6 +2,7 @@
 
     python -m cluster.local.zygote_main queue_proxy.app:main
     python -m cluster.local.zygote_main --preload torch,modelserver.app   # a model-server parent
+    python -m cluster.local.zygote_main --preload torch,... --model pytorch /cache/bert.pt2
 
 Python's start (interpreter, then ~300 ms of imports for the queue-proxy) would otherwise be paid
 by every replica, on the cold-start path. The zygote pays it once, before any request, and
@@ -16,9 +17,11 @@ stderr where the zygote's stderr goes, and its environment on top of the zygote'
 
 With ``--preload`` there is no entry point: the zygote imports the modules and does their
 one-time work (:func:`cluster.local.model_zygote.preload`, which also says whether it is still
-safe to fork), and each request names the module its child runs as ``python -m`` would
-(``"module"``, ``"argv"``), the child's whole environment (``"replace_env"``) and its stdout
-and stderr (``"stdio"``: the first two descriptors of the request's datagram).
+safe to fork; with ``--model`` it also loads the revision's model onto the CPU for the
+children to take, :mod:`modelserver.preload`), and each request names the module its child
+runs as ``python -m`` would (``"module"``, ``"argv"``), the child's whole environment
+(``"replace_env"``) and its stdout and stderr (``"stdio"``: the first two descriptors of the
+request's datagram).
 
 The reports pipe is moved off descriptor 1 at start (1 then goes where 2 goes), so that a module
 that prints while it is imported cannot corrupt the protocol.
@@ -315,10 +318,20 @@ def _set_comm(name: str) -> None:
 
 def main(argv: list[str]) -> int:
     global _reports
-    preload = len(argv) in (2, 3) and argv[0] == "--preload"
+    preload = len(argv) >= 2 and argv[0] == "--preload"
+    model: tuple[str, str] | None = None
+    if preload:  # --preload MODS [PADDING] [--model FORMAT PATH]
+        rest = argv[2:]
+        if rest and rest[0].strip() == "":
+            rest = rest[1:]
+        if len(rest) == 3 and rest[0] == "--model":
+            model = (rest[1], rest[2])
+        elif rest:
+            preload = False
     if len(argv) != 1 and not preload:
         print(
-            "usage: python -m cluster.local.zygote_main module:function | --preload mod1,mod2",
+            "usage: python -m cluster.local.zygote_main module:function"
+            " | --preload mod1,mod2 [--model FORMAT PATH]",
             file=sys.stderr,
         )
         return 2
@@ -331,7 +344,7 @@ def main(argv: list[str]) -> int:
         if preload:
             from cluster.local.model_zygote import preload as prepare
 
-            unsafe = prepare([m for m in argv[1].split(",") if m])
+            unsafe = prepare([m for m in argv[1].split(",") if m], model=model)
         else:
             entry = load_entry(argv[0])
     except (ImportError, AttributeError, ValueError) as exc:

@@ -51,8 +51,11 @@ class TorchModel:
         device: torch.device,
         inputs: tuple[TensorSpec, ...],
         outputs: tuple[TensorSpec, ...] = (),
+        preloaded: bool = False,
     ) -> None:
         self.module = module
+        self.preloaded = preloaded
+        """True: taken from the parked process's registry (:mod:`modelserver.preload`)."""
         self.platform = platform
         self.device = device
         self.inputs = inputs
@@ -104,6 +107,26 @@ def load(path: Path, options: LoadOptions) -> TorchModel:
     return _load_torchscript(path, device, options)
 
 
+def load_on_cpu(path: Path) -> TorchModel:
+    """A ``.pt2`` program's module on the CPU, for a parked process to keep
+    (:func:`modelserver.preload.load_model`): it only loads, runs no tensor operation."""
+    return _load_exported(path, torch.device("cpu"))
+
+
+def from_preloaded(model: TorchModel, options: LoadOptions) -> TorchModel:
+    """A model a parked process loaded onto the CPU, on ``options.device`` (as is on the CPU)."""
+    device = pick_device(options.device)
+    module = model.module if device.type == "cpu" else model.module.to(device)
+    return TorchModel(
+        module,
+        platform=model.platform,
+        device=device,
+        inputs=model.inputs,
+        outputs=model.outputs,
+        preloaded=True,
+    )
+
+
 def _load_exported(path: Path, device: torch.device) -> TorchModel:
     program = torch.export.load(str(path))
     graph = program.graph_module.graph
@@ -120,7 +143,9 @@ def _load_exported(path: Path, device: torch.device) -> TorchModel:
             # Buffer mutations come first in the output node; the user's outputs are the last.
             for i, value in enumerate(list(values)[-user:]):
                 outputs.append(_spec(f"output-{i}", value.meta.get("val"), path, "output"))
-    module = program.module().to(device)
+    module = program.module()
+    if device.type != "cpu":
+        module = module.to(device)
     return TorchModel(
         module,
         platform="pytorch_export",
