@@ -4,6 +4,7 @@ it runs end to end (a real ``zeroserve up``, real model servers) and its figures
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -82,7 +83,7 @@ def test_one_format_end_to_end_gives_ordered_positive_figures(tmp_path: Path) ->
         assert added[q] == pytest.approx(via[q] - direct[q], abs=1e-3)
     assert warm["replica"]["load_s"] > 0
     assert warm["replica"]["warmup_s"] > 0
-    assert "PORT=" in warm["direct"]
+    assert re.search(r"\(pid \d+\), port \d+ \(listening\)", warm["direct"]), warm["direct"]
 
     # From zero: the first prediction waits for a whole start, so it outlasts the replica's own
     # load + warm-up and any warm request.
