@@ -489,3 +489,15 @@ async def test_a_new_artifact_gets_a_new_parked_process_and_the_old_one_closes(
         await sup.close()
     taken = [line for line in capfd.readouterr().err.splitlines() if "parked process" in line]
     assert sum("model taken from the parked process" in line for line in taken) == 2
+
+
+def test_the_runtime_names_the_model_servers_loader_and_formats_as_it_has_them() -> None:
+    """cluster never imports modelserver: it names its loader and copies its preloadable formats;
+    both must match what modelserver has."""
+    from cluster.local import model_zygote
+    from modelserver import preload
+
+    module, _, function = model_zygote.MODEL_LOADER.partition(":")
+    assert module == preload.__name__
+    assert getattr(preload, function) is preload.load_model
+    assert dict(model_zygote.PRELOADABLE) == dict(preload.PRELOADABLE)

@@ -16,7 +16,7 @@ then does the framework's one-time work that touches no accelerator (:func:`prel
 nn modules built on the meta device; the CUDA libraries' files read ahead into the page cache).
 With ``model_preload`` (the supervisor's setting, on by default) a built-in pytorch server's
 parked process also loads the revision's ``.pt2`` model onto the CPU once its artifact is in the
-cache (:func:`modelserver.preload.load_model`: ``torch.export.load(...).module()``, no tensor
+cache (:data:`MODEL_LOADER`, ``modelserver.preload.load_model``: ``torch.export.load(...).module()``, no tensor
 operation, no CUDA), so that a replica only moves it to its device: the parked process is then
 keyed by its preload set and the artifact's local path (:func:`park_key`), started when the
 artifact is ready and closed when no revision names it and no replica it forked is left. It holds
@@ -43,12 +43,19 @@ from typing import Any, TextIO
 from cluster.local.output import DRAIN_S, LogFormat, Stream, _relay_pipe, line_writer
 from cluster.local.zygote import ForkedChild, Zygote
 from cluster.spec import Revision
-from modelserver.preload import PRELOADABLE
 
 log = logging.getLogger("zeroserve.model_zygote")
 
 MODEL_SERVER = "modelserver"
 """The built-in model server's module (``python -m modelserver``)."""
+
+# The model server is named, not imported: ``cluster`` never imports it (DESIGN.md, the
+# dependencies point one way), as the supervisor names the queue-proxy's entry point.
+MODEL_LOADER = "modelserver.preload:load_model"
+"""What a parked process calls to load a revision's model onto the CPU (imported there only)."""
+PRELOADABLE: Mapping[str, tuple[str, ...]] = {"pytorch": (".pt2",)}
+"""The formats (and model-file suffixes) the loader takes: ``modelserver.preload.PRELOADABLE``
+(tests/test_model_zygote.py checks that the two agree)."""
 
 FORMAT_PRELOAD: Mapping[str, tuple[str, ...]] = {
     "pytorch": ("torch", "torch.nn", "torch.export"),
@@ -128,7 +135,7 @@ def local_artifact(rev: Revision) -> Path | None:
 
 def park_key(rev: Revision, artifact: Path | None) -> ParkKey | None:
     """The parked process ``rev``'s replicas fork from: its preload set, plus its model when
-    it is the built-in server's, of a preloadable format (:data:`modelserver.preload.PRELOADABLE`),
+    it is the built-in server's, of a preloadable format (:data:`PRELOADABLE`),
     and ``artifact`` (its local path) is known. None: its replicas are spawned."""
     modules = preload_set(rev)
     parsed = python_module(rev.command)
@@ -161,11 +168,10 @@ def preload(modules: Sequence[str], model: ModelArtifact | None = None) -> str:
         _warm_torch()
         _read_ahead(_torch_libraries())
     if model is not None:
-        from modelserver import preload as registry
-
+        module, _, function = MODEL_LOADER.partition(":")
         fmt, path = model
         try:
-            registry.load_model(fmt, Path(path))
+            getattr(importlib.import_module(module), function)(fmt, Path(path))
         except Exception as exc:  # the replicas load it themselves, and say why it fails
             print(f"zygote: model not preloaded: {exc}", file=sys.stderr, flush=True)
     return fork_problem()
