@@ -33,10 +33,8 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,7 +46,7 @@ import aiohttp
 
 from cluster.local.zygote import Zygote
 from loadtests import coldstart_framework
-from loadtests.harness import queue_proxy_env
+from loadtests.harness import free_port, percentile, queue_proxy_env
 from tests.e2e_support import ROOT, emulator_spec, wait_for, zeroserve_up
 
 HOST = "gpu.default.example.com"
@@ -56,19 +54,6 @@ REVISION = "gpu-v1"
 MODEL_ENV = {"STARTUP_DELAY_SECONDS": "0", "SERVICE_TIME_MS": "1", "SLOTS": "1000"}
 POLL_S = 0.005
 GOAL_MS = 100.0
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (``q`` in 0..100)."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def spec_text() -> str:

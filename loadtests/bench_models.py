@@ -44,7 +44,6 @@ import asyncio
 import contextlib
 import http.client
 import json
-import math
 import os
 import platform
 import re
@@ -64,6 +63,7 @@ import aiohttp
 from aiohttp import web
 
 from examples import make_models
+from loadtests.harness import free_port, percentile
 from modelserver import storage
 from tests.e2e_support import ROOT, Runtime, tagged_pids, wait_for, zeroserve_up
 
@@ -72,19 +72,6 @@ COMMITTED = {"sklearn": "iris-sklearn", "xgboost": "iris-xgboost", "onnx": "iris
 ROW = [6.8, 2.8, 4.8, 1.4]  # one versicolor
 POLL_S = 0.005
 _RELAYED = re.compile(r"^(?P<pod>\S+) \| (?P<record>\{.*\})\s*$")
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (``q`` in 0..100)."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- the artifacts -----------------------------------------------------------------------------

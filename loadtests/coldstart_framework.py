@@ -35,7 +35,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
 import signal
 import subprocess
@@ -51,6 +50,7 @@ from typing import Any
 import aiohttp
 
 from loadtests.bert_model import BertConfig, export
+from loadtests.harness import percentile
 from tests.e2e_support import _BANNER, _STATUS, ROOT, TAG_VAR, Runtime, tagged_pids, wait_for
 
 PHASES = ("spawn", "imports", "accelerator_init", "fetch", "load", "warmup", "ready")
@@ -81,13 +81,6 @@ for key in ("first_inference_s", "second_inference_s"):
     out[key] = time.perf_counter() - t
 print(json.dumps(out))
 """
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (``q`` in 0..100)."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
 
 
 @dataclass
