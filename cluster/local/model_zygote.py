@@ -40,7 +40,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from cluster.local.output import DRAIN_S, LogFormat, Stream, _relay_pipe, line_writer
+from cluster.local.output import LogFormat, Stream, _relay_pipe, drain_relays, line_writer
 from cluster.local.zygote import ForkedChild, Zygote
 from cluster.spec import Revision
 
@@ -270,13 +270,7 @@ class RelayedFork:
 
     async def wait(self) -> int:
         code = await self.child.wait()
-        if self.relays:
-            _, pending = await asyncio.wait(self.relays, timeout=DRAIN_S)
-            for task in pending:
-                task.cancel()
-            for task in pending:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await drain_relays(self.relays)
         return code
 
 

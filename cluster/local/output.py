@@ -112,14 +112,21 @@ class RelayedChild(Spawned):
 
     async def wait(self) -> int:
         code = await self.proc.wait()
-        if self.relays:
-            _, pending = await asyncio.wait(self.relays, timeout=DRAIN_S)
-            for task in pending:
-                task.cancel()
-            for task in pending:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await drain_relays(self.relays)
         return code
+
+
+async def drain_relays(relays: list[asyncio.Task[None]]) -> None:
+    """After a child exited: let its relays emit what is left in the pipes, for at most
+    ``DRAIN_S`` (a grandchild may hold a pipe open), then stop them."""
+    if not relays:
+        return
+    _, pending = await asyncio.wait(relays, timeout=DRAIN_S)
+    for task in pending:
+        task.cancel()
+    for task in pending:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _relay_pipe(fd: int, emit: Callable[[str], None]) -> None:
