@@ -33,16 +33,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +47,7 @@ import aiohttp
 
 from loadtests.bert_model import BertConfig, export
 from loadtests.harness import percentile
-from tests.e2e_support import _BANNER, _STATUS, ROOT, TAG_VAR, Runtime, tagged_pids, wait_for
+from tests.e2e_support import Runtime, wait_for, zeroserve_up
 
 PHASES = ("spawn", "imports", "accelerator_init", "fetch", "load", "warmup", "ready")
 CPU_SLACK_S = 0.1
@@ -125,41 +121,6 @@ def spec_text(model: Path, services: int, device: str) -> str:
         if env:
             lines.append("        env: " + json.dumps(env))
     return "\n".join(lines) + "\n"
-
-
-@contextlib.asynccontextmanager
-async def zeroserve_up(spec: Path, log: Path, extra: Sequence[str]) -> AsyncIterator[Runtime]:
-    """``python -m zeroserve up SPEC *extra`` on ephemeral ports, stopped with SIGTERM after
-    (as :func:`tests.e2e_support.zeroserve_up`, with flags)."""
-    tag = uuid.uuid4().hex
-    env = dict(os.environ, **{TAG_VAR: tag, "PYTHONUNBUFFERED": "1"})
-    cmd = [sys.executable, "-m", "zeroserve", "up", str(spec), "--port", "0", "--status-port", "0"]
-    with open(log, "wb") as fh:  # noqa: ASYNC230 (opened once, before anything is timed)
-        proc = subprocess.Popen(  # noqa: ASYNC220 (as tests.e2e_support does)
-            [*cmd, *extra], cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT
-        )
-    try:
-
-        def banner() -> tuple[str, str] | None:
-            text = log.read_text(errors="replace")
-            if proc.poll() is not None:
-                raise RuntimeError(f"zeroserve up exited with {proc.returncode}:\n{text}")
-            m, s = _BANNER.search(text), _STATUS.search(text)
-            return (m.group(1), s.group(1)) if m and s else None
-
-        url, status_url = await wait_for(banner, within=60, what="the banner")
-        yield Runtime(url=url, status_url=status_url, proc=proc, log_path=log, tag=tag)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(proc.wait, 60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for pid in tagged_pids(tag):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
 
 # --- one round ------------------------------------------------------------------------------------
@@ -238,7 +199,7 @@ async def run_mode(args: Args, zygote: bool, model: Path, work: Path) -> None:
     spec = work / f"{key}.yaml"
     spec.write_text(spec_text(model, args.rounds + 1, args.device))
     extra = [] if zygote else ["--no-model-prefork"]
-    async with zeroserve_up(spec, work / f"{key}.log", extra) as rt:
+    async with zeroserve_up(spec, work / f"{key}.log", extra, banner_within_s=60) as rt:
         for i in range(args.rounds + 1):
             result = await cold_round(rt, i, args)
             mode["rounds"].append(result)

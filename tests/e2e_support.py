@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,20 +98,29 @@ async def wait_for(
         await asyncio.sleep(interval)
 
 
-def _start(spec_path: Path, log_path: Path, tag: str) -> subprocess.Popen[bytes]:
+def _start(
+    spec_path: Path, log_path: Path, tag: str, extra: Sequence[str] = ()
+) -> subprocess.Popen[bytes]:
     env = dict(os.environ, **{TAG_VAR: tag, "PYTHONUNBUFFERED": "1"})
     cmd = [sys.executable, "-m", "zeroserve", "up", str(spec_path), "--port", "0"]
     with open(log_path, "wb") as out:
         return subprocess.Popen(
-            [*cmd, "--status-port", "0"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+            [*cmd, "--status-port", "0", *extra],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
 
 
 @contextlib.asynccontextmanager
-async def zeroserve_up(spec_path: Path, log_path: Path) -> AsyncIterator[Runtime]:
-    """Start ``python -m zeroserve up SPEC`` on ephemeral ports; stop it with SIGTERM after."""
+async def zeroserve_up(
+    spec_path: Path, log_path: Path, extra: Sequence[str] = (), banner_within_s: float = 30.0
+) -> AsyncIterator[Runtime]:
+    """Start ``python -m zeroserve up SPEC *extra`` on ephemeral ports; stop it with SIGTERM
+    after."""
     tag = uuid.uuid4().hex
-    proc = _start(spec_path, log_path, tag)
+    proc = _start(spec_path, log_path, tag, extra)
     try:
 
         def banner() -> tuple[str, str] | None:
@@ -121,7 +130,7 @@ async def zeroserve_up(spec_path: Path, log_path: Path) -> AsyncIterator[Runtime
             m, s = _BANNER.search(text), _STATUS.search(text)
             return (m.group(1), s.group(1)) if m and s else None
 
-        url, status_url = await wait_for(banner, within=30, what="the banner")
+        url, status_url = await wait_for(banner, within=banner_within_s, what="the banner")
         yield Runtime(url=url, status_url=status_url, proc=proc, log_path=log_path, tag=tag)
     finally:
         if proc.poll() is None:
