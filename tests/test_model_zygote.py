@@ -305,12 +305,38 @@ http.server.HTTPServer(
 """
 
 
+# CUDA cannot be initialised on a machine without a GPU: a stand-in ``torch`` package, first on
+# the parked process's path, answers ``torch.cuda.is_initialized()`` with True, as a real one
+# does after a preloaded module has touched the GPU. The parked process's own torch work (the
+# meta-device warm-up, the libraries' read-ahead) finds nothing to do in it and goes on.
+CUDA_TORCH = {
+    "torch/__init__.py": "from torch import cuda, nn\n",
+    "torch/cuda.py": "def is_initialized():\n    return True\n",
+    "torch/nn.py": "",
+}
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(60)
-async def test_a_parked_process_with_a_thread_is_not_forked_from(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("files", "preload", "problem"),
+    [
+        ({"threaded_mod.py": THREADED}, "threaded_mod", "threads started: 2"),
+        (CUDA_TORCH, "torch", "CUDA initialised"),
+    ],
+    ids=["thread", "cuda"],
+)
+async def test_a_parked_process_that_cannot_fork_is_not_forked_from(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    files: dict[str, str],
+    preload: str,
+    problem: str,
 ) -> None:
-    (tmp_path / "threaded_mod.py").write_text(THREADED)
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
     (tmp_path / "tiny_server.py").write_text(SERVER)
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     rev = Revision(
@@ -319,7 +345,7 @@ async def test_a_parked_process_with_a_thread_is_not_forked_from(
         name="thr-v1",
         timeout_s=10.0,
         command=("python", "-m", "tiny_server"),
-        preload=("threaded_mod",),
+        preload=(preload,),
     )
     caplog.set_level(logging.INFO, logger="zeroserve.model_zygote")
     sup = LocalSupervisor(settings())
@@ -329,11 +355,10 @@ async def test_a_parked_process_with_a_thread_is_not_forked_from(
         assert isinstance(replica.model, Spawned)  # the current spawn path
         assert proc_stat(replica.model.pid)["ppid"] == os.getpid()
         assert sup.models is not None
-        assert sup.models.unsafe(rev) == "threads started: 2"
+        assert sup.models.unsafe(rev) == problem
         lines = [r.getMessage() for r in caplog.records if "unsafe" in r.getMessage()]
         assert lines == [
-            "model-server zygote unsafe to fork: threads started: 2; "
-            "replicas start as fresh processes"
+            f"model-server zygote unsafe to fork: {problem}; replicas start as fresh processes"
         ]
         url = f"http://127.0.0.1:{replica.serving_port}/"
         async with aiohttp.ClientSession() as session, session.get(url) as resp:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from zeroserve import cli
 from zeroserve.cli import main
 from zeroserve.runtime import LocalRuntime, RuntimeSettings
 
@@ -87,3 +88,19 @@ def test_runtime_logs_each_unknown_config_key(
         "config.panic-window: not a config-autoscaler key (ignored)",
         "config.stable_window: not a config-autoscaler key (ignored)",
     ]
+
+
+@pytest.mark.parametrize(
+    ("flags", "prefork", "preload"),
+    [
+        ([], True, True),
+        (["--no-model-preload"], True, False),
+        (["--no-model-prefork"], False, True),
+    ],
+)
+def test_up_flags_turn_the_framework_zygote_and_its_model_preload_off(
+    flags: list[str], prefork: bool, preload: bool
+) -> None:
+    args = cli._parser().parse_args(["up", "spec.yaml", *flags])
+    settings = cli.supervisor_settings(args)
+    assert (settings.model_prefork, settings.model_preload) == (prefork, preload)

@@ -47,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
         help="spawn every model server as a new process instead of forking it from a parked "
         "process that has imported its framework (the framework zygote)",
     )
+    up.add_argument(
+        "--no-model-preload",
+        action="store_true",
+        help="keep the framework zygote to the imports: each pytorch replica loads its model "
+        "itself instead of taking the one its parked process loaded (one CPU copy per artifact)",
+    )
     up.add_argument("--log-level", default="info")
     up.add_argument(
         "--log-format",
@@ -155,17 +161,23 @@ def _banner_fields(rt: LocalRuntime) -> dict[str, object]:
     }
 
 
+def supervisor_settings(args: argparse.Namespace) -> SupervisorSettings:
+    """The replicas' settings that ``zeroserve up``'s flags give."""
+    return SupervisorSettings(
+        host=args.host,
+        log_children=not args.quiet_replicas,
+        log_format=args.log_format,
+        model_prefork=not args.no_model_prefork,
+        model_preload=not args.no_model_preload,
+    )
+
+
 async def _up(args: argparse.Namespace) -> int:
     settings = RuntimeSettings(
         host=args.host,
         port=args.port,
         status_port=args.status_port,
-        supervisor=SupervisorSettings(
-            host=args.host,
-            log_children=not args.quiet_replicas,
-            log_format=args.log_format,
-            model_prefork=not args.no_model_prefork,
-        ),
+        supervisor=supervisor_settings(args),
     )
     rt = LocalRuntime(args.spec, settings)
     json_logs = args.log_format == "json"  # then every line is a JSON record, the banner too
