@@ -36,7 +36,7 @@ from dataplane import _bytes
 from dataplane.api import Exchange, ForwardResult, Timeouts, UpstreamConnectError
 from dataplane.headers import lower_is, raw_line
 
-log = logging.getLogger("activator")
+log = logging.getLogger("zeroserve.activator")
 
 HEALTH_PATH = "/healthz"
 # Headers a client must not choose: they would pick a revision or fake a proxied request.
