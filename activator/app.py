@@ -36,7 +36,7 @@ from dataplane.heap import freeze_startup_heap
 from dataplane.server import Server
 from metrics.logs import configure_logging
 
-log = logging.getLogger("activator")
+log = logging.getLogger("zeroserve.activator")
 
 # why the activator's server refused a client itself, before any routing (activator_refusals)
 REFUSAL_REASONS = ("bad_request", "header_timeout", "connection_limit")

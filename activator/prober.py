@@ -21,7 +21,7 @@ import aiohttp
 from cluster.ports import EndpointSource, PodEndpoint
 from cluster.spec import RevisionKey
 
-log = logging.getLogger("activator")
+log = logging.getLogger("zeroserve.activator")
 
 PROBE_HEADERS = {"K-Network-Probe": "queue", "User-Agent": "Knative-Activator-Probe"}
 

@@ -19,7 +19,7 @@ import aiohttp
 
 from metrics.stat import Stat, WireStat, encode_batch
 
-log = logging.getLogger("activator")
+log = logging.getLogger("zeroserve.activator")
 
 
 class StatSink(Protocol):

@@ -46,7 +46,7 @@ from examples.serving import (
     server_settings_from_env,
 )
 
-logger = logging.getLogger("examples.iris_server")
+logger = logging.getLogger("zeroserve.examples.iris_server")
 
 MODEL_VERSION = "1"
 PLATFORM = "numpy_softmax"

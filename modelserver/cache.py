@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-log = logging.getLogger("modelserver.storage")
+log = logging.getLogger("zeroserve.modelserver.storage")
 
 META = "meta.json"
 LOCKS = ".locks"

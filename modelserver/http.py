@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-logger = logging.getLogger("modelserver.http")
+logger = logging.getLogger("zeroserve.modelserver.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

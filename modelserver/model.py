@@ -16,7 +16,7 @@ import numpy as np
 from modelserver import preload
 from modelserver.tensors import NUMPY_DTYPES, Array, TensorSpec, datatype_of
 
-logger = logging.getLogger("modelserver.model")
+logger = logging.getLogger("zeroserve.modelserver.model")
 
 
 class ModelError(ValueError):

@@ -46,7 +46,7 @@ from modelserver.tensors import (
     v1_predictions,
 )
 
-logger = logging.getLogger("modelserver")
+logger = logging.getLogger("zeroserve.modelserver")
 
 SERVER_NAME = "zeroserve-modelserver"
 SERVER_VERSION = "0.1.0"

@@ -47,7 +47,7 @@ from modelserver.cache import (
 
 __all__ = ["FetchError", "fetch", "hold", "main"]
 
-log = logging.getLogger("modelserver.storage")
+log = logging.getLogger("zeroserve.modelserver.storage")
 
 SCHEMES = ("file", "http", "https", "s3")
 ARCHIVES = (".tar.gz", ".tgz", ".zip")

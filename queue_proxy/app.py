@@ -40,7 +40,7 @@ from queue_proxy.metrics import QueueMetrics
 from queue_proxy.probe import Readiness
 from queue_proxy.stats import StatReporter
 
-log = logging.getLogger("queue_proxy")
+log = logging.getLogger("zeroserve.queue_proxy")
 
 _NVML_DEFAULT: Any = object()
 _RESET_DRAIN_AFTER_S = 1.0  # /wait-for-drain not followed by SIGTERM: serve again (Knative)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-log = logging.getLogger("queue_proxy.drain")
+log = logging.getLogger("zeroserve.queue_proxy.drain")
 
 
 class Drainer:

@@ -12,7 +12,7 @@ from typing import Any
 
 from queue_proxy.metrics import QueueMetrics
 
-log = logging.getLogger("queue_proxy.gpu")
+log = logging.getLogger("zeroserve.queue_proxy.gpu")
 
 
 # Imported with this module (~10 ms), not when a QueueProxy is built: the local runtime's zygote

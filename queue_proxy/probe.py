@@ -19,7 +19,7 @@ import logging
 
 from cluster.spec import ReadinessProbe
 
-log = logging.getLogger("queue_proxy.probe")
+log = logging.getLogger("zeroserve.queue_proxy.probe")
 
 AGGRESSIVE_PERIOD_S = 0.05
 AGGRESSIVE_TIMEOUT_S = 0.1

@@ -358,7 +358,7 @@ async def test_text_mode_prefixes_model_lines_with_the_pod_and_logs_no_json(
     assert any(re.fullmatch(r"gpu-v1-\d+ \| model says hi", line) for line in lines), text
     assert any(re.fullmatch(r"gpu-v1-\d+ \| model warns", line) for line in lines), text
     assert not [line for line in lines if line.lstrip().startswith("{")], text  # no JSON
-    assert re.search(r"^\d\d:\d\d:\d\d info +queue_proxy", text, re.MULTILINE), text
+    assert re.search(r"^\d\d:\d\d:\d\d info +zeroserve\.queue_proxy", text, re.MULTILINE), text
 
 
 def _start_json(path: Path, log_path: Path, tag: str) -> subprocess.Popen[bytes]:
@@ -408,7 +408,7 @@ async def test_json_mode_makes_every_line_json(tmp_path: Path) -> None:
         }, said
         assert all(re.fullmatch(r"gpu-v1-\d+", str(r["pod"])) for r in model), model
         loggers = {str(r["logger"]) for r in records()}
-        assert "queue_proxy" in loggers, loggers
+        assert "zeroserve.queue_proxy" in loggers, loggers
         assert "zeroserve.supervisor" in loggers, loggers
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -316,7 +316,7 @@ async def test_gpu_metrics_with_fake_nvml() -> None:
 async def test_gpu_metrics_absent_with_one_log_line(
     nvml: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="queue_proxy.gpu")
+    caplog.set_level(logging.INFO, logger="zeroserve.queue_proxy.gpu")
     async with running(nvml=nvml, gpu_interval_s=0.05) as r:
         await poll_until(lambda: bool(r.qp.gpu.disabled_reason))
         # A disabled monitor never samples, so no queue_proxy_gpu_* sample may be exported (the
@@ -329,7 +329,7 @@ async def test_gpu_metrics_absent_with_one_log_line(
             if smp.name.startswith("queue_proxy_gpu_")
         ]
         assert gpu_samples == [], text
-    lines = [rec for rec in caplog.records if rec.name == "queue_proxy.gpu"]
+    lines = [rec for rec in caplog.records if rec.name == "zeroserve.queue_proxy.gpu"]
     assert len(lines) == 1
     assert lines[0].getMessage() == "gpu metrics disabled"
 

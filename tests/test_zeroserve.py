@@ -58,7 +58,7 @@ async def test_reload_with_a_rejected_config_keeps_the_last_good_one(
     caplog.set_level(logging.INFO, logger="zeroserve")
     path.write_text(BAD_CONFIG + SERVICES.replace("v1", "v2"))
     assert rt.reload() is False
-    messages = [r.getMessage() for r in caplog.records if r.name == "zeroserve"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "zeroserve.runtime"]
     assert "spec applied" not in messages
     assert messages == ["spec rejected, keeping the last good one"]
     error = str(caplog.records[-1].__dict__["error"])

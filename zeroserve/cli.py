@@ -20,7 +20,7 @@ from zeroserve.specfile import config_warnings
 from zeroserve.specfile import load as load_spec_file
 from zeroserve.status import StatusError, fetch, render, render_cold_starts
 
-log = logging.getLogger("zeroserve")
+log = logging.getLogger("zeroserve.runtime")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -40,7 +40,7 @@ from cluster.spec_loader import SpecError
 from zeroserve.prefetch import ArtifactPrefetcher, PrefetchSettings
 from zeroserve.specfile import SpecReader, config_warnings
 
-log = logging.getLogger("zeroserve")
+log = logging.getLogger("zeroserve.runtime")
 
 
 class _Forward(Collector):

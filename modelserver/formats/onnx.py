@@ -19,7 +19,7 @@ import onnxruntime
 from modelserver.model import LoadOptions, ModelError, as_numpy
 from modelserver.tensors import Array, TensorSpec, accepted
 
-logger = logging.getLogger("modelserver.formats.onnx")
+logger = logging.getLogger("zeroserve.modelserver.formats.onnx")
 
 # onnxruntime's type strings → V2 datatypes.
 DATATYPES = {

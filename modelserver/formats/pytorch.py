@@ -25,7 +25,7 @@ import torch
 from modelserver.model import LoadOptions, ModelError
 from modelserver.tensors import Array, TensorSpec, accepted
 
-logger = logging.getLogger("modelserver.formats.pytorch")
+logger = logging.getLogger("zeroserve.modelserver.formats.pytorch")
 
 SIGNATURE_FILE = "signature.json"
 
