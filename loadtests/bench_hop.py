@@ -20,6 +20,14 @@ per request at the rate. ``--python-core`` adds a second queue-proxy that runs t
 Python source (``ZEROSERVE_PURE_PYTHON=1``) beside the compiled one, to measure what compiling
 buys. ``--relay`` adds :mod:`loadtests.relay`, a uvloop TCP relay that parses nothing: the floor
 of a Python proxy on this machine, to tell what the runtime costs from what the queue-proxy does.
+
+``--knative`` adds Knative Serving's own queue-proxy (Go, built by
+``loadtests/build-knative-queue.sh`` when not yet cached; CC=0, request metrics off, GOMAXPROCS=1
+with ``--pin``) and the goal lines against it: capacity ≥ 4× its, CPU per request at the rate
+≤ 0.5× its. It binds 8022 and 9090 on all interfaces, so with ``--knative`` the whole run
+re-executes itself in a network namespace of its own (``unshare --net``: root). ``--baseline
+DIR`` adds the queue-proxy of another checkout (a ``git worktree`` of an older commit, its
+compiled modules built there) and the goal line: capacity within 5 % of its (≥ 0.95×).
 """
 
 from __future__ import annotations
@@ -27,10 +35,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import dataplane
-from loadtests import harness
+from loadtests import harness, peers
 from loadtests.harness import Target
+
+KNATIVE = "Knative queue-proxy (Go)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,9 +58,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="also measure a Python TCP relay that parses nothing (loadtests.relay)",
     )
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    p.add_argument(
+        "--knative",
+        action="store_true",
+        help="also measure Knative's queue-proxy (Go); runs all in a network namespace (root)",
+    )
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="also measure the queue-proxy of another checkout (its modules compiled)",
+    )
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = p.parse_args(argv)
+    if args.baseline is not None:
+        problem = peers.checkout_problem(args.baseline)
+        if problem:
+            p.error(f"--baseline {problem}")
+    if args.knative:
+        # Knative's queue-proxy binds 8022 and 9090 on all interfaces: the whole run moves into
+        # a network namespace of its own (built first: no registry is reachable from there).
+        binary = peers.knative_queue_binary()
+        rc = peers.own_network_namespace(
+            "loadtests.bench_hop", argv, ZEROSERVE_KNATIVE_QUEUE=binary
+        )
+        if rc is not None:
+            return rc
     proxy_cpus, load_cpus = harness.pinning(args.pin)
-    up, ngx, qp, qp_py, relay_port = (harness.free_port() for _ in range(5))
+    up, ngx, qp, qp_py, relay_port, base_port, kn_port = (harness.free_port() for _ in range(7))
     with harness.processes() as ps:
         ps.nginx("upstream", load_cpus, port=up)
         nginx = ps.nginx("proxy", proxy_cpus, port=ngx, upstream_port=up)
@@ -62,6 +98,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             Target("nginx", ngx, [harness.worker_pid(nginx)]),
             Target(name, qp, [queue_proxy.pid]),
         ]
+        baseline = ""
+        if args.baseline is not None:
+            baseline = f"queue-proxy (baseline {peers.checkout_label(args.baseline)})"
+            base = ps.queue_proxy(up, base_port, proxy_cpus, checkout=args.baseline)
+            harness.wait_ok(base_port)
+            targets.append(Target(baseline, base_port, [base.pid]))
+        if args.knative:
+            knative = ps.knative_queue(peers.knative_queue_binary(), up, kn_port, proxy_cpus)
+            harness.wait_ok(kn_port)
+            targets.append(Target(KNATIVE, kn_port, [knative.pid]))
         if args.python_core:
             python_core = ps.queue_proxy(up, qp_py, proxy_cpus, ZEROSERVE_PURE_PYTHON="1")
             harness.wait_ok(qp_py)
@@ -78,6 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     harness.print_table(rows, cols)
     hey = ("hey_p50", "hey_p99") if args.hey_workers else ()
     harness.print_goals(rows, name, added=("p50", "p99", *hey), cpu_us=100)
+    if baseline:
+        print(harness.ratio_goal(rows, "capacity", name, baseline, "≥ 0.95: within 5 %"))
+    if args.knative:
+        print(harness.ratio_goal(rows, "capacity", name, KNATIVE, "≥ 4"))
+        print(harness.ratio_goal(rows, "cpu_us_rate", name, KNATIVE, "≤ 0.5"))
     return 0
 
 

@@ -40,6 +40,8 @@ from typing import cast
 
 import uvloop
 
+from loadtests import peers
+
 NGINX_DIR = Path(__file__).parent / "nginx"
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -101,19 +103,35 @@ class Processes:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.killed: set[int] = set()  # pids stopped with SIGKILL, not SIGTERM
 
     def spawn(
-        self, args: list[str], env: dict[str, str] | None = None, cpus: set[int] | None = None
+        self,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        cpus: set[int] | None = None,
+        *,
+        cwd: Path | None = None,
+        clean_env: bool = False,
+        kill: bool = False,
     ) -> subprocess.Popen[bytes]:
+        """``args`` with this environment and ``env`` (``clean_env``: ``env`` alone, as under
+        ``env -i``), on ``cpus``; ``kill``: stopped with SIGKILL at the end (a process that
+        drains for long on SIGTERM: Knative's queue-proxy waits 30 s)."""
+        # The affinity is set in the child before it runs the program: a Go runtime starts its
+        # threads at once, and setting only the main thread's afterwards would miss them
+        # (nginx's worker and every thread started later inherit it).
         proc = subprocess.Popen(
             args,
-            env={**os.environ, **(env or {})},
+            env=dict(env or {}) if clean_env else {**os.environ, **(env or {})},
+            cwd=cwd,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
         self.procs.append(proc)
-        if cpus:
-            os.sched_setaffinity(proc.pid, cpus)  # nginx's worker inherits it at fork
+        if kill:
+            self.killed.add(proc.pid)
         return proc
 
     def nginx(
@@ -129,11 +147,30 @@ class Processes:
         return self.spawn([nginx, "-p", str(self.tmp), "-c", str(conf)], cpus=cpus)
 
     def queue_proxy(
-        self, user_port: int, port: int, cpus: set[int] | None = None, **env: str
+        self,
+        user_port: int,
+        port: int,
+        cpus: set[int] | None = None,
+        checkout: Path | None = None,
+        **env: str,
     ) -> subprocess.Popen[bytes]:
-        """``python -O -m queue_proxy`` (one process, CC=0 unless ``env`` says otherwise)."""
+        """``python -O -m queue_proxy`` (one process, CC=0 unless ``env`` says otherwise), of
+        this checkout or of another one (``checkout``: its packages, compiled modules included,
+        imported before this one's)."""
         env = {**queue_proxy_env(user_port, port), "QUEUE_LOG_LEVEL": "WARNING", **env}
-        return self.spawn([sys.executable, "-O", "-m", "queue_proxy"], env, cpus)
+        if checkout is not None:
+            env.update(peers.checkout_env(checkout))
+        cmd = [sys.executable, "-O", "-m", "queue_proxy"]
+        return self.spawn(cmd, env, cpus, cwd=checkout)
+
+    def knative_queue(
+        self, binary: str, user_port: int, port: int, cpus: set[int] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Knative's queue-proxy (Go): CC=0, request metrics off, GOMAXPROCS = its pinned cores
+        (:func:`loadtests.peers.knative_queue_env`). It binds 8022 and 9090 on all interfaces:
+        run it in a network namespace of its own (:func:`loadtests.peers.own_network_namespace`)."""
+        env = peers.knative_queue_env(user_port, port, gomaxprocs=len(cpus) if cpus else None)
+        return self.spawn([binary], env, cpus, clean_env=True, kill=True)
 
 
 def queue_proxy_env(user_port: int, port: int) -> dict[str, str]:
@@ -160,7 +197,10 @@ def processes() -> Iterator[Processes]:
             yield ps
         finally:
             for p in ps.procs:
-                p.terminate()
+                if p.pid in ps.killed:
+                    p.kill()
+                else:
+                    p.terminate()
             for p in ps.procs:
                 try:
                     p.wait(5)
@@ -671,3 +711,19 @@ def print_goals(
         print(f"hey ({hey_binary()}) timed to {step:g} ms{hint}")
     if cpu_us is not None:
         print(f"CPU µs/request of {name} at the rate = {t.cpu_us_rate:.0f} (goal ≤ {cpu_us:g})")
+
+
+_RATIO_FIELDS = {
+    "capacity": ("capacity", ",.0f"),
+    "cpu_us_rate": ("CPU µs/request at the rate", ".0f"),
+}
+
+
+def ratio_goal(rows: Sequence[Row], field: str, name: str, other: str, goal: str) -> str:
+    """A goal line on the ratio of two targets' ``field`` (``capacity`` or ``cpu_us_rate``):
+    ``capacity queue-proxy/nginx = 0.87 (82,312 / 94,700; goal ≥ 0.3)``."""
+    by = {r.name: r for r in rows}
+    mine, theirs = getattr(by[name], field), getattr(by[other], field)
+    what, fmt = _RATIO_FIELDS[field]
+    ratio = f"{mine / theirs:.2f}" if theirs > 0 else "n/a"
+    return f"{what} {name}/{other} = {ratio} ({mine:{fmt}} / {theirs:{fmt}}; goal {goal})"
