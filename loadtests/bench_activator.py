@@ -19,6 +19,11 @@ one run; ``--pin`` puts the proxies on CPU 0, the upstream and the load generato
 ``memory``: one activator process-local with ``--revisions`` services (one revision and one
 pod each), one request to each (a throttler, a reporter entry, metrics counts), RSS before
 and after.
+
+Knative's own activator is not a peer here, as its queue-proxy is in ``bench_hop --knative``: it
+does not run alone in front of one upstream. It learns revisions, their endpoints and
+containerConcurrency only from the Kubernetes API (informers) and reports to the autoscaler over a
+websocket, so it needs a cluster (an API server with Knative's CRDs at least) to serve a request.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 machine's noise does not move, for comparing two versions of the per-request path.
 
     .venv/bin/python -m loadtests.bench_instructions [--requests 1000,4000 --conns 4]
-        [--cache] [--targets compiled,python,relay]
+        [--cache] [--targets compiled,python,relay] [--baseline DIR]
 
 Each target (the compiled queue-proxy; the Python source with ``ZEROSERVE_PURE_PYTHON=1``; the
 TCP relay of ``loadtests.relay``, which parses nothing) runs under ``valgrind --tool=callgrind``
@@ -12,6 +12,10 @@ totals over the difference of the request counts is the cost of one request with
 start-up and shutdown: user-space instructions (the kernel's are not counted), with the share of
 the interpreter's eval loop. Under callgrind the process runs about 50× slower, so a run takes a
 minute or two.
+
+``--baseline DIR`` adds the compiled queue-proxy of another checkout (a ``git worktree`` of an
+older commit, its modules built there), so that a change's instructions per request are counted
+before and after in one run.
 
 ``--cache`` also simulates small first-level caches (8 KiB, 2-way, 64-byte lines, for code and
 for data) and reports their misses per request. One request's path overflows such a cache, so
@@ -34,7 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import dataplane
-from loadtests import harness
+from loadtests import harness, peers
 
 _EVAL = "_PyEval_EvalFrameDefault"
 _TARGETS = ("compiled", "python", "relay")
@@ -69,39 +73,41 @@ def _totals(out: Path) -> dict[str, int]:
     return totals
 
 
-def _command(target: str, upstream: int, port: int) -> tuple[list[str], dict[str, str]]:
-    """The target's command line and environment."""
+def _command(
+    target: str, upstream: int, port: int, baseline: Path | None
+) -> tuple[list[str], dict[str, str], Path | None]:
+    """The target's command line, environment and working directory (``baseline``: the other
+    checkout, for the ``baseline`` target)."""
     if target == "relay":
-        return [
-            sys.executable,
-            "-O",
-            "-m",
-            "loadtests.relay",
-            "--port",
-            str(port),
-            "--upstream-port",
-            str(upstream),
-        ], dict(os.environ)
+        relay = ["--port", str(port), "--upstream-port", str(upstream)]
+        return [sys.executable, "-O", "-m", "loadtests.relay", *relay], dict(os.environ), None
+    checkout = baseline if target == "baseline" else None
     env = {
         **os.environ,
         **harness.queue_proxy_env(upstream, port),
         "QUEUE_LOG_LEVEL": "WARNING",
         "ZEROSERVE_PURE_PYTHON": "1" if target == "python" else "0",
+        **(peers.checkout_env(checkout) if checkout is not None else {}),
     }
-    return [sys.executable, "-O", "-m", "queue_proxy"], env
+    return [sys.executable, "-O", "-m", "queue_proxy"], env, checkout
 
 
 def _run(
-    ps: harness.Processes, upstream: int, target: str, requests: int, conns: int, cache: bool
+    ps: harness.Processes,
+    upstream: int,
+    target: str,
+    requests: int,
+    args: argparse.Namespace,
 ) -> dict[str, int]:
+    conns, cache, baseline = args.conns, args.cache, args.baseline
     port = harness.free_port()
     out = ps.tmp / f"callgrind.{target}.{requests}.out"
-    args, env = _command(target, upstream, port)
+    cmd, env, cwd = _command(target, upstream, port, baseline)
     valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
     if cache:
         valgrind += _CACHE_SIM
     proc = subprocess.Popen(
-        [*valgrind, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [*valgrind, *cmd], env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         harness.wait_ok(port, within_s=120)
@@ -133,6 +139,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="compiled,python",
         help=f"comma-separated, of {', '.join(_TARGETS)}",
     )
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="also count the queue-proxy of another checkout (its modules compiled)",
+    )
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     n1, n2 = (int(x) for x in args.requests.split(","))
     if n2 <= n1:
@@ -143,6 +155,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"--targets {args.targets}: each must be one of {', '.join(_TARGETS)}")
     if args.conns < 1:
         p.error(f"--conns {args.conns}: must be at least 1")
+    labels = {t: t for t in targets}
+    if args.baseline is not None:
+        problem = peers.checkout_problem(args.baseline)
+        if problem:
+            p.error(f"--baseline {problem}")
+        targets.append("baseline")
+        labels["baseline"] = f"baseline {peers.checkout_label(args.baseline)}"
     for tool in ("valgrind", "callgrind_annotate", harness.hey_binary(), "nginx"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
             p.error(f"{tool} is not installed")
@@ -160,10 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ps.nginx("upstream", port=up)
         harness.wait_ok(up)
         for target in targets:
-            a = _run(ps, up, target, n1, args.conns, args.cache)
-            b = _run(ps, up, target, n2, args.conns, args.cache)
+            a = _run(ps, up, target, n1, args)
+            b = _run(ps, up, target, n2, args)
             per = {k: (b.get(k, 0) - a.get(k, 0)) / (n2 - n1) for k in b}
-            row = f"| {target} | {per['Ir']:,.0f} | {per['eval']:,.0f} ({per['eval'] / per['Ir']:.0%}) |"
+            row = f"| {labels[target]} | {per['Ir']:,.0f} | {per['eval']:,.0f} ({per['eval'] / per['Ir']:.0%}) |"
             if args.cache:
                 data = per.get("D1mr", 0.0) + per.get("D1mw", 0.0)
                 row += f" {per.get('I1mr', 0.0):,.0f} | {data:,.0f} |"
