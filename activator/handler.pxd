@@ -28,7 +28,6 @@ cpdef tuple raw_header_marks(bytes raw)
 
 @cython.final
 cdef class PathCounts:
-    cdef public long long dialed
     cdef public long long hot
     cdef public long long refused
     cdef public long long waited

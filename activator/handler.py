@@ -6,10 +6,11 @@ concurrency reporter (a request counts from arrival, queued time included); the 
 on another pod when the connection was refused before any byte went out, else 502).
 
 Two paths through the same steps. The hot path runs in the core's callback, with no task: a
-revision slot and a pod slot free now (:meth:`RevisionThrottler.try_admit`) and an idle pooled
-connection to that pod (:meth:`Exchange.forward_now`); its ``on_done`` callback gives the slots
-back and ends the accounting. Everything that waits (buffering at zero, the breaker queue,
-dialing a new connection, the retry on another pod) is a coroutine, the slow path.
+revision slot and a pod slot free now (:meth:`RevisionThrottler.try_admit`), forwarded with
+:meth:`Exchange.forward_now` (the core dials the pod when no pooled connection is idle); its
+``on_done`` callback gives the slots back and ends the accounting. Everything that waits
+(buffering at zero, the breaker queue, the retry on another pod after a refused connection) is a
+coroutine, the slow path.
 """
 
 from __future__ import annotations
@@ -107,13 +108,12 @@ def raw_header_marks(raw: bytes) -> tuple[str | None, str | None, bool]:
 class PathCounts:
     """How many requests took each path since start (tests and debugging; not exported)."""
 
-    __slots__ = ("dialed", "hot", "refused", "waited")
+    __slots__ = ("hot", "refused", "waited")
 
     def __init__(self) -> None:
-        self.hot = 0  # slots free and a pooled connection: forward_now, no task
-        self.dialed = 0  # slots free, no idle connection: a coroutine dials the pod
+        self.hot = 0  # slots free on arrival: forward_now, no task
         self.waited = 0  # no slot free on arrival: a coroutine waits in the throttler
-        self.refused = 0  # hot, then the pod refused a fresh connection: a coroutine retries
+        self.refused = 0  # hot, then the pod refused a new connection: a coroutine retries
 
 
 NotReadyReason = Callable[[RevisionKey], str | None]
@@ -244,8 +244,9 @@ class ActivatorHandler:
             return self._wait_and_proxy(ex, lane, host)
         try:
             address = admission.address
+            self.paths.hot += 1
             # (by position: set_headers, remove_headers, remove_prefixes, timeouts, on_refused)
-            if ex.forward_now(
+            ex.forward_now(
                 address,
                 partial(self._forwarded, ex, lane, admission),
                 _proxy_headers(host, address),
@@ -253,11 +254,8 @@ class ActivatorHandler:
                 STRIPPED_PREFIXES,
                 lane.timeouts,
                 partial(self._refused, ex, lane, host, admission),
-            ):
-                self.paths.hot += 1
-                return None
-            self.paths.dialed += 1
-            return self._dial_and_proxy(ex, lane, host, admission)  # no idle connection
+            )
+            return None
         except BaseException:  # a bug (the core answers 500): keep slots and counts right
             admission.release()
             self._finish(ex, lane, 500)
@@ -304,7 +302,7 @@ class ActivatorHandler:
         finally:
             self._finish(ex, lane, status)
 
-    async def _dial_and_proxy(
+    async def _retry_and_proxy(
         self,
         ex: Exchange,
         lane: _Lane,
@@ -327,10 +325,10 @@ class ActivatorHandler:
         admission: Admission,
         exc: UpstreamConnectError,
     ) -> Awaitable[None]:
-        """``on_refused`` of the hot path: the pod refused a fresh connection after its pooled
-        one went stale. Nothing was answered: retry on another pod as the slow path does."""
+        """``on_refused`` of the hot path: the pod refused a new connection. Nothing was
+        answered: retry on another pod as the slow path does."""
         self.paths.refused += 1
-        return self._dial_and_proxy(ex, lane, host, admission, exc)
+        return self._retry_and_proxy(ex, lane, host, admission, exc)
 
     async def _throttle_and_proxy(self, ex: Exchange, lane: _Lane, host: str | None) -> int:
         loop = asyncio.get_running_loop()

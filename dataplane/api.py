@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Final, Literal, NamedTuple, Protocol
 
 
 class UpstreamConnectError(Exception):
@@ -50,6 +50,43 @@ class Timeouts:
     body_prefix: str = ""  # "activator " gives "activator request timeout", as Knative
 
 
+ForwardReason = Literal[
+    "",
+    "timeout:total",
+    "timeout:response-start",
+    "timeout:idle",
+    "upstream-connect",
+    "upstream-error",
+    "client-disconnected",
+]
+"""Why a forwarded request did not complete ("" when it did): a closed set."""
+TIMEOUT_TOTAL: Final = "timeout:total"
+"""The request's total timeout passed (504, or the response cut short)."""
+TIMEOUT_RESPONSE_START: Final = "timeout:response-start"
+"""No response byte within the response-start timeout after the request went upstream (504)."""
+TIMEOUT_IDLE: Final = "timeout:idle"
+"""Nothing written to the client for the idle timeout (504, or the response cut short)."""
+UPSTREAM_CONNECT: Final = "upstream-connect"
+"""A new connection to the upstream was refused and nothing was sent (502 from the core: a
+``forward_now`` without ``on_refused``)."""
+UPSTREAM_ERROR: Final = "upstream-error"
+"""The upstream failed after the request went out: closed early, or a malformed response (502,
+or the response cut short)."""
+CLIENT_DISCONNECTED: Final = "client-disconnected"
+"""The client left first (status 499 when no response was sent)."""
+FORWARD_REASONS: frozenset[ForwardReason] = frozenset(
+    (
+        "",
+        TIMEOUT_TOTAL,
+        TIMEOUT_RESPONSE_START,
+        TIMEOUT_IDLE,
+        UPSTREAM_CONNECT,
+        UPSTREAM_ERROR,
+        CLIENT_DISCONNECTED,
+    )
+)
+
+
 class ForwardResult(NamedTuple):
     """How a forwarded request ended: the status sent to the client and whether it completed.
 
@@ -58,8 +95,7 @@ class ForwardResult(NamedTuple):
 
     status: int
     completed: bool
-    reason: str = ""  # "", "timeout:total", "timeout:response-start", "timeout:idle",
-    #                   "upstream-error", "client-disconnected"
+    reason: ForwardReason = ""  # one of FORWARD_REASONS
 
 
 class Exchange(Protocol):
@@ -140,21 +176,21 @@ class Exchange(Protocol):
         remove_prefixes: Iterable[str] = (),
         timeouts: Timeouts = Timeouts(),
         on_refused: Callable[[UpstreamConnectError], Awaitable[None]] | None = None,
-    ) -> bool:
-        """:meth:`forward` without a task: the hot path of a handler that need not wait.
+    ) -> None:
+        """:meth:`forward` without a task: for a handler that need not wait, and returns None
+        after calling it (from a handler's coroutine, await :meth:`forward`: RuntimeError).
 
         The arguments may also be given by position, in this order (a hot path does: no
         keyword dictionary is made per call).
 
-        Returns False, having done nothing, when no idle pooled connection to ``upstream`` is
-        at hand (the handler then goes the async way and awaits :meth:`forward`). Otherwise
-        the request goes out at once and ``on_done`` is called exactly once with the result
-        (at once if the client has already left); the request ends after ``on_done`` returns.
-        A stale pooled connection is retried once on a fresh one. If that connection is
-        refused: without ``on_refused`` the core answers 502 (the result's reason is
+        The request goes out at once on an idle pooled connection to ``upstream``, or on a new
+        one dialed meanwhile; ``on_done`` is called exactly once with the result (at once if
+        the client has already left), and the request ends after ``on_done`` returns. A stale
+        pooled connection is retried once on a new one. If a new connection is refused:
+        without ``on_refused`` the core answers 502 (the result's reason is
         ``upstream-connect``); with it, nothing is answered and ``on_done`` is not called:
         ``on_refused(error)`` returns a coroutine that continues the request as the handler's
-        own would (the request body is kept for another :meth:`forward`).
+        own would (the request body is kept for :meth:`forward`), or None having answered.
         """
         ...
 

@@ -20,7 +20,6 @@ cdef class Forward(ResponseSink):
     cdef public bint _chunked_out
     cdef public bint _close_delimited
     cdef public UpstreamConnection _conn
-    cdef public object _done
     cdef public _Exchange _ex
     cdef public bytes _head
     cdef public list _headers
@@ -43,11 +42,15 @@ cdef class Forward(ResponseSink):
     cdef public double _total_s
     cdef public bint _tunnel
     cdef public str _upstream
+    cdef public object _waiter
     cdef public bint streaming_body
 
     @cython.locals(last=tuple)
-    cpdef _init(self, _Exchange ex, bytes head, object timeouts, object on_done, object on_refused)
-    cpdef start(self, UpstreamConnection conn)
+    cpdef _init(
+        self, _Exchange ex, bytes head, object timeouts, object on_done, object on_refused,
+        object waiter
+    )
+    cpdef start(self, str upstream)
     cpdef _arm_total(self)
     cpdef expire(self, str kind)
     cpdef _resolve(self, result)

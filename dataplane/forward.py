@@ -11,7 +11,17 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from dataplane.api import ForwardResult, Timeouts, UpstreamConnectError
+from dataplane.api import (
+    CLIENT_DISCONNECTED,
+    TIMEOUT_IDLE,
+    TIMEOUT_RESPONSE_START,
+    TIMEOUT_TOTAL,
+    UPSTREAM_ERROR,
+    ForwardReason,
+    ForwardResult,
+    Timeouts,
+    UpstreamConnectError,
+)
 from dataplane.deadlines import Deadline, new_deadline
 from dataplane.headers import SimpleResponse, response_head, scan_response_headers, status_line
 from dataplane.upstream import ResponseSink, UpstreamConnection
@@ -20,10 +30,11 @@ if TYPE_CHECKING:
     from dataplane.server import _Exchange
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_TIMEOUT_BODIES = {
-    "total": "request timeout",
-    "response-start": "response start timeout",
-    "idle": "idle timeout",
+# a deadline's kind → the result's reason and the 504's body
+_TIMEOUT_KINDS: dict[str, tuple[ForwardReason, str]] = {
+    "total": (TIMEOUT_TOTAL, "request timeout"),
+    "response-start": (TIMEOUT_RESPONSE_START, "response start timeout"),
+    "idle": (TIMEOUT_IDLE, "idle timeout"),
 }
 _CHUNKED = b"Transfer-Encoding: chunked\r\n"
 _COMPLETED: dict[int, ForwardResult] = {}
@@ -48,9 +59,11 @@ _LAST_TIMEOUTS: tuple[Timeouts, float, float, float] | None = None
 class Forward(ResponseSink):
     """The state of one forwarded request (a :class:`dataplane.upstream.ResponseSink`).
 
-    Two ways to drive it, one state machine: :meth:`run` is awaited by ``Exchange.forward``;
-    :meth:`start` (``Exchange.forward_now``) takes a pooled connection and calls ``on_done``
-    with the result instead, without a task or a future on the way (the hot path).
+    One way to drive it: :meth:`start` (``Exchange.forward_now``) takes an idle pooled
+    connection, or dials one in a task of the server's, and the result goes to the exchange
+    (``_Exchange._forward_done``), which calls ``on_done`` or, for ``Exchange.forward``, sets
+    the future it awaits. A connection refused before any byte went out goes to
+    ``_Exchange._forward_refused``.
     """
 
     __slots__ = (
@@ -59,7 +72,6 @@ class Forward(ResponseSink):
         "_chunked_out",
         "_close_delimited",
         "_conn",
-        "_done",
         "_ex",
         "_head",
         "_headers",
@@ -82,6 +94,7 @@ class Forward(ResponseSink):
         "_total_s",
         "_tunnel",
         "_upstream",
+        "_waiter",
         "streaming_body",
     )
 
@@ -92,8 +105,9 @@ class Forward(ResponseSink):
         timeouts: Timeouts,
         on_done: Callable[[ForwardResult], None] | None = None,
         on_refused: Callable[[UpstreamConnectError], Awaitable[None]] | None = None,
+        waiter: asyncio.Future[ForwardResult] | None = None,
     ) -> None:
-        self._init(ex, head, timeouts, on_done, on_refused)
+        self._init(ex, head, timeouts, on_done, on_refused, waiter)
 
     def _init(
         self,
@@ -102,6 +116,7 @@ class Forward(ResponseSink):
         timeouts: Timeouts,
         on_done: Callable[[ForwardResult], None] | None,
         on_refused: Callable[[UpstreamConnectError], Awaitable[None]] | None,
+        waiter: asyncio.Future[ForwardResult] | None,
     ) -> None:
         self._ex = ex  # (typed from here: read it back rather than the argument)
         self._head = head
@@ -118,8 +133,8 @@ class Forward(ResponseSink):
         self._conn: UpstreamConnection | None = None
         self._on_done = on_done
         self._on_refused = on_refused
+        self._waiter = waiter  # Exchange.forward's: the result, or the refusal, goes here
         self._upstream = ""
-        self._done: asyncio.Future[ForwardResult | None] | None = None
         self._resolved = False
         self._chunked_in = self._ex._chunked
         # the upstream connection may read a whole simple response without its parser (not
@@ -142,62 +157,34 @@ class Forward(ResponseSink):
         self._start: Deadline | None = None
         self._idle_handle: asyncio.TimerHandle | None = None
 
-    # --- the coroutine the handler awaits ---
-    async def run(self, upstream: str) -> ForwardResult:
-        ex = self._ex
-        pool = ex._conn._server.pool
-        self._done = self._loop.create_future()
+    def start(self, upstream: str) -> None:
+        """Forward to ``upstream`` (``host:port``): on its newest idle pooled connection, else
+        on a new one, dialed in a task (the request's total timeout runs meanwhile)."""
+        self._upstream = upstream
         self._arm_total()
-        replay: list[bytes] | None = None
-        for attempt in (0, 1):
-            conn = pool.take_idle(upstream, self._ex._conn._time()) if attempt == 0 else None
-            if conn is None:
-                try:
-                    conn = await pool.connect(upstream)
-                except UpstreamConnectError:
-                    if self._resolved:  # the total timeout answered meanwhile
-                        return self._result()
-                    if replay is not None:
-                        ex._restore_body(replay)
-                    raise
-                if self._resolved:
-                    conn.close()
-                    return self._result()
-            self._attach(conn, replay)
-            result = await self._done
-            if result is not None:
-                return result
-            replay = self._replay or []  # a stale pooled connection: once more, on a fresh one
-            self._replay = None
-            self._done = self._loop.create_future()
-            self._resolved = False
-        raise AssertionError("unreachable: the second attempt never asks for a retry")
+        client = self._ex._conn
+        conn = client._server.pool.take_idle(upstream, client._time())
+        if conn is not None:
+            self._attach(conn, None)
+        else:
+            client._server.spawn(self._dial(None))
 
-    def start(self, conn: UpstreamConnection) -> None:
-        """Callback mode: forward on ``conn`` (taken from the pool); ``on_done`` gets the result."""
-        self._upstream = conn.hostport
-        self._arm_total()
-        self._attach(conn, None)
-
-    async def _retry(self, upstream: str, replay: list[bytes]) -> None:
-        """Callback mode, stale pooled connection: once more on a fresh one. If that is refused,
-        the handler's ``on_refused`` continues the request (nothing was answered), else 502."""
+    async def _dial(self, replay: list[bytes] | None) -> None:
+        """A new connection: the first (no idle one), or the one retry after a stale pooled
+        connection failed (``replay``: the body that went out on it). If it is refused, the
+        exchange decides (:meth:`_Exchange._forward_refused`): nothing has been answered."""
         try:
-            conn = await self._ex._conn._server.pool.connect(upstream)
+            conn = await self._ex._conn._server.pool.connect(self._upstream)
         except UpstreamConnectError as exc:
-            if self._resolved:
+            if self._resolved:  # the total timeout or the client's leaving ended it meanwhile
                 return
-            ex = self._ex
-            if self._on_refused is not None and ex._task is None:
-                self._resolved = True
-                self.cleanup_timers()
-                ex._restore_body(replay)
-                ex._forward_refused(self, self._on_refused, exc)
-                return
-            ex.respond_now(502, f"upstream connect error: {exc}\n".encode())
-            self._finish(ForwardResult(502, False, "upstream-connect"), answered=False)
+            self._resolved = True
+            self.cleanup_timers()
+            if replay:
+                self._ex._restore_body(replay)
+            self._ex._forward_refused(self, exc)
             return
-        if self._resolved:  # the total timeout or the client's leaving ended it meanwhile
+        if self._resolved:
             conn.close()
             return
         self._attach(conn, replay)
@@ -214,25 +201,14 @@ class Forward(ResponseSink):
         """A deadline of the server's :class:`Deadlines` (``total``, ``response-start``)."""
         self._on_timeout(kind)
 
-    def _result(self) -> ForwardResult:
-        assert self._done is not None
-        result = self._done.result()
-        assert result is not None
-        return result
-
     def _resolve(self, result: ForwardResult | None) -> None:
         """The single exit: a result, or None to retry once on a fresh connection."""
-        self._resolved = True
-        if self._on_done is None:
-            assert self._done is not None
-            self._done.set_result(result)
-            return
         if result is None:
             replay = self._replay or []
             self._replay = None
-            self._resolved = False
-            self._ex._conn._server.spawn(self._retry(self._upstream, replay))
+            self._ex._conn._server.spawn(self._dial(replay))
             return
+        self._resolved = True
         self.cleanup()
         self._ex._forward_done(self, result)
 
@@ -494,10 +470,10 @@ class Forward(ResponseSink):
         if ex._started:
             ex._conn.abort()  # the response is cut short: the client must see it fail
             ex._response_done = True
-            self._finish(ForwardResult(self._status, False, "upstream-error"), answered=False)
+            self._finish(ForwardResult(self._status, False, UPSTREAM_ERROR), answered=False)
         else:
             ex.respond_now(502, f"upstream error: {reason}\n".encode("latin-1", "replace"))
-            self._finish(ForwardResult(502, False, "upstream-error"), answered=False)
+            self._finish(ForwardResult(502, False, UPSTREAM_ERROR), answered=False)
 
     # --- timeouts and the client leaving ---
     def _on_idle(self) -> None:
@@ -513,13 +489,13 @@ class Forward(ResponseSink):
             return
         self._detach(reuse=False)
         ex = self._ex
-        reason = "timeout:" + kind
+        reason, text = _TIMEOUT_KINDS[kind]
         if ex._started:
             ex._conn.abort()
             ex._response_done = True
             self._finish(ForwardResult(self._status, False, reason), answered=False)
         else:
-            body = self._timeouts.body_prefix + _TIMEOUT_BODIES[kind]
+            body = self._timeouts.body_prefix + text
             ex.respond_now(504, body.encode())
             self._finish(ForwardResult(504, False, reason), answered=False)
 
@@ -535,7 +511,7 @@ class Forward(ResponseSink):
         self._detach(reuse=False)
         if not self._resolved:
             self._finish(
-                ForwardResult(self._status or 499, False, "client-disconnected"), answered=False
+                ForwardResult(self._status or 499, False, CLIENT_DISCONNECTED), answered=False
             )
 
     # --- ending ---
@@ -587,7 +563,9 @@ class Forward(ResponseSink):
             self._idle_handle = None
 
     def cleanup(self) -> None:
-        """After ``run`` returns or is cancelled: no timer left, no connection held."""
+        """Ended (or abandoned by a cancelled ``Exchange.forward``): no timer left, no
+        connection held, and a dial still under way closes what it gets."""
+        self._resolved = True
         self.cleanup_timers()
         if self._conn is not None:
             self._detach(reuse=False)

@@ -16,7 +16,8 @@ cdef class _Exchange
 
 @cython.locals(fwd=Forward)
 cdef Forward _new_forward(
-    _Exchange ex, bytes head, object timeouts, object on_done=*, object on_refused=*
+    _Exchange ex, bytes head, object timeouts, object on_done=*, object on_refused=*,
+    object waiter=*
 )
 
 
@@ -90,12 +91,13 @@ cdef class _Exchange:
     cpdef _init(self, _Connection conn)
     cpdef list _header_list(self)
     cpdef respond_now(self, int status, bytes body=*, object headers=*)
-    cpdef bint forward_now(
+    cpdef forward_now(
         self, str upstream, object on_done, object set_headers=*, object remove_headers=*,
         object remove_prefixes=*, object timeouts=*, object on_refused=*
-    ) except -1
+    )
     cpdef bytes _request_head(self, object set_headers, object remove_headers, object remove_prefixes)
     cpdef object _refusal(self)
+    cpdef _forward_refused(self, Forward fwd, object exc)
     cpdef _forward_done(self, Forward fwd, object result)
     @cython.locals(done=ForwardDone)
     cpdef _call_done(self, object on_done, object result)

@@ -19,7 +19,15 @@ from typing import Any, cast
 
 import httptools
 
-from dataplane.api import Exchange, ForwardResult, Handler, Timeouts, UpstreamConnectError
+from dataplane.api import (
+    CLIENT_DISCONNECTED,
+    UPSTREAM_CONNECT,
+    Exchange,
+    ForwardResult,
+    Handler,
+    Timeouts,
+    UpstreamConnectError,
+)
 from dataplane.deadlines import Deadlines
 from dataplane.forward import Forward
 from dataplane.headers import (
@@ -33,7 +41,7 @@ from dataplane.headers import (
 )
 from dataplane.upstream import UpstreamPool, write_at_once
 
-log = logging.getLogger("dataplane.server")
+log = logging.getLogger("zeroserve.dataplane.server")
 
 _BODY_HIGH = 256 * 1024  # request-body bytes held for a handler that has not forwarded yet
 _DISCARD_MAX = 256 * 1024  # body left unread after an early answer: read and drop, else close
@@ -66,11 +74,12 @@ def _new_forward(
     timeouts: Timeouts,
     on_done: Callable[[ForwardResult], None] | None = None,
     on_refused: Callable[[UpstreamConnectError], Awaitable[None]] | None = None,
+    waiter: asyncio.Future[ForwardResult] | None = None,
 ) -> Forward:
-    """``Forward(ex, head, timeouts, on_done, on_refused)``, made without a Python-level call
-    (nor its keyword parsing) when compiled."""
+    """``Forward(ex, head, timeouts, on_done, on_refused, waiter)``, made without a
+    Python-level call (nor its keyword parsing) when compiled."""
     fwd = Forward.__new__(Forward)
-    fwd._init(ex, head, timeouts, on_done, on_refused)
+    fwd._init(ex, head, timeouts, on_done, on_refused, waiter)
     return fwd
 
 
@@ -271,7 +280,7 @@ class _Exchange:
         if self._started:
             raise RuntimeError("the response has already started")
         if self._conn.lost:
-            return ForwardResult(_CLIENT_GONE, False, "client-disconnected")
+            return ForwardResult(_CLIENT_GONE, False, CLIENT_DISCONNECTED)
         return None
 
     async def forward(
@@ -287,13 +296,16 @@ class _Exchange:
         if refused is not None:
             return refused
         head = self._request_head(set_headers, remove_headers, remove_prefixes)
-        fwd = _new_forward(self, head, timeouts)
+        waiter: asyncio.Future[ForwardResult] = self._conn._loop.create_future()
+        fwd = _new_forward(self, head, timeouts, None, None, waiter)
         self._forward = fwd
+        fwd.start(upstream)
         try:
-            return await fwd.run(upstream)
+            return await waiter
         finally:
             fwd.cleanup()
-            self._forward = None
+            if self._forward is fwd:
+                self._forward = None
 
     def forward_now(
         self,
@@ -304,40 +316,50 @@ class _Exchange:
         remove_prefixes: Iterable[str] = (),
         timeouts: Timeouts = _NO_TIMEOUTS,
         on_refused: Callable[[UpstreamConnectError], Awaitable[None]] | None = None,
-    ) -> bool:
+    ) -> None:
+        if self._task is not None:
+            raise RuntimeError(
+                "forward_now is for a handler that returns None; a coroutine awaits forward()"
+            )
         refused = self._refusal()
         if refused is not None:
             self._call_done(on_done, refused)
-            return True
-        conn = self._conn._server.pool.take_idle(upstream, self._conn._time())
-        if conn is None:
-            return False
+            return
         head = self._request_head(set_headers, remove_headers, remove_prefixes)
-        fwd = _new_forward(self, head, timeouts, on_done, on_refused)
+        fwd = _new_forward(self, head, timeouts, on_done, on_refused, None)
         self._forward = fwd
-        fwd.start(conn)
-        return True
+        fwd.start(upstream)
 
-    def _forward_refused(
-        self,
-        fwd: Forward,
-        on_refused: Callable[[UpstreamConnectError], Awaitable[None]],
-        exc: UpstreamConnectError,
-    ) -> None:
-        """A ``forward_now`` whose fresh connection was refused, nothing answered: the
-        handler's ``on_refused`` continues the request as its coroutine would have."""
+    def _forward_refused(self, fwd: Forward, exc: UpstreamConnectError) -> None:
+        """A forward's new connection was refused, nothing answered (the body it took is back
+        in the buffer): ``forward`` raises it; a ``forward_now`` with ``on_refused`` continues
+        there, as the handler's coroutine would; one without is answered 502 and ends."""
         if self._forward is fwd:
             self._forward = None
-        self._conn.call_handler(self, on_refused, exc)
+        waiter = fwd._waiter
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_exception(exc)
+            return
+        if fwd._on_refused is not None:
+            self._conn.call_handler(self, fwd._on_refused, exc)
+            return
+        self.respond_now(502, f"upstream connect error: {exc}\n".encode())
+        self._forward_done(fwd, ForwardResult(502, False, UPSTREAM_CONNECT))
 
     def _forward_done(self, fwd: Forward, result: ForwardResult) -> None:
-        """A ``forward_now`` ended: tell the handler, then end the request."""
+        """A forward ended: its result to ``forward``'s waiter, or to ``forward_now``'s
+        ``on_done``, which ends the request."""
         if self._forward is fwd:
             self._forward = None
+        waiter = fwd._waiter
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(result)
+            return
         assert fwd._on_done is not None
         self._call_done(fwd._on_done, result)
-        if self._task is None:  # a synchronous handler: this ends its request
-            self._conn.sync_request_done(self)
+        self._conn.sync_request_done(self)  # (forward_now's handler has no task)
 
     def _call_done(self, on_done: Callable[[ForwardResult], None], result: ForwardResult) -> None:
         try:
@@ -665,7 +687,6 @@ class _Connection:
             ex.respond_now(500, b"handler returned without a response\n")
 
     async def _run(self, ex: _Exchange, pending: Awaitable[None]) -> None:
-        handed_over = False
         try:
             await pending
         except asyncio.CancelledError:
@@ -678,13 +699,8 @@ class _Connection:
             elif ex._forward is None:
                 ex.respond_now(500, b"internal error\n")
         finally:
-            fwd = ex._forward
-            if fwd is not None and fwd._on_done is not None:
-                ex._task = None  # a forward_now still runs: its callback ends the request
-                handed_over = True
-            else:
-                self._server.request_done()
-        if not handed_over and not ex._started:
+            self._server.request_done()
+        if not ex._started:
             ex.respond_now(500, b"handler returned without a response\n")
 
     def exchange_response_done(self, ex: _Exchange) -> None:

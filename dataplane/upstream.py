@@ -16,7 +16,7 @@ import httptools
 from dataplane.api import UpstreamConnectError
 from dataplane.headers import SIMPLE_PATHS, SimpleResponse, simple_response
 
-log = logging.getLogger("dataplane.upstream")
+log = logging.getLogger("zeroserve.dataplane.upstream")
 
 
 class ResponseSink:

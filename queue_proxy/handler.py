@@ -12,7 +12,19 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
 from dataplane import _bytes
-from dataplane.api import Exchange, ForwardResult, Handler, Timeouts, UpstreamConnectError
+from dataplane.api import (
+    CLIENT_DISCONNECTED,
+    TIMEOUT_IDLE,
+    TIMEOUT_RESPONSE_START,
+    TIMEOUT_TOTAL,
+    UPSTREAM_CONNECT,
+    UPSTREAM_ERROR,
+    Exchange,
+    ForwardResult,
+    Handler,
+    Timeouts,
+    UpstreamConnectError,
+)
 from dataplane.breaker import Breaker, QueueFullError
 from dataplane.headers import lower_is, raw_line
 from dataplane.server import DirectHandler, ForwardDone, _Exchange
@@ -26,12 +38,14 @@ from queue_proxy.stats import StatReporter
 _KNATIVE_PREFIXES = ("knative-serving-",)
 # User agents of health checks (Knative's drainer): the kubelet, the activator, the autoscaler.
 _HEALTH_AGENTS = ("kube-probe/", "Knative-Activator-Probe", "Knative-Autoscaling-Probe")
-_REFUSAL_BY_REASON = {
-    "timeout:total": "timeout",
-    "timeout:response-start": "timeout",
-    "timeout:idle": "timeout",
-    "upstream-error": "upstream_error",
-    "client-disconnected": "client_disconnected",
+# the refusal metric's reason for each way a forward can fail (api.FORWARD_REASONS)
+_REFUSAL_BY_REASON: dict[str, str] = {
+    TIMEOUT_TOTAL: "timeout",
+    TIMEOUT_RESPONSE_START: "timeout",
+    TIMEOUT_IDLE: "timeout",
+    UPSTREAM_CONNECT: "upstream_connect",
+    UPSTREAM_ERROR: "upstream_error",
+    CLIENT_DISCONNECTED: "client_disconnected",
 }
 
 
@@ -112,7 +126,7 @@ class _Accounting:
 
     def count_failure(self, result: ForwardResult) -> None:
         if not result.completed:
-            self.metrics.refusal[_REFUSAL_BY_REASON.get(result.reason, "upstream_error")].inc()
+            self.metrics.refusal[_REFUSAL_BY_REASON[result.reason]].inc()
 
     def finish(self, ex: _Exchange, proxied: bool, status: int) -> None:
         end = self.loop_time()
@@ -155,10 +169,10 @@ def _new_done(
 
 
 class _Handler(DirectHandler):
-    """The handler's hot path: a request counted in, a breaker slot free now, forwarded on an
-    idle pooled connection with :meth:`Exchange.forward_now` and ended by a :class:`_Done`.
-    Probes and everything that waits (the breaker's queue, a dial) go to the callables of
-    :func:`build_handler`. An object the core calls without a Python-level call when compiled."""
+    """The handler's hot path: a request counted in, a breaker slot free now, forwarded with
+    :meth:`Exchange.forward_now` and ended by a :class:`_Done`. Probes and the wait for a
+    breaker slot go to the callables of :func:`build_handler`. An object the core calls
+    without a Python-level call when compiled."""
 
     __slots__ = (
         "acc",
@@ -184,9 +198,7 @@ class _Handler(DirectHandler):
         drainer: Drainer,
         upstream: str,
         timeouts: Timeouts,
-        slow_path: Callable[
-            [_Exchange, bool, str | None, Callable[[], None] | None], Awaitable[None]
-        ],
+        slow_path: Callable[[_Exchange, bool, str | None], Awaitable[None]],
         health: Callable[[_Exchange, str | None], None],
         kingress_probe: Callable[[_Exchange], None],
     ) -> None:
@@ -227,13 +239,12 @@ class _Handler(DirectHandler):
         if breaker is not None:
             release = breaker.reserve()  # a slot free now, or None: wait in the slow path
             if release is None:
-                return self.slow_path(ex, proxied, host, None)
+                return self.slow_path(ex, proxied, host)
         done = _new_done(self.acc, ex, proxied, release)
         sets, removes = _host_edits(host)
         # (by position: set_headers, remove_headers, remove_prefixes, timeouts)
-        if ex.forward_now(self.upstream, done, sets, removes, _KNATIVE_PREFIXES, self.timeouts):
-            return None
-        return self.slow_path(ex, proxied, host, release)  # no idle connection: dial
+        ex.forward_now(self.upstream, done, sets, removes, _KNATIVE_PREFIXES, self.timeouts)
+        return None
 
 
 def build_breaker(container_concurrency: int) -> Breaker | None:
@@ -257,10 +268,9 @@ def build_handler(
     readiness: Readiness,
     drainer: Drainer,
 ) -> Handler:
-    """The handler (a :class:`_Handler`). Its hot path (a breaker slot free now, an idle pooled
-    connection to the model server) runs without a task: :meth:`Exchange.forward_now` with a
-    callback that ends the request's accounting. Everything else (waiting in the breaker,
-    dialing) is a coroutine, made here."""
+    """The handler (a :class:`_Handler`). Its hot path (a breaker slot free now) runs without
+    a task: :meth:`Exchange.forward_now` with a callback that ends the request's accounting.
+    The wait for a breaker slot is a coroutine, made here."""
     upstream = f"127.0.0.1:{user_port}"
     requests = stats.requests
     refusal = metrics.refusal
@@ -306,22 +316,15 @@ def build_handler(
             await ex.respond(504, f"{timeouts.body_prefix}request timeout".encode())
             return 504
 
-    async def slow_path(
-        ex: _Exchange, proxied: bool, host: str | None, release: Callable[[], None] | None
-    ) -> None:
-        """The request was counted in; ``release`` is its breaker slot if it holds one."""
+    async def slow_path(ex: _Exchange, proxied: bool, host: str | None) -> None:
+        """The request was counted in; no breaker slot was free."""
         status = 499
         try:
-            if release is not None or breaker is None:
-                status = await forward(ex, host)
-            else:
-                status = await wait_then_forward(ex, host)
+            status = await wait_then_forward(ex, host)
         except asyncio.CancelledError:  # the client left while the request waited
             refusal["client_disconnected"].inc()
             raise
         finally:
-            if release is not None:
-                release()
             finish(ex, proxied, status)
 
     def health(ex: Exchange, probe: str | None) -> None:

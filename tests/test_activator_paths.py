@@ -1,6 +1,6 @@
-"""The activator's two paths on loopback, with real pods: the task-free hot path (slots free and
-an idle pooled connection: ``forward_now``) and the coroutine (dialing a pod, or waiting in the
-throttler). Both keep CC per pod, and every way a request ends gives its slots back once."""
+"""The activator's two paths on loopback, with real pods: the task-free hot path (slots free:
+``forward_now``, on an idle pooled connection or one the core dials) and the coroutine (waiting
+in the throttler). Both keep CC per pod, and every way a request ends gives its slots back once."""
 
 from __future__ import annotations
 
@@ -185,7 +185,8 @@ async def test_both_paths_keep_cc1_per_pod(make: Make) -> None:
 
 
 # (path, ending, expected answer): hot = a warm pooled connection and a free slot; dialed = the
-# first request to the pod; waited = a request queued behind one that holds the only slot.
+# first request to the pod (the hot path, the core dials); waited = a request queued behind one
+# that holds the only slot.
 ENDINGS = [
     ("ok", (200, "p:")),
     ("reset", (502, "")),
@@ -215,19 +216,19 @@ async def test_every_ending_gives_the_slots_back(
     if path in ("hot", "waited"):  # a pooled connection to the pod
         assert (await call(h))[0] == 200
         sent += 1
-        assert paths.dialed == 1
+        assert paths.hot == 1
     first = None
     if path == "waited":  # the only slot is held by a request waiting on gate "first"
         first = await send(h, "hold", "first")
         sent += 1
         await poll(lambda: pod.active == 1)
-    before = (paths.hot, paths.dialed, paths.waited)
+    before = (paths.hot, paths.waited)
 
     mode = {"client-gone": "hold", "timeout": "hold"}.get(end, end)
     reader, writer = await send(h, mode, "second")
     sent += 1
     if first is not None:
-        await poll(lambda: h.act.handler.paths.waited == before[2] + 1)
+        await poll(lambda: h.act.handler.paths.waited == before[1] + 1)
         pod.gate("first").set()
         assert await answer(*first) == (200, "p:held")
     if end == "client-gone":
@@ -238,8 +239,8 @@ async def test_every_ending_gives_the_slots_back(
         assert want is not None
         assert status == want[0], body
         assert body.startswith(want[1])
-    after = (paths.hot, paths.dialed, paths.waited)
-    took = {"hot": (1, 0, 0), "dialed": (0, 1, 0), "waited": (0, 0, 1)}[path]
+    after = (paths.hot, paths.waited)
+    took = {"hot": (1, 0), "dialed": (1, 0), "waited": (0, 1)}[path]
     assert tuple(x - y for x, y in zip(after, before, strict=True)) == took
     await poll(lambda: settled(h))
     assert answered(h) == sent  # each request recorded once

@@ -14,7 +14,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from dataplane.api import Exchange, ForwardResult, Timeouts, UpstreamConnectError
+from dataplane.api import (
+    UPSTREAM_CONNECT,
+    Exchange,
+    ForwardReason,
+    ForwardResult,
+    Timeouts,
+    UpstreamConnectError,
+)
 from dataplane.headers import synthesize_forwarded
 from dataplane.server import Server, serve
 from dataplane.upstream import UpstreamPool
@@ -48,7 +55,8 @@ class Proxy:
 @pytest.fixture(params=["await", "now"])
 async def proxy(request: pytest.FixtureRequest) -> AsyncIterator[Proxy]:
     """Every forwarding test runs twice: the handler awaits ``forward``, or it is synchronous
-    and uses ``forward_now`` (falling back to ``forward`` when no pooled connection is idle)."""
+    and uses ``forward_now`` (whose ``on_refused`` answers a refused connection as the
+    awaiting handler does)."""
     async with run_app(upstream_app()) as (app, port):
         holder: list[Proxy] = []
 
@@ -67,17 +75,21 @@ async def proxy(request: pytest.FixtureRequest) -> AsyncIterator[Proxy]:
                 return
             p.results.append(result)
 
+        async def refused(ex: Exchange, exc: UpstreamConnectError) -> None:
+            holder[0].connect_errors.append(str(exc))
+            await ex.respond(502, f"connect: {exc}\n".encode())
+
         def handler_now(ex: Exchange) -> Awaitable[None] | None:
             p = holder[0]
-            if ex.forward_now(
+            ex.forward_now(
                 f"127.0.0.1:{p.upstream_port}",
                 p.results.append,
                 set_headers=[("X-Set", "yes")],
                 remove_prefixes=["knative-serving-"],
                 timeouts=p.timeouts,
-            ):
-                return None
-            return handler(ex)
+                on_refused=partial(refused, ex),
+            )
+            return None
 
         server = await serve(handler if request.param == "await" else handler_now, "127.0.0.1", 0)
         p = Proxy(server, app, port)
@@ -310,7 +322,7 @@ async def test_timeouts_answer_504(
     timeouts: Timeouts,
     path: str,
     body: bytes,
-    reason: str,
+    reason: ForwardReason,
 ) -> None:
     proxy.timeouts = timeouts
     async with client.get(proxy.url + path) as resp:
@@ -585,7 +597,7 @@ async def test_forward_now_retries_a_stale_pooled_connection(upstream_listens: b
     results: list[ForwardResult] = []
 
     def handler(ex: Exchange) -> Awaitable[None] | None:
-        assert ex.forward_now(f"127.0.0.1:{port}", results.append)
+        ex.forward_now(f"127.0.0.1:{port}", results.append)
         return None
 
     server = await serve(handler, "127.0.0.1", 0)
@@ -672,7 +684,8 @@ async def test_reused_connection_gone_stale_is_retried_with_the_body(mode: str) 
         results.append(await ex.forward(target))
 
     def handler_now(ex: Exchange) -> Awaitable[None] | None:
-        return None if ex.forward_now(target, results.append) else handler(ex)
+        ex.forward_now(target, results.append)
+        return None
 
     server = await serve(handler if mode == "await" else handler_now, "127.0.0.1", 0)
     try:
@@ -700,9 +713,8 @@ async def test_forward_now_hands_a_refused_retry_to_on_refused() -> None:
         results.append(await ex.forward(f"127.0.0.1:{other_port}"))
 
     def handler(ex: Exchange) -> Awaitable[None] | None:
-        if ex.forward_now(first, results.append, on_refused=partial(elsewhere, ex)):
-            return None
-        return _forward_to(ex, first, results)
+        ex.forward_now(first, results.append, on_refused=partial(elsewhere, ex))
+        return None
 
     async with run_app(upstream_app()) as (_, other_port):
         server = await serve(handler, "127.0.0.1", 0)
@@ -735,10 +747,6 @@ async def test_forward_now_hands_a_refused_retry_to_on_refused() -> None:
             await poll_until(lambda: served[1] == 0)
 
 
-async def _forward_to(ex: Exchange, target: str, results: list[ForwardResult]) -> None:
-    results.append(await ex.forward(target))
-
-
 async def test_sync_handler_answers_or_gets_500() -> None:
     def handler(ex: Exchange) -> Awaitable[None] | None:
         if ex.target == "/ok":
@@ -761,23 +769,67 @@ async def test_sync_handler_answers_or_gets_500() -> None:
         await server.wait_closed(2)
 
 
-async def test_async_handler_may_hand_over_to_forward_now(proxy: Proxy) -> None:
-    """An async handler that waited, then used forward_now and returned: the callback ends it."""
-    results: list[ForwardResult] = []
-    upstream = f"127.0.0.1:{proxy.upstream_port}"
+async def test_forward_now_dials_when_no_pooled_connection_is_idle() -> None:
+    """One way to forward: with no idle pooled connection, ``forward_now`` dials one itself;
+    requests at once on one upstream each get a connection, which the pool keeps."""
+    async with run_app(upstream_app()) as (_, port):
+        results: list[ForwardResult] = []
 
-    async def handler(ex: Exchange) -> None:
-        await asyncio.sleep(0)
-        if not ex.forward_now(upstream, results.append):
-            results.append(await ex.forward(upstream))
+        def handler(ex: Exchange) -> Awaitable[None] | None:
+            ex.forward_now(f"127.0.0.1:{port}", results.append)
+            return None
+
+        server = await serve(handler, "127.0.0.1", 0)
+        try:
+            async with aiohttp.ClientSession() as client:
+                url = f"http://127.0.0.1:{server.port}/sleep?s=0.1"
+                answers = await asyncio.gather(*(fetch(client, url) for _ in range(4)))
+            assert [status for status, _ in answers] == [200] * 4
+            assert results == [ForwardResult(200, True)] * 4
+            assert server.pool.idle_count(f"127.0.0.1:{port}") == 4
+            assert server.in_flight == 0
+        finally:
+            server.close()
+            await server.wait_closed(2)
+
+
+async def test_forward_now_refused_without_on_refused_is_a_502_with_its_reason() -> None:
+    results: list[ForwardResult] = []
+
+    def handler(ex: Exchange) -> Awaitable[None] | None:
+        ex.forward_now("127.0.0.1:1", results.append)  # nothing listens there
+        return None
 
     server = await serve(handler, "127.0.0.1", 0)
     try:
         async with aiohttp.ClientSession() as client:
-            for _ in range(3):
-                status, _ = await fetch(client, f"http://127.0.0.1:{server.port}/sleep?s=0.05")
-                assert status == 200
-        assert results == [ForwardResult(200, True)] * 3
+            status, body = await fetch(client, f"http://127.0.0.1:{server.port}/")
+        assert status == 502
+        assert body.startswith(b"upstream connect error: dial 127.0.0.1:1")
+        assert results == [ForwardResult(502, False, UPSTREAM_CONNECT)]
+        assert server.in_flight == 0
+    finally:
+        server.close()
+        await server.wait_closed(2)
+
+
+async def test_forward_now_from_a_coroutine_is_refused_with_the_way_to_go(proxy: Proxy) -> None:
+    """A coroutine awaits ``forward``: ``forward_now`` there is a bug, said as such (500)."""
+    upstream = f"127.0.0.1:{proxy.upstream_port}"
+    results: list[ForwardResult] = []
+
+    async def handler(ex: Exchange) -> None:
+        await asyncio.sleep(0)
+        ex.forward_now(upstream, results.append)
+
+    server = await serve(handler, "127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession() as client:
+            assert await fetch(client, f"http://127.0.0.1:{server.port}/") == (
+                500,
+                b"internal error\n",
+            )
+        assert results == []
         assert server.in_flight == 0
     finally:
         server.close()

@@ -88,6 +88,11 @@ async def scrape(r: Running) -> str:
         return await resp.text()
 
 
+async def scrape_port(port: int) -> str:
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/metrics") as resp:
+        return await resp.text()
+
+
 async def get(r: Running, path: str, **kw: Any) -> tuple[int, bytes]:
     async with r.session.get(r.url + path, **kw) as resp:
         return resp.status, await resp.read()
@@ -272,6 +277,45 @@ async def test_upstream_down_is_502_connect_error() -> None:
         ):
             assert resp.status == 502
             assert (await resp.text()).startswith("upstream connect error: dial 127.0.0.1:")
+        metrics = await scrape_port(qp.metrics_port)
+        assert sample(metrics, "queue_proxy_refusals_total", reason="upstream_connect") == 1.0
+        assert sample(metrics, "queue_proxy_refusals_total", reason="upstream_error") == 0.0
+    finally:
+        qp.request_shutdown()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_a_stale_connection_whose_retry_is_refused_counts_as_upstream_connect() -> None:
+    """One refusal reason for a refused connection, whichever way the request came to dial it:
+    a pooled connection the model server dropped, and the retry on a new one refused."""
+    answered = 0
+
+    async def once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal answered
+        await reader.readuntil(b"\r\n\r\n")
+        answered += 1
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await reader.readuntil(b"\r\n\r\n")  # the next request on it: dropped
+        writer.close()
+
+    upstream = await asyncio.start_server(once, "127.0.0.1", 0)
+    port = upstream.sockets[0].getsockname()[1]
+    qp = QueueProxy(dataclasses.replace(BASE, user_port=port), nvml=None, stats_interval_s=None)
+    await qp.start()
+    task = asyncio.create_task(qp.run())
+    try:
+        async with aiohttp.ClientSession() as s:
+            url = f"http://127.0.0.1:{qp.serving_port}/"
+            async with s.get(url) as resp:
+                assert (resp.status, await resp.read()) == (200, b"ok")
+            upstream.close()  # stops listening; the pooled connection stays open until used
+            async with s.get(url) as resp:
+                assert resp.status == 502
+                assert (await resp.text()).startswith("upstream connect error: dial 127.0.0.1:")
+        assert answered == 1
+        metrics = await scrape_port(qp.metrics_port)
+        assert sample(metrics, "queue_proxy_refusals_total", reason="upstream_connect") == 1.0
+        assert sample(metrics, "queue_proxy_refusals_total", reason="upstream_error") == 0.0
     finally:
         qp.request_shutdown()
         await asyncio.wait_for(task, 10)
@@ -437,3 +481,17 @@ def test_request_metrics_exposition() -> None:
     assert sample(text, "queue_proxy_request_duration_seconds_count", **labels) == 5.0
     total = sample(text, "queue_proxy_request_duration_seconds_sum", **labels)
     assert total == pytest.approx(1001.0065)
+
+
+def test_every_way_a_forward_fails_has_a_refusal_reason() -> None:
+    """The result's reason is a closed set (``dataplane.api.ForwardReason``); the refusal
+    metric names each failing one, so a reason added to the core cannot go uncounted."""
+    from typing import get_args
+
+    from dataplane.api import FORWARD_REASONS, ForwardReason
+    from queue_proxy.handler import _REFUSAL_BY_REASON
+    from queue_proxy.metrics import REFUSAL_REASONS
+
+    assert set(get_args(ForwardReason)) == FORWARD_REASONS
+    assert set(_REFUSAL_BY_REASON) == FORWARD_REASONS - {""}
+    assert set(_REFUSAL_BY_REASON.values()) <= set(REFUSAL_REASONS)
