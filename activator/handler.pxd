@@ -4,7 +4,7 @@ cimport cython
 
 from activator.reporter cimport RevisionCounter
 from activator.throttler cimport Admission, RevisionThrottler
-from dataplane cimport _bytes
+from dataplane cimport bytescan
 from dataplane.headers cimport lower_is, raw_line
 
 

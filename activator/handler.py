@@ -33,7 +33,7 @@ from activator.throttler import (
     WaitTimeoutError,
 )
 from cluster.spec import Revision, RevisionKey
-from dataplane import _bytes
+from dataplane import bytescan
 from dataplane.api import Exchange, ForwardResult, Timeouts, UpstreamConnectError
 from dataplane.headers import lower_is, raw_line
 
@@ -75,7 +75,7 @@ def raw_header_marks(raw: bytes) -> tuple[str | None, str | None, bool]:
     value is decoded only for a name that matters here."""
     p = raw  # (compiled: a pointer to the bytes; every index is checked against n)
     n = len(raw)
-    pos = _bytes.find_byte(p, 0, n, 10) + 1  # past the request line
+    pos = bytescan.find_byte(p, 0, n, 10) + 1  # past the request line
     host: str | None = None
     probe: str | None = None
     kubelet = False

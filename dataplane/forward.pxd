@@ -3,7 +3,7 @@ cimport cython
 
 from dataplane.deadlines cimport Deadline, new_deadline
 from dataplane.headers cimport scan_response_headers, status_line
-from dataplane.server cimport _Connection, _Exchange
+from dataplane.server cimport _Connection, HttpExchange
 from dataplane.upstream cimport ResponseSink, UpstreamConnection
 
 
@@ -20,7 +20,7 @@ cdef class Forward(ResponseSink):
     cdef public bint _chunked_out
     cdef public bint _close_delimited
     cdef public UpstreamConnection _conn
-    cdef public _Exchange _ex
+    cdef public HttpExchange _ex
     cdef public bytes _head
     cdef public list _headers
     cdef public object _idle_handle
@@ -47,7 +47,7 @@ cdef class Forward(ResponseSink):
 
     @cython.locals(last=tuple)
     cpdef _init(
-        self, _Exchange ex, bytes head, object timeouts, object on_done, object on_refused,
+        self, HttpExchange ex, bytes head, object timeouts, object on_done, object on_refused,
         object waiter
     )
     cpdef start(self, str upstream)

@@ -27,7 +27,7 @@ from dataplane.headers import SimpleResponse, response_head, scan_response_heade
 from dataplane.upstream import ResponseSink, UpstreamConnection
 
 if TYPE_CHECKING:
-    from dataplane.server import _Exchange
+    from dataplane.server import HttpExchange
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # a deadline's kind → the result's reason and the 504's body
@@ -61,9 +61,9 @@ class Forward(ResponseSink):
 
     One way to drive it: :meth:`start` (``Exchange.forward_now``) takes an idle pooled
     connection, or dials one in a task of the server's, and the result goes to the exchange
-    (``_Exchange._forward_done``), which calls ``on_done`` or, for ``Exchange.forward``, sets
+    (``HttpExchange._forward_done``), which calls ``on_done`` or, for ``Exchange.forward``, sets
     the future it awaits. A connection refused before any byte went out goes to
-    ``_Exchange._forward_refused``.
+    ``HttpExchange._forward_refused``.
     """
 
     __slots__ = (
@@ -100,7 +100,7 @@ class Forward(ResponseSink):
 
     def __init__(
         self,
-        ex: _Exchange,
+        ex: HttpExchange,
         head: bytes,
         timeouts: Timeouts,
         on_done: Callable[[ForwardResult], None] | None = None,
@@ -111,7 +111,7 @@ class Forward(ResponseSink):
 
     def _init(
         self,
-        ex: _Exchange,
+        ex: HttpExchange,
         head: bytes,
         timeouts: Timeouts,
         on_done: Callable[[ForwardResult], None] | None,
@@ -172,7 +172,7 @@ class Forward(ResponseSink):
     async def _dial(self, replay: list[bytes] | None) -> None:
         """A new connection: the first (no idle one), or the one retry after a stale pooled
         connection failed (``replay``: the body that went out on it). If it is refused, the
-        exchange decides (:meth:`_Exchange._forward_refused`): nothing has been answered."""
+        exchange decides (:meth:`HttpExchange._forward_refused`): nothing has been answered."""
         try:
             conn = await self._ex._conn._server.pool.connect(self._upstream)
         except UpstreamConnectError as exc:

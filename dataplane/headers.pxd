@@ -2,7 +2,7 @@
 # two per-request header passes.
 cimport cython
 
-from dataplane cimport _bytes
+from dataplane cimport bytescan
 
 # the byte tables of the simple-message passes: C globals, read through pointers
 cdef bytes _TCHAR, _VCHAR, _RESPONSE_FIRST, _RESPONSE_LENGTH, _REQUEST_FIRST, _REQUEST_LENGTH

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from http import HTTPStatus
 
-from dataplane import _bytes
+from dataplane import bytescan
 
 # RFC 9110 §7.6.1 plus what Go's ReverseProxy drops. Transfer-Encoding is re-framed by the core;
 # Expect is answered by the core (100-continue), so the upstream never sends its own 100.
@@ -198,7 +198,7 @@ def edited_request_head(
     else:
         p = raw
         n = len(raw)
-        off = _bytes.find_byte(p, 0, n, 10) + 1  # past the request line: kept as it came
+        off = bytescan.find_byte(p, 0, n, 10) + 1  # past the request line: kept as it came
     run = 0  # with raw: where the current run of lines kept as they came starts
     while True:
         if raw is None:
@@ -611,18 +611,18 @@ def raw_line(raw: bytes, pos: int) -> tuple[int, int, int]:
     at the line's CR)."""
     p = raw  # (compiled: a pointer to the bytes; every index is checked against n)
     n = len(raw)
-    j = _bytes.find_byte(p, pos, n, 58)
+    j = bytescan.find_byte(p, pos, n, 58)
     v = j + 1
     while v < n and (p[v] == 32 or p[v] == 9):
         v += 1
-    return j, v, _bytes.find_byte(p, v, n, 13)
+    return j, v, bytescan.find_byte(p, v, n, 13)
 
 
 def raw_headers(raw: bytes) -> list[tuple[str, str]]:
     """The headers of a head :func:`simple_request` read, as the parser's callbacks give them."""
     p = raw
     n = len(raw)
-    pos = _bytes.find_byte(p, 0, n, 10) + 1  # past the request line
+    pos = bytescan.find_byte(p, 0, n, 10) + 1  # past the request line
     headers: list[tuple[str, str]] = []
     while pos < n:
         j, v, end = raw_line(raw, pos)

@@ -11,12 +11,12 @@ from dataplane.forward cimport Forward
 from dataplane.upstream cimport UpstreamPool
 
 
-cdef class _Exchange
+cdef class HttpExchange
 
 
 @cython.locals(fwd=Forward)
 cdef Forward _new_forward(
-    _Exchange ex, bytes head, object timeouts, object on_done=*, object on_refused=*,
+    HttpExchange ex, bytes head, object timeouts, object on_done=*, object on_refused=*,
     object waiter=*
 )
 
@@ -24,12 +24,12 @@ cdef Forward _new_forward(
 cdef class _Connection
 
 
-@cython.locals(ex=_Exchange)
-cdef _Exchange _new_exchange(_Connection conn)
+@cython.locals(ex=HttpExchange)
+cdef HttpExchange _new_exchange(_Connection conn)
 
 
 cdef class DirectHandler:
-    cpdef object handle(self, _Exchange ex)
+    cpdef object handle(self, HttpExchange ex)
 
 
 cdef class ForwardDone:
@@ -64,7 +64,7 @@ cdef class Server:
 
 
 @cython.final
-cdef class _Exchange:
+cdef class HttpExchange:
     cdef public list _body_buf
     cdef public Py_ssize_t _body_bytes
     cdef public long long _body_read
@@ -110,7 +110,7 @@ cdef class _Exchange:
 
 @cython.final
 cdef class _Connection:
-    cdef public _Exchange _current
+    cdef public HttpExchange _current
     cdef public bint _fresh
     cdef public Py_ssize_t _head_bytes
     cdef public bint _head_connection
@@ -118,14 +118,14 @@ cdef class _Connection:
     cdef public object _linger_handle
     cdef public object _loop
     cdef public object _parser
-    cdef public _Exchange _parsing
+    cdef public HttpExchange _parsing
     cdef public bint _pause_body
     cdef public bint _pause_pipeline
     cdef public bint _pause_upstream
     cdef public object _pipeline
     cdef public bint _reading_paused
     cdef public Server _server
-    cdef public _Exchange _starting
+    cdef public HttpExchange _starting
     cdef public Forward _tunnel
     cdef public bytes _tunnel_early
     cdef public list _url
@@ -139,11 +139,11 @@ cdef class _Connection:
     cdef public object transport
 
     cpdef _simple_request(self, tuple request)
-    cpdef _start(self, _Exchange ex)
+    cpdef _start(self, HttpExchange ex)
     @cython.locals(direct=DirectHandler)
-    cpdef call_handler(self, _Exchange ex, object handler, object arg)
-    cpdef sync_request_done(self, _Exchange ex)
-    cpdef exchange_response_done(self, _Exchange ex)
+    cpdef call_handler(self, HttpExchange ex, object handler, object arg)
+    cpdef sync_request_done(self, HttpExchange ex)
+    cpdef exchange_response_done(self, HttpExchange ex)
     cpdef _next(self)
     cpdef pause_for_body(self)
     cpdef resume_for_body(self)

@@ -69,7 +69,7 @@ def default_max_connections() -> int:
 
 
 def _new_forward(
-    ex: _Exchange,
+    ex: HttpExchange,
     head: bytes,
     timeouts: Timeouts,
     on_done: Callable[[ForwardResult], None] | None = None,
@@ -83,9 +83,9 @@ def _new_forward(
     return fwd
 
 
-def _new_exchange(conn: _Connection) -> _Exchange:
-    """``_Exchange(conn)``, made without a Python-level call when compiled."""
-    ex = _Exchange.__new__(_Exchange)
+def _new_exchange(conn: _Connection) -> HttpExchange:
+    """``HttpExchange(conn)``, made without a Python-level call when compiled."""
+    ex = HttpExchange.__new__(HttpExchange)
     ex._init(conn)
     return ex
 
@@ -103,9 +103,9 @@ class DirectHandler:
     __slots__ = ()
 
     def __call__(self, ex: Exchange) -> Awaitable[None] | None:
-        return self.handle(cast(_Exchange, ex))  # (the core's exchanges are all _Exchange)
+        return self.handle(cast(HttpExchange, ex))  # (the core's exchanges are all HttpExchange)
 
-    def handle(self, ex: _Exchange) -> Awaitable[None] | None:
+    def handle(self, ex: HttpExchange) -> Awaitable[None] | None:
         raise NotImplementedError
 
 
@@ -122,7 +122,7 @@ class ForwardDone:
         raise NotImplementedError
 
 
-class _Exchange:
+class HttpExchange:
     """One request on a client connection; implements :class:`dataplane.api.Exchange`."""
 
     __slots__ = (
@@ -471,13 +471,13 @@ class _Connection:
         self._head_connection = False  # the head being parsed has a Connection header
         self._fresh = True  # the parser is between messages: a read may be a whole request
         self._head_bytes = 0
-        self._parsing: _Exchange | None = None  # the request being parsed
-        self._current: _Exchange | None = None  # the request being answered
+        self._parsing: HttpExchange | None = None  # the request being parsed
+        self._current: HttpExchange | None = None  # the request being answered
         # Its head is parsed; its handler runs once the rest of this read is parsed, so that a
         # body that came with the head goes upstream with it, in one write (and can be replayed
         # on a fresh connection if the pooled one was stale).
-        self._starting: _Exchange | None = None
-        self._pipeline: deque[_Exchange] = deque()
+        self._starting: HttpExchange | None = None
+        self._pipeline: deque[HttpExchange] = deque()
         self._pause_body = self._pause_upstream = self._pause_pipeline = False
         self._reading_paused = False  # what this protocol last asked of its transport
         self._write_paused = False
@@ -653,13 +653,13 @@ class _Connection:
             self._next()
 
     # --- request lifecycle ---
-    def _start(self, ex: _Exchange) -> None:
+    def _start(self, ex: HttpExchange) -> None:
         self._current = ex
         self._server.in_flight += 1
         self.call_handler(ex, self._server.handler, ex)
 
     def call_handler(
-        self, ex: _Exchange, handler: Callable[[Any], Awaitable[None] | None], arg: object
+        self, ex: HttpExchange, handler: Callable[[Any], Awaitable[None] | None], arg: object
     ) -> None:
         """``handler(arg)`` takes ``ex`` on (the handler, or a ``forward_now``'s
         ``on_refused``): a coroutine it returns runs in a task; else the request has ended,
@@ -680,13 +680,13 @@ class _Connection:
         elif ex._forward is None:  # answered synchronously (or forward_now already ended)
             self.sync_request_done(ex)
 
-    def sync_request_done(self, ex: _Exchange) -> None:
+    def sync_request_done(self, ex: HttpExchange) -> None:
         """A request its handler took without a task has ended."""
         self._server.request_done()
         if not ex._started:
             ex.respond_now(500, b"handler returned without a response\n")
 
-    async def _run(self, ex: _Exchange, pending: Awaitable[None]) -> None:
+    async def _run(self, ex: HttpExchange, pending: Awaitable[None]) -> None:
         try:
             await pending
         except asyncio.CancelledError:
@@ -703,7 +703,7 @@ class _Connection:
         if not ex._started:
             ex.respond_now(500, b"handler returned without a response\n")
 
-    def exchange_response_done(self, ex: _Exchange) -> None:
+    def exchange_response_done(self, ex: HttpExchange) -> None:
         if ex is not self._current or self.lost:
             return
         if ex._response_close:
@@ -733,7 +733,7 @@ class _Connection:
         else:
             self.idle_since = self._time()
 
-    def _close_lingering(self, ex: _Exchange) -> None:
+    def _close_lingering(self, ex: HttpExchange) -> None:
         """Close after the response without a reset losing it: half-close, drain a little."""
         t = self.transport
         if t is None or t.is_closing():

@@ -4,7 +4,8 @@ A replica forked from the local runtime's parked process for its revision
 (:mod:`cluster.local.model_zygote`) would otherwise rebuild the model in every child: for a
 ``torch.export`` program, ``torch.export.load(...).module()`` is most of a cold start (2.9 s of
 3.4 s for BERT-base on an H200, docs/benchmarks.md). The parked process calls
-:func:`load_model` once; a child's :func:`modelserver.model.load` asks :func:`take` first and,
+:func:`modelserver.loader.load_model` once, which keeps the model here (:func:`keep`); a
+child's :func:`modelserver.model.load` asks :func:`take` first and,
 on a hit, only moves the model to its device. The registry is keyed by the format and the model
 file's resolved path, size and mtime, so an artifact replaced in place is a miss, never a stale hit.
 
@@ -35,37 +36,22 @@ def registry_key(fmt: str, file: Path) -> RegistryKey:
 
 
 def preloadable(fmt: str, file: Path) -> bool:
-    """Whether :func:`load_model` can load ``file`` as ``fmt`` in a parked process."""
+    """Whether :func:`modelserver.loader.load_model` can load ``file`` as ``fmt`` in a parked process."""
     return file.suffix.lower() in PRELOADABLE.get(fmt, ())
 
 
-def load_model(fmt: str, path: Path) -> RegistryKey:
-    """Load the model at ``path`` (a file or a one-model directory) onto the CPU and keep it
-    for :func:`take`. Raises :class:`modelserver.model.ModelError` when it cannot be loaded
-    or its format is not preloadable (the replicas then load it themselves)."""
-    from modelserver.model import ModelError, check_format, model_file
+def keep(key: RegistryKey, model: Any) -> None:
+    """Hold ``model``, loaded from the file ``key`` names, for :func:`take`."""
+    _registry[key] = model
 
-    check_format(fmt)
-    file = model_file(path, fmt)
-    if not preloadable(fmt, file):
-        raise ModelError(f"--model {file}: a {fmt} model of this kind is not preloaded")
-    key = registry_key(fmt, file)
-    if key in _registry:
-        return key
-    if fmt == "pytorch":
-        from modelserver.formats import pytorch
 
-        try:
-            _registry[key] = pytorch.load_on_cpu(file)
-        except ModelError:
-            raise
-        except Exception as exc:
-            raise ModelError(f"--model {file}: cannot load it as {fmt}: {exc}") from exc
-    return key
+def kept(key: RegistryKey) -> bool:
+    """Whether a model is held for ``key``."""
+    return key in _registry
 
 
 def take(fmt: str, file: Path) -> Any | None:
-    """The model :func:`load_model` loaded from ``file`` (removed from the registry: it is the
+    """The model :func:`modelserver.loader.load_model` loaded from ``file`` (removed from the registry: it is the
     caller's now, to move to its device), or None."""
     if not _registry:
         return None

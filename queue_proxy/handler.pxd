@@ -1,9 +1,9 @@
 # Cython declarations for handler.py (compiled when built; see setup.py).
 cimport cython
 
-from dataplane cimport _bytes
+from dataplane cimport bytescan
 from dataplane.headers cimport lower_is, raw_line
-from dataplane.server cimport DirectHandler, ForwardDone, _Exchange
+from dataplane.server cimport DirectHandler, ForwardDone, HttpExchange
 from metrics.request_stats cimport RequestStats
 from queue_proxy.metrics cimport QueueMetrics
 
@@ -33,20 +33,20 @@ cdef class _Accounting:
     cdef public RequestStats requests
     cpdef count_failure(self, object result)
     @cython.locals(end=double)
-    cpdef finish(self, _Exchange ex, bint proxied, int status)
+    cpdef finish(self, HttpExchange ex, bint proxied, int status)
 
 
 # (not final, nor is _Handler: a final type may not override its base's methods)
 cdef class _Done(ForwardDone):
     cdef public _Accounting acc
-    cdef public _Exchange ex
+    cdef public HttpExchange ex
     cdef public bint proxied
     cdef public object release
     cpdef forward_done(self, object result)
 
 
 @cython.locals(done=_Done)
-cpdef _Done _new_done(_Accounting acc, _Exchange ex, bint proxied, object release)
+cpdef _Done _new_done(_Accounting acc, HttpExchange ex, bint proxied, object release)
 
 
 cpdef tuple _host_edits(str host)
@@ -67,4 +67,4 @@ cdef class _Handler(DirectHandler):
     @cython.locals(
         raw=bytes, proxied=cython.bint, kubelet=cython.bint, host=str, probe=str, release=object
     )
-    cpdef object handle(self, _Exchange ex)
+    cpdef object handle(self, HttpExchange ex)

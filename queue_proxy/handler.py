@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
-from dataplane import _bytes
+from dataplane import bytescan
 from dataplane.api import (
     CLIENT_DISCONNECTED,
     TIMEOUT_IDLE,
@@ -27,7 +27,7 @@ from dataplane.api import (
 )
 from dataplane.breaker import Breaker, QueueFullError
 from dataplane.headers import lower_is, raw_line
-from dataplane.server import DirectHandler, ForwardDone, _Exchange
+from dataplane.server import DirectHandler, ForwardDone, HttpExchange
 from metrics.clock import Clock, LoopClock
 from metrics.request_stats import RequestStats
 from queue_proxy.drain import Drainer
@@ -88,7 +88,7 @@ def raw_request_marks(raw: bytes) -> tuple[bool, str | None, str | None, bool]:
     value is decoded only for a name that matters here."""
     p = raw  # (compiled: a pointer to the bytes; every index is checked against n)
     n = len(raw)
-    pos = _bytes.find_byte(p, 0, n, 10) + 1  # past the request line
+    pos = bytescan.find_byte(p, 0, n, 10) + 1  # past the request line
     proxied = kubelet = False
     host: str | None = None
     probe: str | None = None
@@ -128,7 +128,7 @@ class _Accounting:
         if not result.completed:
             self.metrics.refusal[_REFUSAL_BY_REASON[result.reason]].inc()
 
-    def finish(self, ex: _Exchange, proxied: bool, status: int) -> None:
+    def finish(self, ex: HttpExchange, proxied: bool, status: int) -> None:
         end = self.loop_time()
         self.requests.request_out(end, proxied)
         self.metrics.observe(status, end - ex.arrived_at)
@@ -142,7 +142,7 @@ class _Done(ForwardDone):
     __slots__ = ("acc", "ex", "proxied", "release")  # set by _new_done
 
     acc: _Accounting
-    ex: _Exchange
+    ex: HttpExchange
     proxied: bool
     release: Callable[[], None] | None
 
@@ -157,7 +157,7 @@ class _Done(ForwardDone):
 
 
 def _new_done(
-    acc: _Accounting, ex: _Exchange, proxied: bool, release: Callable[[], None] | None
+    acc: _Accounting, ex: HttpExchange, proxied: bool, release: Callable[[], None] | None
 ) -> _Done:
     """``_Done`` with these fields, made without a Python-level call when compiled."""
     done = _Done.__new__(_Done)
@@ -198,9 +198,9 @@ class _Handler(DirectHandler):
         drainer: Drainer,
         upstream: str,
         timeouts: Timeouts,
-        slow_path: Callable[[_Exchange, bool, str | None], Awaitable[None]],
-        health: Callable[[_Exchange, str | None], None],
-        kingress_probe: Callable[[_Exchange], None],
+        slow_path: Callable[[HttpExchange, bool, str | None], Awaitable[None]],
+        health: Callable[[HttpExchange, str | None], None],
+        kingress_probe: Callable[[HttpExchange], None],
     ) -> None:
         self.acc = acc
         self.requests = requests
@@ -215,7 +215,7 @@ class _Handler(DirectHandler):
         self.health = health
         self.kingress_probe = kingress_probe
 
-    def handle(self, ex: _Exchange) -> Awaitable[None] | None:
+    def handle(self, ex: HttpExchange) -> Awaitable[None] | None:
         raw = ex.raw_head
         if raw is not None:
             proxied, host, probe, kubelet = raw_request_marks(raw)
@@ -316,7 +316,7 @@ def build_handler(
             await ex.respond(504, f"{timeouts.body_prefix}request timeout".encode())
             return 504
 
-    async def slow_path(ex: _Exchange, proxied: bool, host: str | None) -> None:
+    async def slow_path(ex: HttpExchange, proxied: bool, host: str | None) -> None:
         """The request was counted in; no breaker slot was free."""
         status = 499
         try:

@@ -520,9 +520,9 @@ def test_the_runtime_names_the_model_servers_loader_and_formats_as_it_has_them()
     """cluster never imports modelserver: it names its loader and copies its preloadable formats;
     both must match what modelserver has."""
     from cluster.local import model_zygote
-    from modelserver import preload
+    from modelserver import loader, preload
 
     module, _, function = model_zygote.MODEL_LOADER.partition(":")
-    assert module == preload.__name__
-    assert getattr(preload, function) is preload.load_model
+    assert module == loader.__name__
+    assert getattr(loader, function) is loader.load_model
     assert dict(model_zygote.PRELOADABLE) == dict(preload.PRELOADABLE)

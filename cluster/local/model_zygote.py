@@ -16,7 +16,7 @@ then does the framework's one-time work that touches no accelerator (:func:`prel
 nn modules built on the meta device; the CUDA libraries' files read ahead into the page cache).
 With ``model_preload`` (the supervisor's setting, on by default) a built-in pytorch server's
 parked process also loads the revision's ``.pt2`` model onto the CPU once its artifact is in the
-cache (:data:`MODEL_LOADER`, ``modelserver.preload.load_model``: ``torch.export.load(...).module()``, no tensor
+cache (:data:`MODEL_LOADER`, ``modelserver.loader.load_model``: ``torch.export.load(...).module()``, no tensor
 operation, no CUDA), so that a replica only moves it to its device: the parked process is then
 keyed by its preload set and the artifact's local path (:func:`park_key`), started when the
 artifact is ready and closed when no revision names it and no replica it forked is left. It holds
@@ -51,7 +51,7 @@ MODEL_SERVER = "modelserver"
 
 # The model server is named, not imported: ``cluster`` never imports it (DESIGN.md, the
 # dependencies point one way), as the supervisor names the queue-proxy's entry point.
-MODEL_LOADER = "modelserver.preload:load_model"
+MODEL_LOADER = "modelserver.loader:load_model"
 """What a parked process calls to load a revision's model onto the CPU (imported there only)."""
 PRELOADABLE: Mapping[str, tuple[str, ...]] = {"pytorch": (".pt2",)}
 """The formats (and model-file suffixes) the loader takes: ``modelserver.preload.PRELOADABLE``

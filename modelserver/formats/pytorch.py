@@ -109,7 +109,7 @@ def load(path: Path, options: LoadOptions) -> TorchModel:
 
 def load_on_cpu(path: Path) -> TorchModel:
     """A ``.pt2`` program's module on the CPU, for a parked process to keep
-    (:func:`modelserver.preload.load_model`): it only loads, runs no tensor operation."""
+    (:func:`modelserver.loader.load_model`): it only loads, runs no tensor operation."""
     return _load_exported(path, torch.device("cpu"))
 
 

@@ -1,4 +1,4 @@
-# C versions of _bytes.py, for the compiled modules that cimport this one (the .py is never
+# C versions of bytescan.py, for the compiled modules that cimport this one (the .py is never
 # compiled: its functions serve the interpreter only).
 from libc.string cimport memchr
 

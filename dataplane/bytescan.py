@@ -1,6 +1,6 @@
 """Byte searches for the header passes, run by the interpreter.
 
-A compiled module that ``cimport``s this one gets ``_bytes.pxd``'s C versions instead (libc's
+A compiled module that ``cimport``s this one gets ``bytescan.pxd``'s C versions instead (libc's
 ``memchr`` over the bytes' buffer): this file is never compiled itself.
 """
 
