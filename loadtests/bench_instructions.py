@@ -21,8 +21,8 @@ before and after in one run.
 for data) and reports their misses per request. One request's path overflows such a cache, so
 its misses count about how many distinct lines of code and data a request touches: what a
 process woken for each request (as at a fixed 1,000 requests/s) pays for when its caches went
-cold in between, which the instruction count misses (docs/benchmarks.md, session 8). With
-``--conns 1`` every request is handled alone, as at such a rate.
+cold in between, which the instruction count misses (docs/benchmarks.md, "What made the core
+fast"). With ``--conns 1`` every request is handled alone, as at such a rate.
 """
 
 from __future__ import annotations
