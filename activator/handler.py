@@ -1,6 +1,7 @@
 """The activator's request handler: probes, routing, stats, throttling, proxying (§4.1).
 
-Order, outermost first (as Knative's chain): health and probe answers; routing (404); the
+Order, outermost first (as Knative's chain): health and probe answers (:mod:`dataplane.probes`:
+the kubelet's health check, then a ``K-Network-Probe``); routing (404); the
 concurrency reporter (a request counts from arrival, queued time included); the throttler
 (503 when the queue is full or the revision timeout passes while waiting); the proxy (one retry
 on another pod when the connection was refused before any byte went out, else 502).
@@ -33,7 +34,7 @@ from activator.throttler import (
     WaitTimeoutError,
 )
 from cluster.spec import Revision, RevisionKey
-from dataplane import bytescan
+from dataplane import bytescan, probes
 from dataplane.api import Exchange, ForwardResult, Timeouts, UpstreamConnectError
 from dataplane.headers import lower_is, raw_line
 
@@ -43,11 +44,15 @@ HEALTH_PATH = "/healthz"
 # Headers a client must not choose: they would pick a revision or fake a proxied request.
 STRIPPED_PREFIXES = ("k-", "knative-serving-")
 _HOST_CACHE_MAX = 10_000
+# User agents of health checks (Knative's HealthHandler): the kubelet's only.
+_HEALTH_AGENTS = probes.KUBELET_AGENTS
+_HEALTH_AGENTS_RAW = tuple(agent.encode() for agent in _HEALTH_AGENTS)
 
 
 def header_marks(headers: Sequence[tuple[str, str]]) -> tuple[str | None, str | None, bool]:
     """What the activator reads in a request's headers, in one pass: (the first ``Host``, the
-    first ``K-Network-Probe``, a health check: ``K-Kubelet-Probe`` or a kubelet user agent)."""
+    first ``K-Network-Probe``, a health check: a non-empty ``K-Kubelet-Probe`` or a kubelet
+    user agent)."""
     host: str | None = None
     probe: str | None = None
     kubelet = False
@@ -65,7 +70,7 @@ def header_marks(headers: Sequence[tuple[str, str]]) -> tuple[str | None, str | 
                     probe = value
             elif low == "k-kubelet-probe" and value:
                 kubelet = True
-        elif n == 10 and name.lower() == "user-agent" and value.startswith("kube-probe/"):
+        elif n == 10 and name.lower() == "user-agent" and value.startswith(_HEALTH_AGENTS):
             kubelet = True
     return host, probe, kubelet
 
@@ -96,9 +101,9 @@ def raw_header_marks(raw: bytes) -> tuple[str | None, str | None, bool]:
             c == 117
             and length == 10
             and v < end
-            and p[v] == 107  # "k"
+            and p[v] == 107  # "k": every agent of _HEALTH_AGENTS starts with kube-probe/
             and lower_is(raw, pos, j, b"user-agent")
-            and raw.startswith(b"kube-probe/", v)
+            and raw.startswith(_HEALTH_AGENTS_RAW, v)
         ):
             kubelet = True
         pos = end + 2
@@ -213,12 +218,7 @@ class ActivatorHandler:
             self._health(ex)
             return None
         if probe:
-            if probe == "probe":  # the KIngress prober: echo its hash
-                self._kingress_probe(ex)
-            elif probe == "activator":
-                ex.respond_now(200, b"activator")
-            else:
-                ex.respond_now(400, b"unexpected probe header value: " + probe.encode() + b"\n")
+            probes.activator_probe(ex, probe, draining=self.draining)
             return None
         lane = self._host_lanes.get(host) if host is not None else None
         if lane is None:
@@ -397,21 +397,5 @@ class ActivatorHandler:
             refused = None
 
     def _health(self, ex: Exchange) -> None:
-        """Knative's HealthHandler: fails while draining, and while the stats cannot reach the
-        autoscaler (the websocket is down), so no new traffic comes to an activator whose
-        scale-from-zero signal would be lost."""
-        if self.draining:
-            ex.respond_now(503, b"draining\n")
-        elif not self.sink.connected:
-            ex.respond_now(500, b"not connected to the autoscaler\n")
-        else:
-            ex.respond_now(200, b"ok\n")
-
-    def _kingress_probe(self, ex: Exchange) -> None:
-        probe_hash = ex.header("K-Network-Hash")
-        if self.draining:
-            ex.respond_now(503, b"draining\n")
-        elif not probe_hash:
-            ex.respond_now(400, b"no K-Network-Hash header\n")
-        else:
-            ex.respond_now(200, b"", (("K-Network-Hash", probe_hash),))
+        """Knative's HealthHandler (:func:`dataplane.probes.activator_health`)."""
+        probes.activator_health(ex, draining=self.draining, connected=self.sink.connected)

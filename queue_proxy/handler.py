@@ -1,9 +1,9 @@
 """The queue-proxy's request handler chain on the forwarding core (reference §3.2).
 
-Outermost first: probes (never counted: ``K-Network-Probe: queue`` and health-check user agents
-get the health answer, ``K-Network-Probe: probe`` gets its ``K-Network-Hash`` echoed) → drain
-bookkeeping → stats in/out and metrics → breaker (with the total timeout while waiting) →
-forward to the model server (timeouts, header rewrites).
+Outermost first: probes (never counted; answered by :mod:`dataplane.probes`: ``K-Network-Probe:
+queue`` and health checks get the health answer, ``K-Network-Probe: probe`` gets its
+``K-Network-Hash`` echoed) → drain bookkeeping → stats in/out and metrics → breaker (with the
+total timeout while waiting) → forward to the model server (timeouts, header rewrites).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
-from dataplane import bytescan
+from dataplane import bytescan, probes
 from dataplane.api import (
     CLIENT_DISCONNECTED,
     TIMEOUT_IDLE,
@@ -37,7 +37,7 @@ from queue_proxy.stats import StatReporter
 
 _KNATIVE_PREFIXES = ("knative-serving-",)
 # User agents of health checks (Knative's drainer): the kubelet, the activator, the autoscaler.
-_HEALTH_AGENTS = ("kube-probe/", "Knative-Activator-Probe", "Knative-Autoscaling-Probe")
+_HEALTH_AGENTS = probes.DRAINER_AGENTS
 # the refusal metric's reason for each way a forward can fail (api.FORWARD_REASONS)
 _REFUSAL_BY_REASON: dict[str, str] = {
     TIMEOUT_TOTAL: "timeout",
@@ -64,7 +64,7 @@ def request_marks(
 ) -> tuple[bool, str | None, str | None, bool]:
     """One pass over a request's headers for what the queue-proxy reads in them (``K-*`` and
     ``User-Agent``): (proxied by the activator, ``K-Original-Host``, ``K-Network-Probe``, a
-    health check)."""
+    health check: a non-empty ``K-Kubelet-Probe`` or a health-check user agent)."""
     proxied = kubelet = False
     host: str | None = None
     probe: str | None = None
@@ -78,7 +78,9 @@ def request_marks(
             host = value
         elif low == "k-network-probe":
             probe = value
-        elif low == "k-kubelet-probe" or (low == "user-agent" and value.startswith(_HEALTH_AGENTS)):
+        elif (low == "k-kubelet-probe" and value != "") or (
+            low == "user-agent" and value.startswith(_HEALTH_AGENTS)
+        ):
             kubelet = True
     return proxied, host, probe, kubelet
 
@@ -102,7 +104,7 @@ def raw_request_marks(raw: bytes) -> tuple[bool, str | None, str | None, bool]:
                 host = p[v:end].decode("latin-1")
             elif lower_is(raw, pos, j, b"k-network-probe"):
                 probe = p[v:end].decode("latin-1")
-            elif lower_is(raw, pos, j, b"k-kubelet-probe"):
+            elif end > v and lower_is(raw, pos, j, b"k-kubelet-probe"):
                 kubelet = True
         elif c == 117 and v < end and p[v] | 32 == 107 and lower_is(raw, pos, j, b"user-agent"):
             # (every health-check agent starts with a K)
@@ -329,24 +331,11 @@ def build_handler(
 
     def health(ex: Exchange, probe: str | None) -> None:
         """Knative's health handler (§3.4): ``K-Network-Probe: queue`` or a kubelet probe."""
-        if probe is not None and probe != "queue":
-            ex.respond_now(400, f"unexpected probe header value: {probe}\n".encode())
-        elif drainer.draining:
-            ex.respond_now(503, b"shutting down\n")
-        elif not readiness.ready:
-            ex.respond_now(503, b"model server not ready\n")
-        else:
-            ex.respond_now(200, b"queue")
+        probes.queue_health(ex, probe, draining=drainer.draining, ready=readiness.ready)
 
     def kingress_probe(ex: Exchange) -> None:
         """The KIngress prober's ``K-Network-Probe: probe``: echo ``K-Network-Hash``."""
-        probe_hash = ex.header("K-Network-Hash")
-        if drainer.draining:
-            ex.respond_now(503, b"shutting down\n")
-        elif not probe_hash:
-            ex.respond_now(400, b"no K-Network-Hash header\n")
-        else:
-            ex.respond_now(200, b"", (("K-Network-Hash", probe_hash),))
+        probes.kingress_probe(ex, draining=drainer.draining, draining_body=probes.QUEUE_DRAINING)
 
     return _Handler(
         acc=acc,
