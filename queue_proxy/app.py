@@ -35,7 +35,7 @@ from metrics.logs import configure_logging
 from queue_proxy.config import ConfigError, Settings
 from queue_proxy.drain import Drainer
 from queue_proxy.gpu import GpuMonitor, load_nvml
-from queue_proxy.handler import build_breaker, build_handler
+from queue_proxy.handler import QueueHandler, build_breaker
 from queue_proxy.metrics import QueueMetrics
 from queue_proxy.probe import Readiness
 from queue_proxy.stats import StatReporter
@@ -89,7 +89,7 @@ class QueueProxy:
         self.gpu = GpuMonitor(load_nvml() if nvml is _NVML_DEFAULT else nvml, self.metrics)
         cc = settings.container_concurrency
         self.server = Server(
-            build_handler(
+            QueueHandler(
                 user_port=settings.user_port,
                 timeouts=Timeouts(
                     total_s=settings.timeout_s,

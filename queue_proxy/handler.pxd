@@ -36,7 +36,7 @@ cdef class _Accounting:
     cpdef finish(self, HttpExchange ex, bint proxied, int status)
 
 
-# (not final, nor is _Handler: a final type may not override its base's methods)
+# (not final, nor is QueueHandler: a final type may not override its base's methods)
 cdef class _Done(ForwardDone):
     cdef public _Accounting acc
     cdef public HttpExchange ex
@@ -52,16 +52,15 @@ cpdef _Done _new_done(_Accounting acc, HttpExchange ex, bint proxied, object rel
 cpdef tuple _host_edits(str host)
 
 
-cdef class _Handler(DirectHandler):
+cdef class QueueHandler(DirectHandler):
     cdef public _Accounting acc
     cdef public bint arrival_clock
     cdef public object breaker
     cdef public object clock
     cdef public object drainer
-    cdef public object health
-    cdef public object kingress_probe
+    cdef public object readiness
+    cdef public dict refusal
     cdef public RequestStats requests
-    cdef public object slow_path
     cdef public object timeouts
     cdef public str upstream
     @cython.locals(

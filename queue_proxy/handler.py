@@ -1,4 +1,5 @@
-"""The queue-proxy's request handler chain on the forwarding core (reference §3.2).
+"""The queue-proxy's request handler chain on the forwarding core (reference §3.2), one class:
+:class:`QueueHandler`.
 
 Outermost first: probes (never counted; answered by :mod:`dataplane.probes`: ``K-Network-Probe:
 queue`` and health checks get the health answer, ``K-Network-Probe: probe`` gets its
@@ -19,16 +20,14 @@ from dataplane.api import (
     TIMEOUT_TOTAL,
     UPSTREAM_CONNECT,
     UPSTREAM_ERROR,
-    Exchange,
     ForwardResult,
-    Handler,
     Timeouts,
     UpstreamConnectError,
 )
 from dataplane.breaker import Breaker, QueueFullError
 from dataplane.headers import lower_is, raw_line
 from dataplane.server import DirectHandler, ForwardDone, HttpExchange
-from metrics.clock import Clock, LoopClock
+from metrics.clock import LoopClock
 from metrics.request_stats import RequestStats
 from queue_proxy.drain import Drainer
 from queue_proxy.metrics import QueueMetrics
@@ -170,11 +169,14 @@ def _new_done(
     return done
 
 
-class _Handler(DirectHandler):
-    """The handler's hot path: a request counted in, a breaker slot free now, forwarded with
-    :meth:`Exchange.forward_now` and ended by a :class:`_Done`. Probes and the wait for a
-    breaker slot go to the callables of :func:`build_handler`. An object the core calls
-    without a Python-level call when compiled."""
+class QueueHandler(DirectHandler):
+    """The queue-proxy's :data:`dataplane.api.Handler`.
+
+    The hot path (:meth:`handle`): a request counted in, a breaker slot free now, forwarded
+    with :meth:`Exchange.forward_now` and ended by a :class:`_Done`, without a task. The wait
+    for a breaker slot is a coroutine, the slow path. An object the core calls without a
+    Python-level call when compiled. Made in a running event loop (its accounting reads the
+    loop's time)."""
 
     __slots__ = (
         "acc",
@@ -182,10 +184,9 @@ class _Handler(DirectHandler):
         "breaker",
         "clock",
         "drainer",
-        "health",
-        "kingress_probe",
+        "readiness",
+        "refusal",
         "requests",
-        "slow_path",
         "timeouts",
         "upstream",
     )
@@ -193,29 +194,27 @@ class _Handler(DirectHandler):
     def __init__(
         self,
         *,
-        acc: _Accounting,
-        requests: RequestStats,
-        clock: Clock,
-        breaker: Breaker | None,
-        drainer: Drainer,
-        upstream: str,
+        user_port: int,
         timeouts: Timeouts,
-        slow_path: Callable[[HttpExchange, bool, str | None], Awaitable[None]],
-        health: Callable[[HttpExchange, str | None], None],
-        kingress_probe: Callable[[HttpExchange], None],
+        breaker: Breaker | None,
+        stats: StatReporter,
+        metrics: QueueMetrics,
+        readiness: Readiness,
+        drainer: Drainer,
     ) -> None:
-        self.acc = acc
-        self.requests = requests
+        self.upstream = f"127.0.0.1:{user_port}"
+        self.timeouts = timeouts
+        self.breaker = breaker
+        self.requests = stats.requests
+        self.refusal = metrics.refusal
+        clock = stats.clock
         self.clock = clock
         # a request's arrival time is its in-time (the stats' clock is the loop's)
         self.arrival_clock = isinstance(clock, LoopClock)
-        self.breaker = breaker
+        loop_time = asyncio.get_running_loop().time if self.arrival_clock else clock.monotonic
+        self.acc = _Accounting(self.requests, metrics, loop_time)
+        self.readiness = readiness
         self.drainer = drainer
-        self.upstream = upstream
-        self.timeouts = timeouts
-        self.slow_path = slow_path
-        self.health = health
-        self.kingress_probe = kingress_probe
 
     def handle(self, ex: HttpExchange) -> Awaitable[None] | None:
         raw = ex.raw_head
@@ -223,11 +222,11 @@ class _Handler(DirectHandler):
             proxied, host, probe, kubelet = raw_request_marks(raw)
         else:
             proxied, host, probe, kubelet = request_marks(ex.headers)
-        if probe == "probe":
-            self.kingress_probe(ex)
+        if probe == "probe":  # probes.PROBE_KINGRESS (a literal: compared without a lookup)
+            self._kingress_probe(ex)
             return None
         if probe is not None or kubelet:
-            self.health(ex, probe)
+            self._health(ex, probe)
             return None
         drainer = self.drainer
         if drainer.draining:
@@ -241,49 +240,50 @@ class _Handler(DirectHandler):
         if breaker is not None:
             release = breaker.reserve()  # a slot free now, or None: wait in the slow path
             if release is None:
-                return self.slow_path(ex, proxied, host)
+                return self._slow_path(ex, proxied, host)
         done = _new_done(self.acc, ex, proxied, release)
         sets, removes = _host_edits(host)
         # (by position: set_headers, remove_headers, remove_prefixes, timeouts)
         ex.forward_now(self.upstream, done, sets, removes, _KNATIVE_PREFIXES, self.timeouts)
         return None
 
+    # --- the slow path -----------------------------------------------------------------------
 
-def build_breaker(container_concurrency: int) -> Breaker | None:
-    """Knative's ``buildBreaker``: none when CC < 1, else CC active + 10×CC waiting."""
-    if container_concurrency < 1:
-        return None
-    return Breaker(
-        queue_depth=10 * container_concurrency,
-        max_concurrency=container_concurrency,
-        initial_capacity=container_concurrency,
-    )
+    async def _slow_path(self, ex: HttpExchange, proxied: bool, host: str | None) -> None:
+        """The request was counted in; no breaker slot was free."""
+        status = 499
+        try:
+            status = await self._wait_then_forward(ex, host)
+        except asyncio.CancelledError:  # the client left while the request waited
+            self.refusal["client_disconnected"].inc()
+            raise
+        finally:
+            self.acc.finish(ex, proxied, status)
 
+    async def _wait_then_forward(self, ex: HttpExchange, host: str | None) -> int:
+        """The breaker is busy: wait in its queue (bounded by the total timeout)."""
+        breaker = self.breaker
+        assert breaker is not None
+        timeouts = self.timeouts
+        deadline = ex.arrived_at + timeouts.total_s if timeouts.total_s > 0 else None
+        try:
+            async with asyncio.timeout_at(deadline) as waiting:
+                async with breaker.maybe():
+                    waiting.reschedule(None)  # the total timeout is forward's from here
+                    return await self._forward(ex, host)
+        except QueueFullError as exc:
+            self.refusal["queue_full"].inc()
+            await ex.respond(503, f"{exc}\n".encode())
+            return 503
+        except TimeoutError:
+            self.refusal["timeout"].inc()
+            await ex.respond(504, f"{timeouts.body_prefix}request timeout".encode())
+            return 504
 
-def build_handler(
-    *,
-    user_port: int,
-    timeouts: Timeouts,
-    breaker: Breaker | None,
-    stats: StatReporter,
-    metrics: QueueMetrics,
-    readiness: Readiness,
-    drainer: Drainer,
-) -> Handler:
-    """The handler (a :class:`_Handler`). Its hot path (a breaker slot free now) runs without
-    a task: :meth:`Exchange.forward_now` with a callback that ends the request's accounting.
-    The wait for a breaker slot is a coroutine, made here."""
-    upstream = f"127.0.0.1:{user_port}"
-    requests = stats.requests
-    refusal = metrics.refusal
-    clock = stats.clock
-    loop_time = asyncio.get_running_loop().time if isinstance(clock, LoopClock) else clock.monotonic
-    acc = _Accounting(requests, metrics, loop_time)
-    finish = acc.finish
-    count_failure = acc.count_failure
-
-    async def forward(ex: Exchange, host: str | None) -> int:
+    async def _forward(self, ex: HttpExchange, host: str | None) -> int:
         """To the model server; ``K-Original-Host`` (from the activator) becomes the Host."""
+        upstream = self.upstream
+        timeouts = self.timeouts
         sets, removes = _host_edits(host)
         try:
             result = await ex.forward(
@@ -294,58 +294,32 @@ def build_handler(
                 timeouts=timeouts,
             )
         except UpstreamConnectError as exc:
-            refusal["upstream_connect"].inc()
+            self.refusal["upstream_connect"].inc()
             await ex.respond(502, f"upstream connect error: {exc}\n".encode())
             return 502
-        count_failure(result)
+        self.acc.count_failure(result)
         return result.status
 
-    async def wait_then_forward(ex: Exchange, host: str | None) -> int:
-        """The breaker is busy: wait in its queue (bounded by the total timeout)."""
-        assert breaker is not None
-        deadline = ex.arrived_at + timeouts.total_s if timeouts.total_s > 0 else None
-        try:
-            async with asyncio.timeout_at(deadline) as waiting:
-                async with breaker.maybe():
-                    waiting.reschedule(None)  # the total timeout is forward's from here
-                    return await forward(ex, host)
-        except QueueFullError as exc:
-            refusal["queue_full"].inc()
-            await ex.respond(503, f"{exc}\n".encode())
-            return 503
-        except TimeoutError:
-            refusal["timeout"].inc()
-            await ex.respond(504, f"{timeouts.body_prefix}request timeout".encode())
-            return 504
+    # --- probes (dataplane.probes) -----------------------------------------------------------
 
-    async def slow_path(ex: HttpExchange, proxied: bool, host: str | None) -> None:
-        """The request was counted in; no breaker slot was free."""
-        status = 499
-        try:
-            status = await wait_then_forward(ex, host)
-        except asyncio.CancelledError:  # the client left while the request waited
-            refusal["client_disconnected"].inc()
-            raise
-        finally:
-            finish(ex, proxied, status)
+    def _health(self, ex: HttpExchange, probe: str | None) -> None:
+        """Knative's health handler (§3.4): a health check, or a ``K-Network-Probe`` other
+        than ``probe``."""
+        probes.queue_health(ex, probe, draining=self.drainer.draining, ready=self.readiness.ready)
 
-    def health(ex: Exchange, probe: str | None) -> None:
-        """Knative's health handler (§3.4): ``K-Network-Probe: queue`` or a kubelet probe."""
-        probes.queue_health(ex, probe, draining=drainer.draining, ready=readiness.ready)
-
-    def kingress_probe(ex: Exchange) -> None:
+    def _kingress_probe(self, ex: HttpExchange) -> None:
         """The KIngress prober's ``K-Network-Probe: probe``: echo ``K-Network-Hash``."""
-        probes.kingress_probe(ex, draining=drainer.draining, draining_body=probes.QUEUE_DRAINING)
+        probes.kingress_probe(
+            ex, draining=self.drainer.draining, draining_body=probes.QUEUE_DRAINING
+        )
 
-    return _Handler(
-        acc=acc,
-        requests=requests,
-        clock=clock,
-        breaker=breaker,
-        drainer=drainer,
-        upstream=upstream,
-        timeouts=timeouts,
-        slow_path=slow_path,
-        health=health,
-        kingress_probe=kingress_probe,
+
+def build_breaker(container_concurrency: int) -> Breaker | None:
+    """Knative's ``buildBreaker``: none when CC < 1, else CC active + 10×CC waiting."""
+    if container_concurrency < 1:
+        return None
+    return Breaker(
+        queue_depth=10 * container_concurrency,
+        max_concurrency=container_concurrency,
+        initial_capacity=container_concurrency,
     )
