@@ -4,8 +4,9 @@ cimport cython
 
 from activator.reporter cimport RevisionCounter
 from activator.throttler cimport Admission, RevisionThrottler
+from dataplane.route cimport Route
 from dataplane cimport bytescan
-from dataplane.headers cimport lower_is, raw_line
+from dataplane.messages cimport lower_is, raw_line
 
 
 @cython.locals(name=str, value=str, low=str, n=Py_ssize_t, kubelet=cython.bint)
@@ -40,6 +41,7 @@ cdef class _Lane:
     cdef public RevisionThrottler throttler
     cdef public object metrics
     cdef public RevisionCounter counter
+    cdef public Route route
     cdef public object timeouts
 
 

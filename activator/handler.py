@@ -36,7 +36,8 @@ from activator.throttler import (
 from cluster.spec import Revision, RevisionKey
 from dataplane import bytescan, probes
 from dataplane.api import Exchange, ForwardResult, Timeouts, UpstreamConnectError
-from dataplane.headers import lower_is, raw_line
+from dataplane.messages import lower_is, raw_line
+from dataplane.route import Route
 
 log = logging.getLogger("zeroserve.activator")
 
@@ -135,7 +136,7 @@ def _dead_counter() -> RevisionCounter:
 class _Lane:
     """What the handler needs of one revision, looked up once per route table."""
 
-    __slots__ = ("counter", "key", "metrics", "revision", "throttler", "timeouts")
+    __slots__ = ("counter", "key", "metrics", "revision", "route", "throttler", "timeouts")
 
     def __init__(
         self, revision: Revision, throttler: RevisionThrottler, metrics: RevisionMetrics
@@ -153,6 +154,8 @@ class _Lane:
             idle_s=revision.idle_timeout_s,
             body_prefix="activator ",
         )
+        # the header edits and timeouts of its forwards, made once
+        self.route = Route(remove_prefixes=STRIPPED_PREFIXES, timeouts=self.timeouts)
 
 
 def _proxy_headers(host: str | None, address: str) -> tuple[tuple[str, str], ...]:
@@ -245,14 +248,13 @@ class ActivatorHandler:
         try:
             address = admission.address
             self.paths.hot += 1
-            # (by position: set_headers, remove_headers, remove_prefixes, timeouts, on_refused)
+            # (by position: route, set_headers, remove_headers, on_refused)
             ex.forward_now(
                 address,
                 partial(self._forwarded, ex, lane, admission),
+                lane.route,
                 _proxy_headers(host, address),
                 (),
-                STRIPPED_PREFIXES,
-                lane.timeouts,
                 partial(self._refused, ex, lane, host, admission),
             )
             return None
@@ -377,10 +379,7 @@ class ActivatorHandler:
             if refused is None:
                 try:
                     result = await ex.forward(
-                        address,
-                        set_headers=_proxy_headers(host, address),
-                        remove_prefixes=STRIPPED_PREFIXES,
-                        timeouts=lane.timeouts,
+                        address, route=lane.route, set_headers=_proxy_headers(host, address)
                     )
                     return result.status
                 except UpstreamConnectError as exc:

@@ -25,10 +25,16 @@ from types import ModuleType
 # Read by setup.py (with ast: keep it a literal tuple of dotted names).
 COMPILED_MODULES = (
     "dataplane.server",
+    "dataplane.connection",
+    "dataplane.exchange",
+    "dataplane.request",
     "dataplane.forward",
+    "dataplane.forward_state",
     "dataplane.upstream",
     "dataplane.deadlines",
     "dataplane.headers",
+    "dataplane.messages",
+    "dataplane.route",
     "queue_proxy.handler",
     "queue_proxy.metrics",
     "activator.handler",

@@ -25,7 +25,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final, Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Final, Literal, NamedTuple, Protocol
+
+if TYPE_CHECKING:  # (they import this module: for annotations only)
+    from dataplane.messages import HeaderNames
+    from dataplane.route import Route
 
 
 class UpstreamConnectError(Exception):
@@ -117,8 +121,8 @@ class Exchange(Protocol):
     @property
     def raw_head(self) -> bytes | None:
         """The request line and header lines (each ending in CRLF) exactly as received, when
-        the request was read whole in its plain form (``dataplane.headers.simple_request``;
-        ``dataplane.headers.raw_line`` reads its lines); else None. A handler on the hot path
+        the request was read whole in its plain form (``dataplane.messages.simple_request``;
+        ``dataplane.messages.raw_line`` reads its lines); else None. A handler on the hot path
         may read the few headers it needs here instead of having ``headers`` made."""
         ...
 
@@ -148,10 +152,17 @@ class Exchange(Protocol):
         """:meth:`respond` without the await."""
         ...
 
+    def find_headers(self, names: HeaderNames) -> list[str | None]:
+        """The value of the first header of each of ``names`` (a
+        :class:`dataplane.messages.HeaderNames` made once), None where there is none: the one
+        header scan a handler's hot path needs, over the raw head when there is one."""
+        ...
+
     async def forward(
         self,
         upstream: str,
         *,
+        route: Route | None = None,
         set_headers: Iterable[tuple[str, str]] = (),
         remove_headers: Iterable[str] = (),
         remove_prefixes: Iterable[str] = (),
@@ -161,9 +172,12 @@ class Exchange(Protocol):
 
         Raises :class:`UpstreamConnectError` if the connection failed before anything was sent
         (retry allowed). Any later failure is answered by the core (502 with the reason, 504
-        for a timeout) and reported in the result. Header edits: ``remove_headers`` and
-        ``remove_prefixes`` (case-insensitive) are dropped, then ``set_headers`` replace any
-        header of the same name (a ``Host`` here sets the upstream Host).
+        for a timeout) and reported in the result. ``route`` (a
+        :class:`dataplane.route.Route`, made once per revision) gives the header edits and the
+        timeouts; without one, ``remove_prefixes`` and ``timeouts`` make one for this call.
+        Header edits: ``remove_headers`` and the route's removals (case-insensitive) are
+        dropped, then ``set_headers`` replace any header of the same name (a ``Host`` here sets
+        the upstream Host).
         """
         ...
 
@@ -171,10 +185,9 @@ class Exchange(Protocol):
         self,
         upstream: str,
         on_done: Callable[[ForwardResult], None],
-        set_headers: Iterable[tuple[str, str]] = (),
-        remove_headers: Iterable[str] = (),
-        remove_prefixes: Iterable[str] = (),
-        timeouts: Timeouts = Timeouts(),
+        route: Route,
+        set_headers: tuple[tuple[str, str], ...] = (),
+        remove_headers: tuple[str, ...] = (),
         on_refused: Callable[[UpstreamConnectError], Awaitable[None]] | None = None,
     ) -> None:
         """:meth:`forward` without a task: for a handler that need not wait, and returns None

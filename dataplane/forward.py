@@ -7,10 +7,6 @@ are parsed; each side's write back-pressure pauses reading on the other side.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
-
 from dataplane.api import (
     CLIENT_DISCONNECTED,
     TIMEOUT_IDLE,
@@ -19,15 +15,13 @@ from dataplane.api import (
     UPSTREAM_ERROR,
     ForwardReason,
     ForwardResult,
-    Timeouts,
     UpstreamConnectError,
 )
-from dataplane.deadlines import Deadline, new_deadline
-from dataplane.headers import SimpleResponse, response_head, scan_response_headers, status_line
-from dataplane.upstream import ResponseSink, UpstreamConnection
-
-if TYPE_CHECKING:
-    from dataplane.server import HttpExchange
+from dataplane.deadlines import new_deadline
+from dataplane.forward_state import ForwardState
+from dataplane.headers import response_head, scan_response_headers, status_line
+from dataplane.messages import SimpleResponse
+from dataplane.upstream import UpstreamConnection
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # a deadline's kind → the result's reason and the 504's body
@@ -37,144 +31,52 @@ _TIMEOUT_KINDS: dict[str, tuple[ForwardReason, str]] = {
     "idle": (TIMEOUT_IDLE, "idle timeout"),
 }
 _CHUNKED = b"Transfer-Encoding: chunked\r\n"
-_COMPLETED: dict[int, ForwardResult] = {}
+# The result of a response that went out whole, made once per status at import (a named tuple
+# runs a Python-level ``__new__`` each time it is made): a constant table, not a cache.
+_COMPLETED: dict[int, ForwardResult] = {s: ForwardResult(s, True) for s in range(100, 600)}
 
 
 def _completed(status: int) -> ForwardResult:
-    """The result of a response that went out whole: one shared tuple per status (a named
-    tuple runs a Python-level ``__new__`` each time it is made)."""
     result = _COMPLETED.get(status)
-    if result is None:
-        result = _COMPLETED[status] = ForwardResult(status, True)
-    return result
+    return result if result is not None else ForwardResult(status, True)
 
 
 _LAST_CHUNK = b"0\r\n\r\n"
-_NO_HEADERS: list[tuple[bytes, bytes]] = []  # shared, never added to
-# The Timeouts given last and its durations, read once (a Timeouts is frozen; a proxy passes
-# the same one on every request): a float field of a dataclass is a generic lookup each time.
-_LAST_TIMEOUTS: tuple[Timeouts, float, float, float] | None = None
 
 
-class Forward(ResponseSink):
+class Forward(ForwardState):
     """The state of one forwarded request (a :class:`dataplane.upstream.ResponseSink`).
 
     One way to drive it: :meth:`start` (``Exchange.forward_now``) takes an idle pooled
     connection, or dials one in a task of the server's, and the result goes to the exchange
-    (``HttpExchange._forward_done``), which calls ``on_done`` or, for ``Exchange.forward``, sets
+    (``Request._forward_done``), which calls ``on_done`` or, for ``Exchange.forward``, sets
     the future it awaits. A connection refused before any byte went out goes to
-    ``HttpExchange._forward_refused``.
+    ``Request._forward_refused``. It is handed its server's :class:`ForwardContext` (the pool,
+    the deadlines, the clock) when made, and sees the client side only through
+    :class:`dataplane.request.Request` and its connection. Its fields are
+    :class:`dataplane.forward_state.ForwardState`'s.
     """
 
-    __slots__ = (
-        "_body_sent",
-        "_chunked_in",
-        "_chunked_out",
-        "_close_delimited",
-        "_conn",
-        "_ex",
-        "_head",
-        "_headers",
-        "_idle_handle",
-        "_idle_s",
-        "_informational",
-        "_last_write",
-        "_loop",
-        "_on_done",
-        "_on_refused",
-        "_out",
-        "_replay",
-        "_request_sent",
-        "_resolved",
-        "_start",
-        "_start_s",
-        "_status",
-        "_timeouts",
-        "_total",
-        "_total_s",
-        "_tunnel",
-        "_upstream",
-        "_waiter",
-        "streaming_body",
-    )
-
-    def __init__(
-        self,
-        ex: HttpExchange,
-        head: bytes,
-        timeouts: Timeouts,
-        on_done: Callable[[ForwardResult], None] | None = None,
-        on_refused: Callable[[UpstreamConnectError], Awaitable[None]] | None = None,
-        waiter: asyncio.Future[ForwardResult] | None = None,
-    ) -> None:
-        self._init(ex, head, timeouts, on_done, on_refused, waiter)
-
-    def _init(
-        self,
-        ex: HttpExchange,
-        head: bytes,
-        timeouts: Timeouts,
-        on_done: Callable[[ForwardResult], None] | None,
-        on_refused: Callable[[UpstreamConnectError], Awaitable[None]] | None,
-        waiter: asyncio.Future[ForwardResult] | None,
-    ) -> None:
-        self._ex = ex  # (typed from here: read it back rather than the argument)
-        self._head = head
-        self._timeouts = timeouts
-        global _LAST_TIMEOUTS
-        last = _LAST_TIMEOUTS
-        if last is None or last[0] is not timeouts:
-            last = (timeouts, timeouts.total_s, timeouts.response_start_s, timeouts.idle_s)
-            _LAST_TIMEOUTS = last
-        self._total_s = last[1]
-        self._start_s = last[2]
-        self._idle_s = last[3]
-        self._loop = self._ex._conn._loop
-        self._conn: UpstreamConnection | None = None
-        self._on_done = on_done
-        self._on_refused = on_refused
-        self._waiter = waiter  # Exchange.forward's: the result, or the refusal, goes here
-        self._upstream = ""
-        self._resolved = False
-        self._chunked_in = self._ex._chunked
-        # the upstream connection may read a whole simple response without its parser (not
-        # for HEAD, whose response announces a body it does not have, nor for an upgrade)
-        self.simple_ok = self._ex._method != "HEAD" and not self._ex._upgrade
-        self.streaming_body = False  # client body chunks go straight upstream
-        self._replay: list[bytes] | None = None  # the whole body, kept until a response byte
-        self._body_sent = False  # streamed body bytes went upstream: no retry
-        self._request_sent = False
-        self._status = 0
-        self._headers: list[tuple[bytes, bytes]] = _NO_HEADERS  # (the parser's, once read)
-        self._informational = False
-        self._tunnel = False  # the upstream answered 101 to an upgrade: bytes flow both ways
-        self._chunked_out = False
-        self._close_delimited = False
-        self._out: list[bytes] = []  # response bytes parsed from one upstream read, not yet written
-        self._last_write = 0.0
-        # its total and response-start deadlines in the server's Deadlines (made when armed)
-        self._total: Deadline | None = None
-        self._start: Deadline | None = None
-        self._idle_handle: asyncio.TimerHandle | None = None
+    __slots__ = ()
 
     def start(self, upstream: str) -> None:
         """Forward to ``upstream`` (``host:port``): on its newest idle pooled connection, else
         on a new one, dialed in a task (the request's total timeout runs meanwhile)."""
         self._upstream = upstream
         self._arm_total()
-        client = self._ex._conn
-        conn = client._server.pool.take_idle(upstream, client._time())
+        ctx = self._ctx
+        conn = ctx.pool.take_idle(upstream, ctx.time())
         if conn is not None:
             self._attach(conn, None)
         else:
-            client._server.spawn(self._dial(None))
+            ctx.spawn(self._dial(None))
 
     async def _dial(self, replay: list[bytes] | None) -> None:
         """A new connection: the first (no idle one), or the one retry after a stale pooled
         connection failed (``replay``: the body that went out on it). If it is refused, the
-        exchange decides (:meth:`HttpExchange._forward_refused`): nothing has been answered."""
+        exchange decides (:meth:`Request._forward_refused`): nothing has been answered."""
         try:
-            conn = await self._ex._conn._server.pool.connect(self._upstream)
+            conn = await self._ctx.pool.connect(self._upstream)
         except UpstreamConnectError as exc:
             if self._resolved:  # the total timeout or the client's leaving ended it meanwhile
                 return
@@ -195,7 +97,7 @@ class Forward(ResponseSink):
             d = self._total
             if d is None:
                 d = self._total = new_deadline(self, "total")
-            self._ex._conn._server.deadlines().add(d, self._ex.arrived_at, total_s)
+            self._ctx.deadlines().add(d, self._ex.arrived_at, total_s)
 
     def expire(self, kind: str) -> None:
         """A deadline of the server's :class:`Deadlines` (``total``, ``response-start``)."""
@@ -206,7 +108,7 @@ class Forward(ResponseSink):
         if result is None:
             replay = self._replay or []
             self._replay = None
-            self._ex._conn._server.spawn(self._dial(replay))
+            self._ctx.spawn(self._dial(replay))
             return
         self._resolved = True
         self.cleanup()
@@ -240,12 +142,12 @@ class Forward(ResponseSink):
             self._body_sent = bool(chunks)
             self.streaming_body = True
         if self._start_s > 0 or self._idle_s > 0:
-            now = self._ex._conn._time()
+            now = self._ctx.time()
             if self._start_s > 0:
                 d = self._start
                 if d is None:
                     d = self._start = new_deadline(self, "response-start")
-                ex._conn._server.deadlines().add(d, now, self._start_s)
+                self._ctx.deadlines().add(d, now, self._start_s)
             if self._idle_s > 0:
                 self._last_write = now
                 self._idle_handle = self._loop.call_at(now + self._idle_s, self._on_idle)
@@ -304,9 +206,15 @@ class Forward(ResponseSink):
     def on_simple_response(self, response: SimpleResponse) -> None:
         """A whole response read at once without the parser (:func:`simple_response`): what
         ``on_headers_complete``, ``on_body`` and ``on_message_complete`` would do for it."""
-        status, line, lines, length, body, keep_alive = response
-        self._response_head(status, line, lines, length, False, body)
-        self._response_end(keep_alive)
+        self._response_head(
+            response.status,
+            response.status_line,
+            response.lines,
+            response.length,
+            False,
+            response.body,
+        )
+        self._response_end(response.keep_alive)
 
     def _response_head(
         self,
@@ -347,7 +255,7 @@ class Forward(ResponseSink):
         else:
             self._out.append(b"".join((line, lines, framing, end, body)))
         if self._idle_handle is not None:
-            self._last_write = self._ex._conn._time()
+            self._last_write = self._ctx.time()
         if head_only:  # httptools cannot skip a HEAD response's body: this connection is done
             self.flush()
             self._detach(reuse=False)
@@ -361,7 +269,7 @@ class Forward(ResponseSink):
         else:
             self._out.append(body)
         if self._idle_handle is not None:
-            self._last_write = self._ex._conn._time()
+            self._last_write = self._ctx.time()
 
     def flush(self) -> None:
         """Write what one upstream read produced to the client in one write (head and body
@@ -454,11 +362,6 @@ class Forward(ResponseSink):
         else:
             self._fail(f"upstream closed the connection mid-response: {exc or 'EOF'}")
 
-    def _has_length(self) -> bool:
-        return any(
-            len(n) == 17 and n.lower() == b"transfer-encoding" for n, _ in self._headers
-        ) or any(len(n) == 14 and n.lower() == b"content-length" for n, _ in self._headers)
-
     def upstream_error(self, reason: str) -> None:
         self._conn = None
         self._ex._conn.pause_for_upstream(False)
@@ -479,7 +382,7 @@ class Forward(ResponseSink):
     def _on_idle(self) -> None:
         self._idle_handle = None
         due = self._last_write + self._idle_s
-        if self._ex._conn._time() < due:
+        if self._ctx.time() < due:
             self._idle_handle = self._loop.call_at(due, self._on_idle)
         else:
             self._on_timeout("idle")
@@ -495,7 +398,7 @@ class Forward(ResponseSink):
             ex._response_done = True
             self._finish(ForwardResult(self._status, False, reason), answered=False)
         else:
-            body = self._timeouts.body_prefix + text
+            body = self._route.body_prefix + text
             ex.respond_now(504, body.encode())
             self._finish(ForwardResult(504, False, reason), answered=False)
 
@@ -528,15 +431,10 @@ class Forward(ResponseSink):
                 # connection's reading (client_pause_writing): nothing resumes it once pooled,
                 # and the next response on it would never be read.
                 conn.transport.resume_reading()
-            client._server.pool.release(conn, client._time())
+            self._ctx.pool.release(conn, self._ctx.time())
         else:
             conn.abort()
         self._ex._conn.pause_for_upstream(False)
-
-    def _cancel_start_timer(self) -> None:
-        d = self._start
-        if d is not None and d.queue is not None:
-            self._ex._conn._server.deadlines().remove(d)
 
     def _finish(self, result: ForwardResult, answered: bool = True) -> None:
         self.cleanup_timers()
@@ -544,23 +442,6 @@ class Forward(ResponseSink):
             self._ex._response_finished()
         if not self._resolved:
             self._resolve(result)
-
-    def cleanup_timers(self) -> None:
-        total = self._total
-        start = self._start
-        if (total is not None and total.queue is not None) or (
-            start is not None and start.queue is not None
-        ):
-            deadlines = self._ex._conn._server.deadlines()
-            if total is not None:
-                deadlines.remove(total)
-            if start is not None:
-                deadlines.remove(start)
-        # (a deadline refers to this forward: dropped, they leave no cycle for the collector)
-        self._total = self._start = None
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
-            self._idle_handle = None
 
     def cleanup(self) -> None:
         """Ended (or abandoned by a cancelled ``Exchange.forward``): no timer left, no

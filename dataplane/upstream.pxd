@@ -1,16 +1,16 @@
 # Cython declarations for upstream.py (compiled when built; see setup.py).
 cimport cython
 
-# whether the simple-message passes are taken (dataplane.headers.SIMPLE_PATHS)
+# whether the simple-message passes are taken (dataplane.messages.SIMPLE_PATHS)
 cdef bint SIMPLE_PATHS
 
-from dataplane.headers cimport simple_response
+from dataplane.messages cimport SimpleResponse, simple_response
 
 
 cdef class ResponseSink:
     cdef public bint simple_ok
     cpdef on_headers_complete(self)
-    cpdef on_simple_response(self, tuple response)
+    cpdef on_simple_response(self, SimpleResponse response)
     cpdef on_body(self, body)
     cpdef on_message_complete(self)
     cpdef on_upgraded(self, rest)

@@ -14,7 +14,7 @@ from typing import cast
 import httptools
 
 from dataplane.api import UpstreamConnectError
-from dataplane.headers import SIMPLE_PATHS, SimpleResponse, simple_response
+from dataplane.messages import SIMPLE_PATHS, SimpleResponse, simple_response
 
 log = logging.getLogger("zeroserve.dataplane.upstream")
 

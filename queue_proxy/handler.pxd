@@ -2,8 +2,9 @@
 cimport cython
 
 from dataplane cimport bytescan
-from dataplane.headers cimport lower_is, raw_line
-from dataplane.server cimport DirectHandler, ForwardDone, HttpExchange
+from dataplane.messages cimport lower_is, raw_line
+from dataplane.exchange cimport DirectHandler, ForwardDone, HttpExchange
+from dataplane.route cimport Route
 from metrics.request_stats cimport RequestStats
 from queue_proxy.metrics cimport QueueMetrics
 
@@ -61,6 +62,7 @@ cdef class QueueHandler(DirectHandler):
     cdef public object readiness
     cdef public dict refusal
     cdef public RequestStats requests
+    cdef public Route route
     cdef public object timeouts
     cdef public str upstream
     @cython.locals(

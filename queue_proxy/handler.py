@@ -25,8 +25,9 @@ from dataplane.api import (
     UpstreamConnectError,
 )
 from dataplane.breaker import Breaker, QueueFullError
-from dataplane.headers import lower_is, raw_line
-from dataplane.server import DirectHandler, ForwardDone, HttpExchange
+from dataplane.exchange import DirectHandler, ForwardDone, HttpExchange
+from dataplane.messages import lower_is, raw_line
+from dataplane.route import Route
 from metrics.clock import LoopClock
 from metrics.request_stats import RequestStats
 from queue_proxy.drain import Drainer
@@ -187,6 +188,7 @@ class QueueHandler(DirectHandler):
         "readiness",
         "refusal",
         "requests",
+        "route",
         "timeouts",
         "upstream",
     )
@@ -204,6 +206,8 @@ class QueueHandler(DirectHandler):
     ) -> None:
         self.upstream = f"127.0.0.1:{user_port}"
         self.timeouts = timeouts
+        # the header edits and timeouts of every forward, made once
+        self.route = Route(remove_prefixes=_KNATIVE_PREFIXES, timeouts=timeouts)
         self.breaker = breaker
         self.requests = stats.requests
         self.refusal = metrics.refusal
@@ -243,8 +247,8 @@ class QueueHandler(DirectHandler):
                 return self._slow_path(ex, proxied, host)
         done = _new_done(self.acc, ex, proxied, release)
         sets, removes = _host_edits(host)
-        # (by position: set_headers, remove_headers, remove_prefixes, timeouts)
-        ex.forward_now(self.upstream, done, sets, removes, _KNATIVE_PREFIXES, self.timeouts)
+        # (by position: route, set_headers, remove_headers)
+        ex.forward_now(self.upstream, done, self.route, sets, removes)
         return None
 
     # --- the slow path -----------------------------------------------------------------------
@@ -282,16 +286,10 @@ class QueueHandler(DirectHandler):
 
     async def _forward(self, ex: HttpExchange, host: str | None) -> int:
         """To the model server; ``K-Original-Host`` (from the activator) becomes the Host."""
-        upstream = self.upstream
-        timeouts = self.timeouts
         sets, removes = _host_edits(host)
         try:
             result = await ex.forward(
-                upstream,
-                set_headers=sets,
-                remove_headers=removes,
-                remove_prefixes=_KNATIVE_PREFIXES,
-                timeouts=timeouts,
+                self.upstream, route=self.route, set_headers=sets, remove_headers=removes
             )
         except UpstreamConnectError as exc:
             self.refusal["upstream_connect"].inc()

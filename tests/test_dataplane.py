@@ -23,6 +23,7 @@ from dataplane.api import (
     UpstreamConnectError,
 )
 from dataplane.headers import synthesize_forwarded
+from dataplane.route import Route
 from dataplane.server import Server, serve
 from dataplane.upstream import UpstreamPool
 from tests.dataplane_fixtures import (
@@ -34,6 +35,8 @@ from tests.dataplane_fixtures import (
     run_app,
     upstream_app,
 )
+
+ROUTE = Route()  # no edits, no timeouts
 
 
 @dataclass
@@ -84,9 +87,8 @@ async def proxy(request: pytest.FixtureRequest) -> AsyncIterator[Proxy]:
             ex.forward_now(
                 f"127.0.0.1:{p.upstream_port}",
                 p.results.append,
-                set_headers=[("X-Set", "yes")],
-                remove_prefixes=["knative-serving-"],
-                timeouts=p.timeouts,
+                Route(remove_prefixes=["knative-serving-"], timeouts=p.timeouts),
+                set_headers=(("X-Set", "yes"),),
                 on_refused=partial(refused, ex),
             )
             return None
@@ -597,7 +599,7 @@ async def test_forward_now_retries_a_stale_pooled_connection(upstream_listens: b
     results: list[ForwardResult] = []
 
     def handler(ex: Exchange) -> Awaitable[None] | None:
-        ex.forward_now(f"127.0.0.1:{port}", results.append)
+        ex.forward_now(f"127.0.0.1:{port}", results.append, ROUTE)
         return None
 
     server = await serve(handler, "127.0.0.1", 0)
@@ -684,7 +686,7 @@ async def test_reused_connection_gone_stale_is_retried_with_the_body(mode: str) 
         results.append(await ex.forward(target))
 
     def handler_now(ex: Exchange) -> Awaitable[None] | None:
-        ex.forward_now(target, results.append)
+        ex.forward_now(target, results.append, ROUTE)
         return None
 
     server = await serve(handler if mode == "await" else handler_now, "127.0.0.1", 0)
@@ -713,7 +715,7 @@ async def test_forward_now_hands_a_refused_retry_to_on_refused() -> None:
         results.append(await ex.forward(f"127.0.0.1:{other_port}"))
 
     def handler(ex: Exchange) -> Awaitable[None] | None:
-        ex.forward_now(first, results.append, on_refused=partial(elsewhere, ex))
+        ex.forward_now(first, results.append, ROUTE, on_refused=partial(elsewhere, ex))
         return None
 
     async with run_app(upstream_app()) as (_, other_port):
@@ -776,7 +778,7 @@ async def test_forward_now_dials_when_no_pooled_connection_is_idle() -> None:
         results: list[ForwardResult] = []
 
         def handler(ex: Exchange) -> Awaitable[None] | None:
-            ex.forward_now(f"127.0.0.1:{port}", results.append)
+            ex.forward_now(f"127.0.0.1:{port}", results.append, ROUTE)
             return None
 
         server = await serve(handler, "127.0.0.1", 0)
@@ -797,7 +799,7 @@ async def test_forward_now_refused_without_on_refused_is_a_502_with_its_reason()
     results: list[ForwardResult] = []
 
     def handler(ex: Exchange) -> Awaitable[None] | None:
-        ex.forward_now("127.0.0.1:1", results.append)  # nothing listens there
+        ex.forward_now("127.0.0.1:1", results.append, ROUTE)  # nothing listens there
         return None
 
     server = await serve(handler, "127.0.0.1", 0)
@@ -820,7 +822,7 @@ async def test_forward_now_from_a_coroutine_is_refused_with_the_way_to_go(proxy:
 
     async def handler(ex: Exchange) -> None:
         await asyncio.sleep(0)
-        ex.forward_now(upstream, results.append)
+        ex.forward_now(upstream, results.append, ROUTE)
 
     server = await serve(handler, "127.0.0.1", 0)
     try:

@@ -15,11 +15,12 @@ from contextlib import contextmanager
 
 from dataplane.api import Exchange, ForwardResult
 from dataplane.heap import freeze_startup_heap
+from dataplane.route import Route
 from dataplane.server import serve
 from tests.dataplane_fixtures import raw_exchange
 
 # the connection objects of the core, and the parsers that used to hold them in a cycle
-_WATCHED = {"_Connection", "HttpRequestParser", "UpstreamConnection", "HttpResponseParser"}
+_WATCHED = {"Connection", "HttpRequestParser", "UpstreamConnection", "HttpResponseParser"}
 
 
 @contextmanager
@@ -58,7 +59,7 @@ async def test_closed_connections_leave_no_cycles() -> None:
     results: list[ForwardResult] = []
 
     def handler(ex: Exchange) -> Awaitable[None] | None:
-        ex.forward_now(f"127.0.0.1:{up_port}", results.append)
+        ex.forward_now(f"127.0.0.1:{up_port}", results.append, Route())
         return None
 
     server = await serve(handler, "127.0.0.1", 0)

@@ -223,3 +223,13 @@ def test_no_private_name_of_the_core_is_imported_outside_it() -> None:
         for found in _private_core_imports(path)
     ]
     assert not bad, "private names of dataplane imported:\n" + "\n".join(bad)
+
+
+def test_no_module_of_the_core_is_over_500_lines() -> None:
+    """The forwarding core stays in modules one can read whole (docs/dataplane.md)."""
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in package_files("dataplane")
+        if (n := len(p.read_text().splitlines())) > 500
+    }
+    assert not long, long

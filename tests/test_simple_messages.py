@@ -14,17 +14,27 @@ import httptools
 
 import dataplane
 from activator.handler import header_marks, raw_header_marks
-from dataplane import headers
+from dataplane import messages
+from dataplane.api import Exchange
 from dataplane.headers import (
     edited_request_head,
-    raw_headers,
     request_edits,
     scan_response_headers,
+    status_line,
+    xff_line,
+)
+from dataplane.messages import (
+    HeaderNames,
+    SimpleRequest,
+    find_raw_headers,
+    raw_headers,
     simple_request,
     simple_response,
-    status_line,
 )
+from dataplane.route import Route
+from dataplane.server import serve
 from queue_proxy.handler import raw_request_marks, request_marks
+from tests.dataplane_fixtures import raw_exchange
 
 NGINX = (
     b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Mon, 23 Nov 2026 03:00:00 GMT\r\n"
@@ -79,7 +89,8 @@ def _parse(data: bytes) -> tuple[int, bytes, bytes, bytes, bytes, bool] | None:
 
 def test_nginx_response_is_read_whole_and_its_lines_kept_as_one_slice() -> None:
     got = simple_response(NGINX)
-    assert got == (
+    assert got is not None
+    assert got.astuple() == (
         200,
         b"HTTP/1.1 200 OK\r\n",
         b"Server: nginx/1.22.1\r\nDate: Mon, 23 Nov 2026 03:00:00 GMT\r\n"
@@ -88,7 +99,7 @@ def test_nginx_response_is_read_whole_and_its_lines_kept_as_one_slice() -> None:
         b'{"predictions":1}',
         True,
     )
-    assert got == _parse(NGINX)
+    assert got.astuple() == _parse(NGINX)
 
 
 def test_uvicorn_style_lower_case_and_connection_close() -> None:
@@ -98,10 +109,10 @@ def test_uvicorn_style_lower_case_and_connection_close() -> None:
     )
     got = simple_response(data)
     assert got is not None
-    assert got[0] == 503
-    assert got[5] is False  # not kept alive
-    assert got[2] == b"date: x\r\nserver: uvicorn\r\ncontent-type: text/plain\r\n"
-    assert got == _parse(data)
+    assert got.status == 503
+    assert got.keep_alive is False  # not kept alive
+    assert got.lines == b"date: x\r\nserver: uvicorn\r\ncontent-type: text/plain\r\n"
+    assert got.astuple() == _parse(data)
 
 
 def test_what_it_leaves_to_the_parser() -> None:
@@ -176,7 +187,7 @@ def test_random_responses_against_the_parser() -> None:
         if got is None:
             continue
         accepted += 1
-        assert got == want, data
+        assert got.astuple() == want, data
     # it does take a share of what the parser reads whole (the rest: 1.0, 1xx, 204/304, odd
     # Connection tokens, control bytes in a reason phrase the parser lets through)
     assert accepted > 0.25 * valid, (accepted, valid)
@@ -200,7 +211,7 @@ def test_every_plain_response_is_taken() -> None:
         data = b"\r\n".join(lines) + b"\r\n\r\n" + body
         got = simple_response(data)
         assert got is not None, data
-        assert got == _parse(data), data
+        assert got.astuple() == _parse(data), data
 
 
 # --- requests ---------------------------------------------------------------------------------
@@ -248,11 +259,11 @@ def _parse_request(data: bytes) -> tuple[str, str, list[tuple[str, str]], int, b
 
 
 def _as_parsed(
-    got: tuple[str, str, int, bool, bytes, bytes],
+    got: SimpleRequest,
 ) -> tuple[str, str, list[tuple[str, str]], int, bool, bytes]:
     """A :func:`simple_request` result in :func:`_parse_request`'s form (its headers made from
     the raw head, as the core makes them when a handler asks)."""
-    method, target, length, keep_alive, body, raw = got
+    method, target, length, keep_alive, body, raw = got.astuple()
     return method, target, raw_headers(raw), length, keep_alive, body
 
 
@@ -265,7 +276,7 @@ def test_a_typical_request_is_read_whole() -> None:
     got = simple_request(data)
     assert got is not None
     # the request line and header lines as they came (for the head sent upstream)
-    assert got[-1] == data[: data.index(b"\r\n\r\n") + 2]
+    assert got.raw == data[: data.index(b"\r\n\r\n") + 2]
     assert _as_parsed(got) == (
         "POST",
         "/v1/models/m:predict?x=1",
@@ -397,13 +408,12 @@ def test_head_from_the_raw_lines_reads_as_the_head_written_anew() -> None:
         data = b"\r\n".join(lines) + b"\r\n\r\n"
         req = simple_request(data)
         assert req is not None, data
-        method, target, _, _, _, raw = req
+        method, target, raw = req.method, req.target, req.raw
         edits = request_edits(**rng.choice(_EDITS))  # type: ignore[arg-type]
         framing = rng.choice([b"", b"Content-Length: 3\r\n"])
-        from_raw = edited_request_head(method, target, None, "10.1.2.3", framing, edits, None, raw)
-        anew = edited_request_head(
-            method, target, raw_headers(raw), "10.1.2.3", framing, edits, None
-        )
+        client = ("10.1.2.3", xff_line("10.1.2.3"))
+        from_raw = edited_request_head(method, target, None, *client, framing, edits, None, raw)
+        anew = edited_request_head(method, target, raw_headers(raw), *client, framing, edits, None)
         assert _parse_request(from_raw + b"abc"[: 3 if framing else 0]) == _parse_request(
             anew + b"abc"[: 3 if framing else 0]
         ), (data, edits)
@@ -419,20 +429,23 @@ _EDIT_ARGS: list[tuple[tuple[tuple[str, str], ...], tuple[str, ...], tuple[str, 
 ]
 
 
-def test_request_edits_follow_their_arguments_however_they_alternate() -> None:
-    """The edits asked for last are reused for the same tuples: alternating between argument
-    sets (and equal tuples made anew) gives each its own edits every time."""
+def test_a_routes_edits_follow_each_requests_headers_however_they_alternate() -> None:
+    """A route keeps the edits of each set of names a request sets or removes: alternating
+    between them (and equal tuples made anew) gives each request its own edits every time."""
     raw = (
         b"GET / HTTP/1.1\r\nKnative-Serving-Rev: r1\r\nK-Original-Host: h\r\n"
         b"X-Forwarded-For: 9.9.9.9\r\n"
     )
     rng = random.Random(5)
+    routes: dict[tuple[str, ...], Route] = {}
+    client = ("10.1.2.3", xff_line("10.1.2.3"))
     for _ in range(300):
         sets, removes, prefixes = rng.choice(_EDIT_ARGS)
         if rng.random() < 0.5:  # equal, but not the same tuples
             sets, removes, prefixes = tuple(list(sets)), tuple(list(removes)), tuple(list(prefixes))
-        edits = request_edits(sets, removes, prefixes)
-        head = edited_request_head("GET", "/", None, "10.1.2.3", b"", edits, None, raw).lower()
+        route = routes.setdefault(prefixes, Route(remove_prefixes=prefixes))
+        edits = route.edits_for(sets, removes)
+        head = edited_request_head("GET", "/", None, *client, b"", edits, None, raw).lower()
         gone = {n.lower() for n in removes}
         for name in ("knative-serving-rev", "k-original-host"):
             kept = name not in gone and not any(name.startswith(p) for p in prefixes)
@@ -444,7 +457,7 @@ def test_request_edits_follow_their_arguments_however_they_alternate() -> None:
 
 def test_the_core_takes_the_simple_paths_only_when_compiled() -> None:
     # Run by the interpreter, the byte loops cost more than the parser's callbacks.
-    assert headers.SIMPLE_PATHS is dataplane.compiled()
+    assert messages.SIMPLE_PATHS is dataplane.compiled()
 
 
 # --- the queue-proxy's marks, read from the raw head ------------------------------------------
@@ -474,7 +487,7 @@ def _random_raw_heads(
         data = b"\r\n".join(lines) + b"\r\n\r\n"
         req = simple_request(data)
         assert req is not None, data
-        yield req[-1]
+        yield req.raw
 
 
 def test_raw_marks_read_as_the_header_marks() -> None:
@@ -510,3 +523,49 @@ def test_activator_raw_marks_read_as_the_header_marks() -> None:
         b"User-Agent: kube-probe/1.30\r\n"
     )
     assert raw_header_marks(head) == ("a.example", "probe", True)
+
+
+def _first_values(headers: list[tuple[str, str]], names: HeaderNames) -> list[str | None]:
+    """The value of the first header of each name, case-insensitively: what find_headers
+    must give."""
+    found: list[str | None] = []
+    for low in names.lows:
+        found.append(next((v for k, v in headers if k.lower() == low), None))
+    return found
+
+
+def test_find_headers_reads_the_first_of_each_name_from_the_raw_head() -> None:
+    names = HeaderNames(
+        "Host", "K-Network-Probe", "k-kubelet-probe", "User-Agent", "K-Original-Host"
+    )
+    for raw in _random_raw_heads(11, _MARK_NAMES + _ACT_NAMES, _MARK_VALUES + _ACT_VALUES):
+        assert find_raw_headers(raw, names) == _first_values(raw_headers(raw), names), raw
+    head = b"GET / HTTP/1.1\r\nhost: a\r\nHOST: b\r\nUser-Agent:  kube-probe/1.30\r\n"
+    assert find_raw_headers(head, names) == ["a", None, None, "kube-probe/1.30", None]
+    assert find_raw_headers(b"GET / HTTP/1.1\r\n", names) == [None] * 5
+
+
+async def test_exchange_find_headers_is_the_same_read_whole_or_parsed() -> None:
+    """Exchange.find_headers over a request read whole (its raw head) and over one the parser
+    read (a chunked body sends it there) gives the same values."""
+    names = HeaderNames("host", "X-A", "x-missing")
+    seen: list[list[str | None]] = []
+
+    def handler(ex: Exchange) -> None:
+        seen.append(ex.find_headers(names))
+        ex.respond_now(200, b"ok")
+
+    server = await serve(handler, "127.0.0.1", 0)
+    try:
+        heads = [
+            b"GET / HTTP/1.1\r\nHost: h\r\nx-a: 1\r\nX-A: 2\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: h\r\nx-a: 1\r\nX-A: 2\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ]
+        for head in heads:
+            answer = await raw_exchange(server.port, head)
+            assert answer.startswith(b"HTTP/1.1 200"), answer
+    finally:
+        server.close()
+        await server.wait_closed(2)
+    assert seen == [["h", "1", None], ["h", "1", None]]

@@ -1,0 +1,68 @@
+"""Per-route forwarding values, made once per revision rather than per request.
+
+A :class:`Route` is what a handler forwards a revision's requests with: the request-head edits
+(:class:`dataplane.headers.Edits`) and the timeouts, in the forms the core reads per request.
+Headers a request sets that depend on the request itself (``Host`` from ``K-Original-Host``,
+the pod's address) go with each forward; their edits are made once per distinct set of names
+and kept by the route.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from dataplane.api import Timeouts
+from dataplane.headers import Edits, request_edits
+
+NO_TIMEOUTS = Timeouts()
+_NAMED_MAX = 64  # distinct name sets a route keeps edits for (handlers use one or two)
+
+
+class Route:
+    """How a handler forwards one revision's requests (see the module doc)."""
+
+    __slots__ = (
+        "_named",
+        "_prefixes",
+        "_removes",
+        "body_prefix",
+        "edits",
+        "idle_s",
+        "response_start_s",
+        "timeouts",
+        "total_s",
+    )
+
+    def __init__(
+        self,
+        *,
+        remove_headers: Iterable[str] = (),
+        remove_prefixes: Iterable[str] = (),
+        timeouts: Timeouts = NO_TIMEOUTS,
+    ) -> None:
+        self._removes = tuple(remove_headers)
+        self._prefixes = tuple(remove_prefixes)
+        self.edits = request_edits((), self._removes, self._prefixes)
+        # (name sets, extra removed names) → their edits
+        self._named: dict[tuple[tuple[str, ...], tuple[str, ...]], Edits] = {}
+        self.timeouts = timeouts
+        # the durations as plain floats (a frozen dataclass's field is a generic lookup)
+        self.total_s = timeouts.total_s
+        self.response_start_s = timeouts.response_start_s
+        self.idle_s = timeouts.idle_s
+        self.body_prefix = timeouts.body_prefix
+
+    def edits_for(
+        self, set_headers: tuple[tuple[str, str], ...], remove_headers: tuple[str, ...]
+    ) -> Edits:
+        """The route's edits with this request's ``set_headers`` (each replacing any header of
+        its name) and ``remove_headers`` on top."""
+        if not set_headers and not remove_headers:
+            return self.edits
+        key = (tuple([name for name, _ in set_headers]), remove_headers)
+        edits = self._named.get(key)
+        if edits is None:
+            edits = request_edits((), self._removes + key[0] + remove_headers, self._prefixes)
+            if len(self._named) < _NAMED_MAX:
+                self._named[key] = edits
+        return edits.with_sets(set_headers)
