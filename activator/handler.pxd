@@ -5,26 +5,11 @@ cimport cython
 from activator.reporter cimport RevisionCounter
 from activator.throttler cimport Admission, RevisionThrottler
 from dataplane.route cimport Route
-from dataplane cimport bytescan
-from dataplane.messages cimport lower_is, raw_line
+from dataplane.messages cimport HeaderNames
 
 
-@cython.locals(name=str, value=str, low=str, n=Py_ssize_t, kubelet=cython.bint)
-cpdef tuple header_marks(object headers)
-
-
-@cython.locals(
-    p=cython.p_uchar,
-    n=Py_ssize_t,
-    pos=Py_ssize_t,
-    j=Py_ssize_t,
-    v=Py_ssize_t,
-    end=Py_ssize_t,
-    c=int,
-    length=Py_ssize_t,
-    kubelet=cython.bint,
-)
-cpdef tuple raw_header_marks(bytes raw)
+@cython.locals(kubelet_probe=str, agent=str, kubelet=cython.bint)
+cpdef tuple header_marks(list found)
 
 
 @cython.final

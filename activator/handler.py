@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 from activator.metrics import ActivatorMetrics, RevisionMetrics
@@ -34,9 +34,9 @@ from activator.throttler import (
     WaitTimeoutError,
 )
 from cluster.spec import Revision, RevisionKey
-from dataplane import bytescan, probes
+from dataplane import probes
 from dataplane.api import Exchange, ForwardResult, Timeouts, UpstreamConnectError
-from dataplane.messages import lower_is, raw_line
+from dataplane.messages import HeaderNames
 from dataplane.route import Route
 
 log = logging.getLogger("zeroserve.activator")
@@ -47,68 +47,24 @@ STRIPPED_PREFIXES = ("k-", "knative-serving-")
 _HOST_CACHE_MAX = 10_000
 # User agents of health checks (Knative's HealthHandler): the kubelet's only.
 _HEALTH_AGENTS = probes.KUBELET_AGENTS
-_HEALTH_AGENTS_RAW = tuple(agent.encode() for agent in _HEALTH_AGENTS)
 
 
-def header_marks(headers: Sequence[tuple[str, str]]) -> tuple[str | None, str | None, bool]:
-    """What the activator reads in a request's headers, in one pass: (the first ``Host``, the
-    first ``K-Network-Probe``, a health check: a non-empty ``K-Kubelet-Probe`` or a kubelet
-    user agent)."""
-    host: str | None = None
-    probe: str | None = None
-    kubelet = False
-    for name, value in headers:
-        if not name or name[0] not in "hHkKuU":
-            continue
-        n = len(name)
-        if n == 4:
-            if host is None and name.lower() == "host":
-                host = value
-        elif n == 15:
-            low = name.lower()
-            if low == "k-network-probe":
-                if probe is None:
-                    probe = value
-            elif low == "k-kubelet-probe" and value:
-                kubelet = True
-        elif n == 10 and name.lower() == "user-agent" and value.startswith(_HEALTH_AGENTS):
-            kubelet = True
-    return host, probe, kubelet
+MARK_HEADERS = HeaderNames("Host", "K-Network-Probe", "K-Kubelet-Probe", "User-Agent")
+"""The headers the activator reads in every request, found in one pass
+(``Exchange.find_headers``: the first of each, as Go's ``Header.Get``)."""
 
 
-def raw_header_marks(raw: bytes) -> tuple[str | None, str | None, bool]:
-    """:func:`header_marks` over a request's raw head (``Exchange.raw_head``), by bytes: a
-    value is decoded only for a name that matters here."""
-    p = raw  # (compiled: a pointer to the bytes; every index is checked against n)
-    n = len(raw)
-    pos = bytescan.find_byte(p, 0, n, 10) + 1  # past the request line
-    host: str | None = None
-    probe: str | None = None
-    kubelet = False
-    while pos < n:
-        j, v, end = raw_line(raw, pos)
-        c = p[pos] | 32
-        length = j - pos
-        if c == 104 and length == 4:  # "h"
-            if host is None and lower_is(raw, pos, j, b"host"):
-                host = p[v:end].decode("latin-1")
-        elif c == 107 and length == 15:  # "k"
-            if lower_is(raw, pos, j, b"k-network-probe"):
-                if probe is None:
-                    probe = p[v:end].decode("latin-1")
-            elif end > v and lower_is(raw, pos, j, b"k-kubelet-probe"):
-                kubelet = True
-        elif (
-            c == 117
-            and length == 10
-            and v < end
-            and p[v] == 107  # "k": every agent of _HEALTH_AGENTS starts with kube-probe/
-            and lower_is(raw, pos, j, b"user-agent")
-            and raw.startswith(_HEALTH_AGENTS_RAW, v)
-        ):
-            kubelet = True
-        pos = end + 2
-    return host, probe, kubelet
+def header_marks(found: list[str | None]) -> tuple[str | None, str | None, bool]:
+    """What the activator reads in a request, from the values of :data:`MARK_HEADERS`: (the
+    ``Host``, the ``K-Network-Probe``, a health check: a non-empty ``K-Kubelet-Probe`` or a
+    kubelet user agent)."""
+    kubelet_probe = found[2]
+    agent = found[3]
+    # (the kubelet's agent starts with a k: most agents are ruled out by their first letter)
+    kubelet = bool(kubelet_probe) or (
+        agent is not None and agent[:1] == "k" and agent.startswith(_HEALTH_AGENTS)
+    )
+    return found[0], found[1], kubelet
 
 
 class PathCounts:
@@ -212,11 +168,7 @@ class ActivatorHandler:
 
     def handle(self, ex: Exchange) -> Awaitable[None] | None:
         """The handler's body (a method of its own, so that its locals are typed compiled)."""
-        raw = ex.raw_head
-        if raw is not None:
-            host, probe, kubelet = raw_header_marks(raw)
-        else:
-            host, probe, kubelet = header_marks(ex.headers)
+        host, probe, kubelet = header_marks(ex.find_headers(MARK_HEADERS))
         if kubelet:
             self._health(ex)
             return None

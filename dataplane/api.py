@@ -155,7 +155,8 @@ class Exchange(Protocol):
     def find_headers(self, names: HeaderNames) -> list[str | None]:
         """The value of the first header of each of ``names`` (a
         :class:`dataplane.messages.HeaderNames` made once), None where there is none: the one
-        header scan a handler's hot path needs, over the raw head when there is one."""
+        header scan a handler's hot path needs, over the raw head when there is one. The list
+        is the names' own (``names.found``), refilled by the next lookup: read it at once."""
         ...
 
     async def forward(

@@ -122,11 +122,14 @@ class HttpExchange(Request):
     def find_headers(self, names: HeaderNames) -> list[str | None]:
         """The value of the first header of each of ``names`` (None where there is none), in
         one pass: over the raw head when the request was read whole (a value decoded only
-        when asked for), else over the parsed headers."""
+        when asked for), else over the parsed headers. The list is ``names.found``, refilled by
+        the next lookup with the same names: read it before the handler returns."""
         raw = self.raw_head
         if raw is not None:
             return find_raw_headers(raw, names)
-        found: list[str | None] = [None] * names.count
+        found = names.found
+        for i in range(names.count):
+            found[i] = None
         lows = names.lows
         for k, v in self._header_list():
             n = len(k)

@@ -4,7 +4,9 @@ cimport cython
 
 from dataplane cimport bytescan
 
+# (a free list: one is made and dropped per message, as a tuple was, which has one)
 @cython.final
+@cython.freelist(16)
 cdef class SimpleResponse:
     cdef public int status
     cdef public bytes status_line
@@ -14,7 +16,9 @@ cdef class SimpleResponse:
     cdef public bint keep_alive
 
 
+# (a free list: one is made and dropped per message, as a tuple was, which has one)
 @cython.final
+@cython.freelist(16)
 cdef class SimpleRequest:
     cdef public str method
     cdef public str target
@@ -119,6 +123,9 @@ cdef int _keep_alive(bytes data, Py_ssize_t start, Py_ssize_t end) except? -2
 @cython.final
 cdef class HeaderNames:
     cdef public Py_ssize_t count
+    cdef public list found
+    cdef public bytes firsts
+    cdef public unsigned long long lengths
     cdef public tuple lows
     cdef public tuple raws
 
@@ -136,5 +143,7 @@ cdef class HeaderNames:
     length=Py_ssize_t,
     i=Py_ssize_t,
     want=bytes,
+    firsts=cython.p_uchar,
+    lengths=cython.ulonglong,
 )
 cpdef list find_raw_headers(bytes raw, HeaderNames names)

@@ -396,29 +396,49 @@ def raw_headers(raw: bytes) -> list[tuple[str, str]]:
 
 class HeaderNames:
     """Header names a handler looks up in every request (:meth:`dataplane.api.Exchange.
-    find_headers`), made once: lower-cased, and as bytes for the raw head."""
+    find_headers`), made once: lower-cased, and as bytes for the raw head. It also holds the
+    list a lookup fills (one per handler: a request's lookup allocates nothing but the values
+    it finds; the event loop runs one handler at a time, which reads it before the next)."""
 
-    __slots__ = ("count", "lows", "raws")
+    __slots__ = ("count", "firsts", "found", "lengths", "lows", "raws")
 
     def __init__(self, *names: str) -> None:
         self.lows = tuple([n.lower() for n in names])
         self.raws = tuple([n.encode("latin-1") for n in self.lows])
         self.count = len(names)
+        self.found: list[str | None] = [None] * self.count
+        # the names' first bytes (both cases), and bit min(length, 63) for each name's length:
+        # most lines are ruled out by these two alone
+        firsts = bytearray(256)
+        lengths = 0
+        for n in self.raws:
+            if n:
+                firsts[n[0]] = firsts[ord(chr(n[0]).upper()) & 255] = 1
+            lengths |= 1 << min(len(n), 63)
+        self.firsts = bytes(firsts)
+        self.lengths = lengths
 
 
 def find_raw_headers(raw: bytes, names: HeaderNames) -> list[str | None]:
     """The value of the first header of each of ``names`` in a head :func:`simple_request`
-    read (None where there is none): one pass over its lines, a value decoded only when it is
-    one asked for."""
-    found: list[str | None] = [None] * names.count
+    read (None where there is none), in ``names.found``: one pass over its lines, a value
+    decoded only when it is one asked for."""
+    found = names.found
+    for i in range(names.count):
+        found[i] = None
     p = raw  # (compiled: a pointer to the bytes; every index is checked against n)
     n = len(raw)
     pos = bytescan.find_byte(p, 0, n, 10) + 1  # past the request line
     left = names.count
     raws = names.raws
+    firsts = names.firsts
+    lengths = names.lengths
     while pos < n and left > 0:
         j, v, end = raw_line(raw, pos)
         length = j - pos
+        if not firsts[p[pos]] or not (lengths >> (length if length < 63 else 63)) & 1:
+            pos = end + 2
+            continue
         for i in range(names.count):
             want = raws[i]
             if len(want) == length and found[i] is None and lower_is(raw, pos, j, want):

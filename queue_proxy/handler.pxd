@@ -1,30 +1,15 @@
 # Cython declarations for handler.py (compiled when built; see setup.py).
 cimport cython
 
-from dataplane cimport bytescan
-from dataplane.messages cimport lower_is, raw_line
+from dataplane.messages cimport HeaderNames
 from dataplane.exchange cimport DirectHandler, ForwardDone, HttpExchange
 from dataplane.route cimport Route
 from metrics.request_stats cimport RequestStats
 from queue_proxy.metrics cimport QueueMetrics
 
 
-@cython.locals(name=str, value=str, low=str, proxied=cython.bint, kubelet=cython.bint)
-cpdef tuple request_marks(object headers)
-
-
-@cython.locals(
-    p=cython.p_uchar,
-    n=Py_ssize_t,
-    pos=Py_ssize_t,
-    j=Py_ssize_t,
-    v=Py_ssize_t,
-    end=Py_ssize_t,
-    c=int,
-    proxied=cython.bint,
-    kubelet=cython.bint,
-)
-cpdef tuple raw_request_marks(bytes raw)
+@cython.locals(kubelet_probe=str, agent=str, kubelet=cython.bint)
+cpdef tuple request_marks(list found)
 
 
 @cython.final

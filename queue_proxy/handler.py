@@ -10,9 +10,9 @@ total timeout while waiting) → forward to the model server (timeouts, header r
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 
-from dataplane import bytescan, probes
+from dataplane import probes
 from dataplane.api import (
     CLIENT_DISCONNECTED,
     TIMEOUT_IDLE,
@@ -26,7 +26,7 @@ from dataplane.api import (
 )
 from dataplane.breaker import Breaker, QueueFullError
 from dataplane.exchange import DirectHandler, ForwardDone, HttpExchange
-from dataplane.messages import lower_is, raw_line
+from dataplane.messages import HeaderNames
 from dataplane.route import Route
 from metrics.clock import LoopClock
 from metrics.request_stats import RequestStats
@@ -59,58 +59,24 @@ def _host_edits(host: str | None) -> tuple[tuple[tuple[str, str], ...], tuple[st
     return (("Host", host),), _ORIGINAL_HOST
 
 
-def request_marks(
-    headers: Sequence[tuple[str, str]],
-) -> tuple[bool, str | None, str | None, bool]:
-    """One pass over a request's headers for what the queue-proxy reads in them (``K-*`` and
-    ``User-Agent``): (proxied by the activator, ``K-Original-Host``, ``K-Network-Probe``, a
-    health check: a non-empty ``K-Kubelet-Probe`` or a health-check user agent)."""
-    proxied = kubelet = False
-    host: str | None = None
-    probe: str | None = None
-    for name, value in headers:
-        if not name or name[0] not in "kKuU":
-            continue
-        low = name.lower()
-        if low == "k-proxy-request":
-            proxied = value == "activator"
-        elif low == "k-original-host":
-            host = value
-        elif low == "k-network-probe":
-            probe = value
-        elif (low == "k-kubelet-probe" and value != "") or (
-            low == "user-agent" and value.startswith(_HEALTH_AGENTS)
-        ):
-            kubelet = True
-    return proxied, host, probe, kubelet
+MARK_HEADERS = HeaderNames(
+    "K-Proxy-Request", "K-Original-Host", "K-Network-Probe", "K-Kubelet-Probe", "User-Agent"
+)
+"""The headers the queue-proxy reads in every request, found in one pass
+(``Exchange.find_headers``: the first of each, as Go's ``Header.Get``)."""
 
 
-def raw_request_marks(raw: bytes) -> tuple[bool, str | None, str | None, bool]:
-    """:func:`request_marks` over a request's raw head (``Exchange.raw_head``), by bytes: a
-    value is decoded only for a name that matters here."""
-    p = raw  # (compiled: a pointer to the bytes; every index is checked against n)
-    n = len(raw)
-    pos = bytescan.find_byte(p, 0, n, 10) + 1  # past the request line
-    proxied = kubelet = False
-    host: str | None = None
-    probe: str | None = None
-    while pos < n:
-        j, v, end = raw_line(raw, pos)
-        c = p[pos] | 32
-        if c == 107 and j - pos == 15:  # "k", and the length of the four K-* names
-            if lower_is(raw, pos, j, b"k-proxy-request"):
-                proxied = p[v:end] == b"activator"
-            elif lower_is(raw, pos, j, b"k-original-host"):
-                host = p[v:end].decode("latin-1")
-            elif lower_is(raw, pos, j, b"k-network-probe"):
-                probe = p[v:end].decode("latin-1")
-            elif end > v and lower_is(raw, pos, j, b"k-kubelet-probe"):
-                kubelet = True
-        elif c == 117 and v < end and p[v] | 32 == 107 and lower_is(raw, pos, j, b"user-agent"):
-            # (every health-check agent starts with a K)
-            kubelet = kubelet or p[v:end].decode("latin-1").startswith(_HEALTH_AGENTS)
-        pos = end + 2
-    return proxied, host, probe, kubelet
+def request_marks(found: list[str | None]) -> tuple[bool, str | None, str | None, bool]:
+    """What the queue-proxy reads in a request, from the values of :data:`MARK_HEADERS`:
+    (proxied by the activator, ``K-Original-Host``, ``K-Network-Probe``, a health check: a
+    non-empty ``K-Kubelet-Probe`` or a health-check user agent)."""
+    kubelet_probe = found[3]
+    agent = found[4]
+    # (every health-check agent starts with a K: most agents are ruled out by their first letter)
+    kubelet = bool(kubelet_probe) or (
+        agent is not None and agent[:1] in "kK" and agent.startswith(_HEALTH_AGENTS)
+    )
+    return found[0] == "activator", found[1], found[2], kubelet
 
 
 class _Accounting:
@@ -221,11 +187,7 @@ class QueueHandler(DirectHandler):
         self.drainer = drainer
 
     def handle(self, ex: HttpExchange) -> Awaitable[None] | None:
-        raw = ex.raw_head
-        if raw is not None:
-            proxied, host, probe, kubelet = raw_request_marks(raw)
-        else:
-            proxied, host, probe, kubelet = request_marks(ex.headers)
+        proxied, host, probe, kubelet = request_marks(ex.find_headers(MARK_HEADERS))
         if probe == "probe":  # probes.PROBE_KINGRESS (a literal: compared without a lookup)
             self._kingress_probe(ex)
             return None

@@ -11,10 +11,13 @@ from typing import cast
 
 import pytest
 
-from activator.handler import header_marks, raw_header_marks
+from activator.handler import MARK_HEADERS as ACT_MARKS
+from activator.handler import header_marks
 from dataplane import probes
 from dataplane.api import Exchange
-from queue_proxy.handler import raw_request_marks, request_marks
+from dataplane.messages import find_raw_headers
+from queue_proxy.handler import MARK_HEADERS as QP_MARKS
+from queue_proxy.handler import request_marks
 
 Answer = tuple[int, bytes, tuple[tuple[str, str], ...]]
 
@@ -133,5 +136,17 @@ def test_what_each_proxy_counts_as_a_health_check(
     headers: list[tuple[str, str]], queue_proxy: bool, activator: bool
 ) -> None:
     raw = b"GET / HTTP/1.1\r\n" + b"".join(f"{k}: {v}\r\n".encode() for k, v in headers)
-    assert request_marks(headers)[3] is raw_request_marks(raw)[3] is queue_proxy
-    assert header_marks(headers)[2] is raw_header_marks(raw)[2] is activator
+    assert request_marks(find_raw_headers(raw, QP_MARKS))[3] is queue_proxy
+    assert header_marks(find_raw_headers(raw, ACT_MARKS))[2] is activator
+
+
+def test_each_proxy_reads_the_first_of_each_header_it_marks() -> None:
+    """As Go's Header.Get (Knative's proxies): the first value of a repeated header counts,
+    in both proxies alike, whatever the letter case."""
+    raw = (
+        b"GET / HTTP/1.1\r\nhost: a.example\r\nHost: b.example\r\nk-proxy-request: activator\r\n"
+        b"K-Proxy-Request: other\r\nK-Original-Host: m.example\r\nk-network-probe: queue\r\n"
+        b"K-Network-Probe: probe\r\n"
+    )
+    assert request_marks(find_raw_headers(raw, QP_MARKS)) == (True, "m.example", "queue", False)
+    assert header_marks(find_raw_headers(raw, ACT_MARKS)) == ("a.example", "queue", False)

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 import httptools
 
 import dataplane
-from activator.handler import header_marks, raw_header_marks
 from dataplane import messages
 from dataplane.api import Exchange
 from dataplane.headers import (
@@ -33,7 +32,6 @@ from dataplane.messages import (
 )
 from dataplane.route import Route
 from dataplane.server import serve
-from queue_proxy.handler import raw_request_marks, request_marks
 from tests.dataplane_fixtures import raw_exchange
 
 NGINX = (
@@ -490,19 +488,6 @@ def _random_raw_heads(
         yield req.raw
 
 
-def test_raw_marks_read_as_the_header_marks() -> None:
-    """The queue-proxy reads its marks (K-* and health-check agents) from the raw head by
-    bytes; they must be those of the decoded headers, for every mix of them."""
-    for raw in _random_raw_heads(9, _MARK_NAMES, _MARK_VALUES):
-        assert raw_request_marks(raw) == request_marks(raw_headers(raw)), raw
-    # and each mark is seen
-    head = (
-        b"GET / HTTP/1.1\r\nk-proxy-request: activator\r\nK-Original-Host: m.example\r\n"
-        b"K-Network-Probe: queue\r\nUser-Agent: kube-probe/1.30\r\n"
-    )
-    assert raw_request_marks(head) == (True, "m.example", "queue", True)
-
-
 _ACT_NAMES = [
     b"Host", b"host", b"HOST", b"K-Network-Probe", b"k-network-probe", b"K-Kubelet-Probe",
     b"User-Agent", b"user-agent", b"K-Network-Hash", b"Hosts", b"Kube", b"K-Original-Host",
@@ -511,18 +496,6 @@ _ACT_VALUES = [
     b"m.default.example.com", b"probe", b"queue", b"activator", b"", b"kube-probe/1.30",
     b"Kube-probe/1.30", b"hey/0.0.1", b"x",
 ]  # fmt: skip
-
-
-def test_activator_raw_marks_read_as_the_header_marks() -> None:
-    """The activator reads Host, K-Network-Probe and health checks from the raw head by
-    bytes; they must be those of the decoded headers, first Host and probe winning."""
-    for raw in _random_raw_heads(13, _ACT_NAMES, _ACT_VALUES):
-        assert raw_header_marks(raw) == header_marks(raw_headers(raw)), raw
-    head = (
-        b"GET / HTTP/1.1\r\nhost: a.example\r\nHost: b.example\r\nK-Network-Probe: probe\r\n"
-        b"User-Agent: kube-probe/1.30\r\n"
-    )
-    assert raw_header_marks(head) == ("a.example", "probe", True)
 
 
 def _first_values(headers: list[tuple[str, str]], names: HeaderNames) -> list[str | None]:
@@ -535,6 +508,8 @@ def _first_values(headers: list[tuple[str, str]], names: HeaderNames) -> list[st
 
 
 def test_find_headers_reads_the_first_of_each_name_from_the_raw_head() -> None:
+    """What both proxies read of every request (their marks) comes from this one pass: it
+    must give what the decoded headers give, for every mix of names, cases and values."""
     names = HeaderNames(
         "Host", "K-Network-Probe", "k-kubelet-probe", "User-Agent", "K-Original-Host"
     )
@@ -552,7 +527,7 @@ async def test_exchange_find_headers_is_the_same_read_whole_or_parsed() -> None:
     seen: list[list[str | None]] = []
 
     def handler(ex: Exchange) -> None:
-        seen.append(ex.find_headers(names))
+        seen.append(list(ex.find_headers(names)))  # (the names' own list: copied)
         ex.respond_now(200, b"ok")
 
     server = await serve(handler, "127.0.0.1", 0)
