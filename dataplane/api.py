@@ -24,12 +24,11 @@ before any response byte is retried once on a fresh one when no body byte was st
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Literal, NamedTuple, Protocol
+from typing import Final, Literal, NamedTuple, Protocol
 
-if TYPE_CHECKING:  # (they import this module: for annotations only)
-    from dataplane.messages import HeaderNames
-    from dataplane.route import Route
+from dataplane.messages import HeaderNames
+from dataplane.route import NO_TIMEOUTS, Route
+from dataplane.route import Timeouts as Timeouts  # (part of the contract: re-exported)
 
 
 class UpstreamConnectError(Exception):
@@ -37,21 +36,6 @@ class UpstreamConnectError(Exception):
 
     Nothing was written to the client: the handler may retry on another upstream, or answer.
     """
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Timeouts:
-    """Deadlines for one forwarded request, in seconds (0 = none).
-
-    ``total_s`` counts from when the request arrived; ``response_start_s`` from when it was sent
-    upstream until the first response byte; ``idle_s`` between two writes to the client. Each
-    ends the request with 504 (if the response has not started) and a body that names it.
-    """
-
-    total_s: float = 0.0
-    response_start_s: float = 0.0
-    idle_s: float = 0.0
-    body_prefix: str = ""  # "activator " gives "activator request timeout", as Knative
 
 
 ForwardReason = Literal[
@@ -167,7 +151,7 @@ class Exchange(Protocol):
         set_headers: Iterable[tuple[str, str]] = (),
         remove_headers: Iterable[str] = (),
         remove_prefixes: Iterable[str] = (),
-        timeouts: Timeouts = Timeouts(),
+        timeouts: Timeouts = NO_TIMEOUTS,
     ) -> ForwardResult:
         """Send the request to ``upstream`` (``host:port``) and stream the response back.
 

@@ -1,4 +1,5 @@
-"""Per-route forwarding values, made once per revision rather than per request.
+"""Per-route forwarding values, made once per revision rather than per request (and the
+:class:`Timeouts` a handler gives, which ``dataplane.api`` names as part of the contract).
 
 A :class:`Route` is what a handler forwards a revision's requests with: the request-head edits
 (:class:`dataplane.headers.Edits`) and the timeouts, in the forms the core reads per request.
@@ -10,9 +11,25 @@ and kept by the route.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
-from dataplane.api import Timeouts
 from dataplane.headers import Edits, request_edits
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Timeouts:
+    """Deadlines for one forwarded request, in seconds (0 = none).
+
+    ``total_s`` counts from when the request arrived; ``response_start_s`` from when it was sent
+    upstream until the first response byte; ``idle_s`` between two writes to the client. Each
+    ends the request with 504 (if the response has not started) and a body that names it.
+    """
+
+    total_s: float = 0.0
+    response_start_s: float = 0.0
+    idle_s: float = 0.0
+    body_prefix: str = ""  # "activator " gives "activator request timeout", as Knative
+
 
 NO_TIMEOUTS = Timeouts()
 _NAMED_MAX = 64  # distinct name sets a route keeps edits for (handlers use one or two)

@@ -96,18 +96,10 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _under_type_checking(tree: ast.AST) -> set[int]:
-    """The nodes inside ``if TYPE_CHECKING:`` blocks (imports for annotations only)."""
-    inside: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            inside.update(id(sub) for sub in ast.walk(node))
-    return inside
-
-
 def import_graph() -> dict[str, set[str]]:
-    """Each project module → the project modules it imports at run time (at the top or in a
-    function; ``from package import module`` names the module)."""
+    """Each project module → the project modules it imports: at the top, in a function, or for
+    annotations only (``if TYPE_CHECKING:``, which is a cycle all the same to a reader);
+    ``from package import module`` names the module."""
     modules = {_module_name(p): p for pkg in PACKAGES for p in package_files(pkg)}
 
     def resolve(name: str) -> str | None:
@@ -118,11 +110,8 @@ def import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         tree = ast.parse(path.read_text(), filename=str(path))
-        skip = _under_type_checking(tree)
         deps: set[str] = set()
         for node in ast.walk(tree):
-            if id(node) in skip:
-                continue
             if isinstance(node, ast.Import):
                 deps.update(r for a in node.names if (r := resolve(a.name)))
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
