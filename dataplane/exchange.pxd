@@ -3,7 +3,7 @@ cimport cython
 
 from dataplane.forward cimport Forward
 from dataplane.headers cimport Edits, edited_request_head
-from dataplane.messages cimport HeaderNames, find_raw_headers, raw_headers
+from dataplane.messages cimport HeaderNames, find_parsed_headers, find_raw_headers, raw_headers
 from dataplane.request cimport ClientConnection, ForwardContext, Request
 from dataplane.route cimport Route
 
@@ -33,7 +33,6 @@ cdef class ForwardDone:
 # (not final: a final type's methods may not override its base's)
 cdef class HttpExchange(Request):
     cpdef list _header_list(self)
-    @cython.locals(found=list, lows=tuple, k=str, v=str, n=Py_ssize_t, i=Py_ssize_t, low=str)
     cpdef list find_headers(self, HeaderNames names)
     cpdef forward_now(
         self, str upstream, object on_done, Route route, tuple set_headers=*,

@@ -20,7 +20,7 @@ from dataplane.api import (
 )
 from dataplane.forward import Forward
 from dataplane.headers import Edits, edited_request_head
-from dataplane.messages import HeaderNames, find_raw_headers, raw_headers
+from dataplane.messages import HeaderNames, find_parsed_headers, find_raw_headers, raw_headers
 from dataplane.request import ClientConnection, ForwardContext, Request
 from dataplane.route import NO_TIMEOUTS, Route
 
@@ -127,18 +127,7 @@ class HttpExchange(Request):
         raw = self.raw_head
         if raw is not None:
             return find_raw_headers(raw, names)
-        found = names.found
-        for i in range(names.count):
-            found[i] = None
-        lows = names.lows
-        for k, v in self._header_list():
-            n = len(k)
-            for i in range(names.count):
-                low = lows[i]
-                if len(low) == n and found[i] is None and k.lower() == low:
-                    found[i] = v
-                    break
-        return found
+        return find_parsed_headers(self._header_list(), names)
 
     @property
     def has_body(self) -> bool:

@@ -128,6 +128,8 @@ cdef class HeaderNames:
     cdef public unsigned long long lengths
     cdef public tuple lows
     cdef public tuple raws
+    @cython.locals(found=list, i=Py_ssize_t)
+    cpdef list clear(self)
 
 
 @cython.locals(
@@ -147,3 +149,7 @@ cdef class HeaderNames:
     lengths=cython.ulonglong,
 )
 cpdef list find_raw_headers(bytes raw, HeaderNames names)
+
+
+@cython.locals(found=list, lows=tuple, k=str, v=str, n=Py_ssize_t, i=Py_ssize_t, low=str)
+cpdef list find_parsed_headers(object headers, HeaderNames names)

@@ -418,14 +418,19 @@ class HeaderNames:
         self.firsts = bytes(firsts)
         self.lengths = lengths
 
+    def clear(self) -> list[str | None]:
+        """:attr:`found`, emptied for a lookup."""
+        found = self.found
+        for i in range(self.count):
+            found[i] = None
+        return found
+
 
 def find_raw_headers(raw: bytes, names: HeaderNames) -> list[str | None]:
     """The value of the first header of each of ``names`` in a head :func:`simple_request`
     read (None where there is none), in ``names.found``: one pass over its lines, a value
     decoded only when it is one asked for."""
-    found = names.found
-    for i in range(names.count):
-        found[i] = None
+    found = names.clear()
     p = raw  # (compiled: a pointer to the bytes; every index is checked against n)
     n = len(raw)
     pos = bytescan.find_byte(p, 0, n, 10) + 1  # past the request line
@@ -446,4 +451,18 @@ def find_raw_headers(raw: bytes, names: HeaderNames) -> list[str | None]:
                 left -= 1
                 break
         pos = end + 2
+    return found
+
+
+def find_parsed_headers(headers: Iterable[tuple[str, str]], names: HeaderNames) -> list[str | None]:
+    """:func:`find_raw_headers` over headers the parser read (names as sent)."""
+    found = names.clear()
+    lows = names.lows
+    for k, v in headers:
+        n = len(k)
+        for i in range(names.count):
+            low = lows[i]
+            if len(low) == n and found[i] is None and k.lower() == low:
+                found[i] = v
+                break
     return found

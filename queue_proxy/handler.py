@@ -74,7 +74,7 @@ def request_marks(found: list[str | None]) -> tuple[bool, str | None, str | None
     agent = found[4]
     # (every health-check agent starts with a K: most agents are ruled out by their first letter)
     kubelet = bool(kubelet_probe) or (
-        agent is not None and agent[:1] in "kK" and agent.startswith(_HEALTH_AGENTS)
+        agent is not None and agent[:1] in ("k", "K") and agent.startswith(_HEALTH_AGENTS)
     )
     return found[0] == "activator", found[1], found[2], kubelet
 

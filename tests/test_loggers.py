@@ -10,20 +10,11 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests import test_layout as layout
+from tests.test_layout import ROOT
+
 # The repository's packages with code that runs (tests and setup.py make no loggers).
-PACKAGES = (
-    "metrics",
-    "cluster",
-    "dataplane",
-    "queue_proxy",
-    "activator",
-    "autoscaler",
-    "zeroserve",
-    "modelserver",
-    "examples",
-    "loadtests",
-)
+PACKAGES = (*layout.PACKAGES, "examples", "loadtests")
 
 
 def logger_names(path: Path) -> list[tuple[int, str | None]]:

@@ -51,27 +51,33 @@ class Running:
 
 
 @asynccontextmanager
+async def started(
+    user_port: int, *, nvml: Any = None, clock: Any = None, **changes: Any
+) -> AsyncIterator[QueueProxy]:
+    """A queue-proxy in front of ``127.0.0.1:user_port``, running until the block ends."""
+    settings = dataclasses.replace(BASE, user_port=user_port, **changes)
+    qp = QueueProxy(settings, nvml=nvml, clock=clock, stats_interval_s=None)
+    await qp.start()
+    task = asyncio.create_task(qp.run())
+    try:
+        yield qp
+    finally:
+        qp.request_shutdown()
+        await asyncio.wait_for(task, 10)
+
+
+@asynccontextmanager
 async def running(
     *, wait_ready: bool = True, nvml: Any = None, clock: Any = None, **changes: Any
 ) -> AsyncIterator[Running]:
-    async with run_app(upstream_app()) as (app, port):
-        settings = dataclasses.replace(BASE, user_port=port, **changes)
-        qp = QueueProxy(
-            settings,
-            nvml=nvml,
-            clock=clock,
-            stats_interval_s=None,
-        )
-        await qp.start()
-        task = asyncio.create_task(qp.run())
-        try:
-            if wait_ready:
-                await asyncio.wait_for(qp.readiness.became_ready.wait(), 5)
-            async with aiohttp.ClientSession() as session:
-                yield Running(qp, app, session)
-        finally:
-            qp.request_shutdown()
-            await asyncio.wait_for(task, 10)
+    async with (
+        run_app(upstream_app()) as (app, port),
+        started(port, nvml=nvml, clock=clock, **changes) as qp,
+    ):
+        if wait_ready:
+            await asyncio.wait_for(qp.readiness.became_ready.wait(), 5)
+        async with aiohttp.ClientSession() as session:
+            yield Running(qp, app, session)
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:
@@ -267,10 +273,7 @@ async def test_upstream_errors_are_502_and_counted() -> None:
 async def test_upstream_down_is_502_connect_error() -> None:
     async with run_app(upstream_app()) as (_, port):
         pass  # the port is closed again
-    qp = QueueProxy(dataclasses.replace(BASE, user_port=port), nvml=None, stats_interval_s=None)
-    await qp.start()
-    task = asyncio.create_task(qp.run())
-    try:
+    async with started(port) as qp:
         async with (
             aiohttp.ClientSession() as s,
             s.get(f"http://127.0.0.1:{qp.serving_port}/") as resp,
@@ -280,9 +283,6 @@ async def test_upstream_down_is_502_connect_error() -> None:
         metrics = await scrape_port(qp.metrics_port)
         assert sample(metrics, "queue_proxy_refusals_total", reason="upstream_connect") == 1.0
         assert sample(metrics, "queue_proxy_refusals_total", reason="upstream_error") == 0.0
-    finally:
-        qp.request_shutdown()
-        await asyncio.wait_for(task, 10)
 
 
 async def test_a_stale_connection_whose_retry_is_refused_counts_as_upstream_connect() -> None:
@@ -300,10 +300,7 @@ async def test_a_stale_connection_whose_retry_is_refused_counts_as_upstream_conn
 
     upstream = await asyncio.start_server(once, "127.0.0.1", 0)
     port = upstream.sockets[0].getsockname()[1]
-    qp = QueueProxy(dataclasses.replace(BASE, user_port=port), nvml=None, stats_interval_s=None)
-    await qp.start()
-    task = asyncio.create_task(qp.run())
-    try:
+    async with started(port) as qp:
         async with aiohttp.ClientSession() as s:
             url = f"http://127.0.0.1:{qp.serving_port}/"
             async with s.get(url) as resp:
@@ -316,9 +313,6 @@ async def test_a_stale_connection_whose_retry_is_refused_counts_as_upstream_conn
         metrics = await scrape_port(qp.metrics_port)
         assert sample(metrics, "queue_proxy_refusals_total", reason="upstream_connect") == 1.0
         assert sample(metrics, "queue_proxy_refusals_total", reason="upstream_error") == 0.0
-    finally:
-        qp.request_shutdown()
-        await asyncio.wait_for(task, 10)
 
 
 class FakeNvml:
