@@ -143,6 +143,12 @@ class Exchange(Protocol):
         is the names' own (``names.found``), refilled by the next lookup: read it at once."""
         ...
 
+    async def read_body(self, limit: int) -> bytes | None:
+        """The whole request body (``b""`` when none) once it has arrived, or None when it is
+        longer than ``limit`` bytes. What was read stays held: a later :meth:`forward` sends
+        it, then streams the rest. Only before the request is forwarded or answered."""
+        ...
+
     async def forward(
         self,
         upstream: str,

@@ -46,3 +46,4 @@ cdef class HttpExchange(Request):
     cpdef on_body(self, data)
     @cython.locals(fwd=Forward)
     cpdef on_message_complete(self)
+    cpdef _wake_body_reader(self, bint complete)

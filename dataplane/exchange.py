@@ -280,7 +280,11 @@ class HttpExchange(Request):
                 buf = self._body_buf = []
             buf.append(data)
             self._body_bytes += len(data)
-            if self._body_bytes > _BODY_HIGH:
+            if self._body_waiter is not None:  # read_body: held up to its limit
+                if self._body_bytes > self._body_limit:
+                    self._wake_body_reader(False)
+                    self._conn.pause_for_body()
+            elif self._body_bytes > _BODY_HIGH:
                 self._conn.pause_for_body()
 
     def on_message_complete(self) -> None:
@@ -288,3 +292,41 @@ class HttpExchange(Request):
         fwd: Forward | None = self._forward
         if fwd is not None and fwd.streaming_body:
             fwd.end_body()
+        elif self._body_waiter is not None:
+            self._wake_body_reader(True)
+
+    def _wake_body_reader(self, complete: bool) -> None:
+        waiter = self._body_waiter
+        self._body_waiter = None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(complete)
+
+    async def read_body(self, limit: int) -> bytes | None:
+        """The whole request body (``b""`` when there is none), once it has all arrived; None
+        when it is longer than ``limit`` bytes (said by its ``Content-Length`` at once, else
+        when that much has arrived). Either way what was read stays held for a later
+        :meth:`forward` (which sends it, then streams the rest), so a handler may look at a
+        body and still forward the request as it came. Before any forward or answer."""
+        if self._forward is not None or self._started:
+            raise RuntimeError("read_body: the request was already forwarded or answered")
+        if not self._body_done:
+            if self._content_length > limit or self._body_bytes > limit:
+                return None
+            self._send_continue()
+            waiter: asyncio.Future[bool] = self._conn._loop.create_future()
+            self._body_waiter = waiter
+            self._body_limit = limit
+            self._conn.resume_for_body()
+            try:
+                if not await waiter:
+                    return None
+            finally:
+                self._body_waiter = None
+        buf = self._body_buf
+        if not buf:
+            return b""
+        if len(buf) == 1:
+            return bytes(buf[0])
+        body = b"".join(buf)
+        self._body_buf = [body]
+        return body

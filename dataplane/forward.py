@@ -23,7 +23,6 @@ from dataplane.headers import response_head, scan_response_headers, status_line
 from dataplane.messages import SimpleResponse
 from dataplane.upstream import UpstreamConnection
 
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # a deadline's kind → the result's reason and the 504's body
 _TIMEOUT_KINDS: dict[str, tuple[ForwardReason, str]] = {
     "total": (TIMEOUT_TOTAL, "request timeout"),
@@ -118,9 +117,8 @@ class Forward(ForwardState):
         ex = self._ex
         self._conn = conn
         conn.sink = self
-        if ex._expect_continue and not ex._continue_sent and ex._body_read == 0:
-            ex._continue_sent = True
-            ex._conn.write(_CONTINUE)
+        if ex._expect_continue:
+            ex._send_continue()
         chunks = replay if replay is not None else ex._take_body()
         assert conn.transport is not None
         if not chunks and not self._chunked_in:

@@ -4,6 +4,7 @@ cimport cython
 from dataplane.deadlines cimport Deadlines
 from dataplane.upstream cimport UpstreamPool
 
+cdef bytes _CONTINUE
 cdef list _NO_BODY
 
 
@@ -53,6 +54,8 @@ cdef class Request:
     cdef public Py_ssize_t _body_bytes
     cdef public long long _body_read
     cdef public bint _body_done
+    cdef public Py_ssize_t _body_limit
+    cdef public object _body_waiter
     cdef public bint _chunked
     cdef public ClientConnection _conn
     cdef public long long _content_length
@@ -76,6 +79,7 @@ cdef class Request:
     cpdef respond_now(self, int status, bytes body=*, object headers=*)
     cpdef _forward_refused(self, object fwd, object exc)
     cpdef _forward_done(self, object fwd, object result)
+    cpdef _send_continue(self)
     cpdef list _take_body(self)
     cpdef bint _close_after_response(self) except -1
     cpdef _response_finished(self)

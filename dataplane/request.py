@@ -20,6 +20,7 @@ from dataplane.headers import REASONS
 from dataplane.upstream import UpstreamPool
 
 _DISCARD_MAX = 256 * 1024  # body left unread after an early answer: read and drop, else close
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _NO_BODY: list[bytes] = []  # what _take_body gives when nothing is buffered (never added to)
 
 
@@ -165,7 +166,9 @@ class Request:
         "_body_buf",
         "_body_bytes",
         "_body_done",
+        "_body_limit",
         "_body_read",
+        "_body_waiter",
         "_chunked",
         "_conn",
         "_content_length",
@@ -210,6 +213,9 @@ class Request:
         self._body_bytes = 0  # buffered, not yet taken by a forward
         self._body_read = 0  # received in all
         self._body_done = False
+        # a handler's read_body: woken with True when the body is complete, False when over
+        self._body_waiter: asyncio.Future[bool] | None = None
+        self._body_limit = 0
         self._continue_sent = False
         self._forward: Any = None  # its dataplane.forward.Forward, while one runs
         self._started = False  # a response head went out
@@ -251,6 +257,12 @@ class Request:
         raise NotImplementedError
 
     # --- body plumbing ---
+    def _send_continue(self) -> None:
+        """``100 Continue`` to a client that asked for it, once, before any body byte."""
+        if self._expect_continue and not self._continue_sent and self._body_read == 0:
+            self._continue_sent = True
+            self._conn.write(_CONTINUE)
+
     def _take_body(self) -> list[bytes]:
         buf, self._body_buf = self._body_buf, None
         if buf is None:
