@@ -70,6 +70,7 @@ from cluster.annotations import (
     AnnotationError,
     validate_annotations,
 )
+from cluster.batching import BatchingError, parse_batching
 from cluster.goparse import format_number, parse_bool, parse_int32
 from cluster.spec import (
     PREDICTOR_FORMATS,
@@ -383,6 +384,11 @@ def _revision(
             annotations, max_scale_limit=limit, allow_zero_initial_scale=allow_zero
         )
     except AnnotationError as exc:
+        for problem in exc.errors:
+            errs.add(f"{path}.annotations", problem)
+    try:
+        parse_batching(annotations)
+    except BatchingError as exc:
         for problem in exc.errors:
             errs.add(f"{path}.annotations", problem)
     if (found := CLASS.get(annotations)) is not None and found[1] != KPA_CLASS:

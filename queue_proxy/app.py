@@ -32,6 +32,7 @@ from dataplane.server import Server
 from dataplane.upstream import UpstreamPool
 from metrics.clock import Clock, LoopClock
 from metrics.logs import configure_logging
+from queue_proxy.batching import Batcher, BatchMetrics
 from queue_proxy.config import ConfigError, Settings
 from queue_proxy.drain import Drainer
 from queue_proxy.gpu import GpuMonitor, load_nvml
@@ -88,6 +89,25 @@ class QueueProxy:
         self.breaker = build_breaker(settings.container_concurrency)
         self.gpu = GpuMonitor(load_nvml() if nvml is _NVML_DEFAULT else nvml, self.metrics)
         cc = settings.container_concurrency
+        # Knative's transport: CC idle connections per host, 1000 when CC = 0 (§3.2)
+        pool = UpstreamPool(max_idle_per_host=cc if cc > 0 else 1000)
+        self.batcher: Batcher | None = None
+        if settings.batching is not None:
+            self.batcher = Batcher(
+                settings.batching,
+                upstream=f"127.0.0.1:{settings.user_port}",
+                pool=pool,
+                slots=cc,
+                metrics=BatchMetrics(
+                    self.metrics.registry,
+                    {
+                        "namespace": settings.namespace,
+                        "revision": settings.revision,
+                        "pod": settings.pod,
+                    },
+                ),
+                clock=asyncio.get_running_loop().time,
+            )
         self.server = Server(
             QueueHandler(
                 user_port=settings.user_port,
@@ -101,9 +121,9 @@ class QueueProxy:
                 metrics=self.metrics,
                 readiness=self.readiness,
                 drainer=self.drainer,
+                batcher=self.batcher,
             ),
-            # Knative's transport: CC idle connections per host, 1000 when CC = 0 (§3.2)
-            pool=UpstreamPool(max_idle_per_host=cc if cc > 0 else 1000),
+            pool=pool,
             header_timeout_s=settings.header_timeout_s,
             keepalive_timeout_s=settings.keepalive_timeout_s,
             max_connections=settings.max_connections,
@@ -221,6 +241,8 @@ class QueueProxy:
         for server in (self.server, self.admin_server, self.metrics_server):
             server.close()
         await self.server.wait_closed(0)
+        if self.batcher is not None:
+            self.batcher.close()
         # A /wait-for-drain still in flight has had its drain: a second to send its answer.
         await self.admin_server.wait_closed(1.0)
         await self.metrics_server.wait_closed(0)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from cluster.batching import Batching, BatchingError, batching_from_env
 from cluster.envparse import integer, non_negative_int, seconds
 from cluster.spec import ReadinessProbe
 
@@ -71,6 +72,9 @@ class Settings:
     log_format: str = "json"
     """QUEUE_LOG_FORMAT: json (one object per line) or text (what ``zeroserve up`` sets in its
     text mode, so that every process it runs logs alike)."""
+    batching: Batching | None = None
+    """QUEUE_BATCH_MAX_SIZE, QUEUE_BATCH_MAX_LATENCY, QUEUE_BATCH_MODE: request batching, from
+    the revision's ``batching.zeroserve.dev/*`` annotations (:mod:`cluster.batching`; None: off)."""
     serving_fd: int | None = None
     """QUEUE_SERVING_FD: a listening socket to serve on instead of binding QUEUE_SERVING_PORT
     (zeroserve's own: the local supervisor opens the socket, so that its port is never free
@@ -97,6 +101,10 @@ class Settings:
                 values[name] = parse(raw)
             except ValueError as exc:
                 raise ConfigError(f"{var} = {raw!r}: {exc}") from exc
+        try:
+            values["batching"] = batching_from_env(env)
+        except BatchingError as exc:
+            raise ConfigError(str(exc)) from exc
         if not values.get("pod"):
             values["pod"] = socket.gethostname()
         settings = cls(**values)

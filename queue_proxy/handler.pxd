@@ -41,6 +41,7 @@ cpdef tuple _host_edits(str host)
 cdef class QueueHandler(DirectHandler):
     cdef public _Accounting acc
     cdef public bint arrival_clock
+    cdef public object batcher
     cdef public object breaker
     cdef public object clock
     cdef public object drainer

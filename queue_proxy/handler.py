@@ -3,8 +3,10 @@
 
 Outermost first: probes (never counted; answered by :mod:`dataplane.probes`: ``K-Network-Probe:
 queue`` and health checks get the health answer, ``K-Network-Probe: probe`` gets its
-``K-Network-Hash`` echoed) → drain bookkeeping → stats in/out and metrics → breaker (with the
-total timeout while waiting) → forward to the model server (timeouts, header rewrites).
+``K-Network-Hash`` echoed) → drain bookkeeping → stats in/out and metrics → with batching on, an inference request
+joins a batch (:mod:`queue_proxy.batching`: the batcher's own slots, not the breaker) → breaker
+(with the total timeout while waiting) → forward to the model server (timeouts, header
+rewrites).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from dataplane.messages import HeaderNames
 from dataplane.route import Route
 from metrics.clock import LoopClock
 from metrics.request_stats import RequestStats
+from queue_proxy.batching import MAX_BODY, Batcher, QueueFull, batch_path, read_member
 from queue_proxy.drain import Drainer
 from queue_proxy.metrics import QueueMetrics
 from queue_proxy.probe import Readiness
@@ -148,6 +151,7 @@ class QueueHandler(DirectHandler):
     __slots__ = (
         "acc",
         "arrival_clock",
+        "batcher",
         "breaker",
         "clock",
         "drainer",
@@ -169,8 +173,10 @@ class QueueHandler(DirectHandler):
         metrics: QueueMetrics,
         readiness: Readiness,
         drainer: Drainer,
+        batcher: Batcher | None = None,
     ) -> None:
         self.upstream = f"127.0.0.1:{user_port}"
+        self.batcher = batcher  # (None: no batching; the hot path tests only this)
         self.timeouts = timeouts
         # the header edits and timeouts of every forward, made once
         self.route = Route(remove_prefixes=_KNATIVE_PREFIXES, timeouts=timeouts)
@@ -201,6 +207,8 @@ class QueueHandler(DirectHandler):
         self.requests.request_in(
             ex.arrived_at if self.arrival_clock else self.clock.monotonic(), proxied
         )
+        if self.batcher is not None and batch_path(ex.method, ex.target):
+            return self._batched(ex, proxied, host)
         release: Callable[[], None] | None = None
         breaker = self.breaker
         if breaker is not None:
@@ -225,6 +233,46 @@ class QueueHandler(DirectHandler):
             raise
         finally:
             self.acc.finish(ex, proxied, status)
+
+    async def _batched(self, ex: HttpExchange, proxied: bool, host: str | None) -> None:
+        """The request was counted in; it may join a batch (queue_proxy.batching)."""
+        status = 499
+        try:
+            status = await self._batch_or_forward(ex, host)
+        except asyncio.CancelledError:  # the client left while the request waited
+            self.refusal["client_disconnected"].inc()
+            raise
+        finally:
+            self.acc.finish(ex, proxied, status)
+
+    async def _batch_or_forward(self, ex: HttpExchange, host: str | None) -> int:
+        """Into a batch when its body is a batchable request; else as any other request."""
+        batcher = self.batcher
+        assert batcher is not None
+        body = await ex.read_body(MAX_BODY)
+        member = read_member(ex.target, body) if body is not None else None
+        if member is None:  # (what was read is held: forwarded as it came)
+            if self.breaker is None:
+                return await self._forward(ex, host)
+            return await self._wait_then_forward(ex, host)
+        timeouts = self.timeouts
+        member.host = host or ex.header("Host") or ""
+        member.arrived = ex.arrived_at
+        member.deadline = ex.arrived_at + timeouts.total_s if timeouts.total_s > 0 else None
+        try:
+            answer = await batcher.submit(member)
+        except QueueFull as exc:
+            self.refusal["queue_full"].inc()
+            await ex.respond(503, f"{exc}\n".encode())
+            return 503
+        except TimeoutError:
+            self.refusal["timeout"].inc()
+            await ex.respond(504, f"{timeouts.body_prefix}request timeout".encode())
+            return 504
+        if answer.refusal:
+            self.refusal[answer.refusal].inc()
+        await ex.respond(answer.status, answer.body, (("Content-Type", answer.content_type),))
+        return answer.status
 
     async def _wait_then_forward(self, ex: HttpExchange, host: str | None) -> int:
         """The breaker is busy: wait in its queue (bounded by the total timeout)."""

@@ -28,6 +28,7 @@ from typing import Any, Final
 
 import yaml
 
+from cluster.batching import batching_env
 from cluster.kubernetes.api import Obj
 from cluster.kubernetes.scheme import (
     CONTAINER_CONCURRENCY,
@@ -248,6 +249,8 @@ def _queue_proxy(rev: Revision, image: str) -> dict[str, Any]:
         {"name": "USER_PORT", "value": str(rev.user_port)},
         {"name": "SERVING_READINESS_PROBE", "value": readiness_probe_json(rev)},
     ]
+    # = the batching annotations (the scheme checks that they agree)
+    env += [{"name": k, "value": v} for k, v in batching_env(rev.annotations).items()]
     return {
         "name": QUEUE_PROXY_CONTAINER,
         "image": image,

@@ -56,6 +56,7 @@ import yaml
 
 from cluster.annotations import GROUP as AUTOSCALING_GROUP
 from cluster.annotations import AnnotationError, validate_annotations
+from cluster.batching import ENV, BatchingError, batching_env, parse_batching
 from cluster.kubernetes.api import Obj
 from cluster.spec import Revision, TrafficTarget
 
@@ -209,6 +210,13 @@ def revision_from_deployment(obj: Obj) -> Revision:
             where = "spec.template.metadata.annotations" if in_template else "metadata.annotations"
             errs.add(where, problem)
 
+    try:
+        parse_batching(ann)
+    except BatchingError as exc:
+        for problem in exc.errors:
+            errs.add("metadata.annotations", problem)
+    want_batching = batching_env(ann)
+
     image, user_port = "", 8080
     containers = _containers(obj)
     user = [c for c in containers if c.get("name") != QUEUE_PROXY_CONTAINER]
@@ -236,6 +244,14 @@ def revision_from_deployment(obj: Obj) -> Revision:
                     f"spec.template.spec.containers[{i}].env[{var}]",
                     got,
                     f"must agree with the revision's annotations ({want:g})",
+                )
+        for var in ENV.values():
+            got, want_value = env.get(var), want_batching.get(var)
+            if got is not None and str(got) != want_value:
+                errs.value(
+                    f"spec.template.spec.containers[{i}].env[{var}]",
+                    got,
+                    f"must agree with the revision's annotations ({want_value or 'unset'})",
                 )
     errs.raise_if_any()
     return Revision(

@@ -32,6 +32,7 @@ from typing import Any
 
 import aiohttp
 
+from cluster.batching import batching_env
 from cluster.local.coldstart import REPORT_PATH, ColdStarts, StartTimer
 from cluster.local.model_zygote import ModelZygotes
 from cluster.local.output import LogFormat, spawn_relayed
@@ -348,6 +349,7 @@ class LocalSupervisor(InitializedInMemory):
             ),
             "QUEUE_DRAIN_QUIET_PERIOD_SECONDS": _num(self.settings.drain_quiet_period_s),
             "QUEUE_LOG_FORMAT": self.settings.log_format,
+            **batching_env(rev.annotations),
         }
         return model_env, qp_env
 
