@@ -29,6 +29,7 @@ COMPILED_MODULES = (
     "dataplane.exchange",
     "dataplane.request",
     "dataplane.forward",
+    "dataplane.tee",
     "dataplane.forward_state",
     "dataplane.upstream",
     "dataplane.deadlines",

@@ -199,6 +199,50 @@ class Exchange(Protocol):
         ...
 
 
+class Tee(Protocol):
+    """A copy of one forwarded request's bytes and its response's, as they pass (payload
+    logging, the primary's side of a shadow comparison): made by a :class:`TeeFactory` when the
+    request's first forward is made, and kept for its retries. Called in the event loop by the
+    core, after the bytes went on their way; it must not block, and what it raises is logged
+    and dropped (the request goes on). The request body's bytes come once, even when a retry
+    sends them again: after :meth:`request_end` (``request_done`` true) no more come."""
+
+    request_done: bool
+    """The request's body has been seen whole (set by :meth:`request_end`)."""
+
+    def request_body(self, chunk: bytes) -> None:
+        """Some of the request's body, in order (as it went upstream)."""
+        ...
+
+    def request_end(self) -> None:
+        """The request's body is complete (also for a request without one)."""
+        ...
+
+    def response_head(self, status: int, lines: bytes) -> None:
+        """The upstream's response head: its status and its end-to-end header lines as
+        received (``Name: value`` lines, each ending in CRLF)."""
+        ...
+
+    def response_body(self, chunk: bytes) -> None:
+        """Some of the response's body, unframed, in order (as it went to the client)."""
+        ...
+
+    def end(self, result: ForwardResult) -> None:
+        """The forward ended (after the client got what it got): the result says how. A
+        response the core answered itself (502, 504) comes without a head."""
+        ...
+
+
+class TeeFactory(Protocol):
+    """Given to a :class:`dataplane.route.Route` (``tee=``): decides per request whether a
+    copy of its bytes is wanted. With none (the usual case) a forward costs one attribute test
+    more."""
+
+    def start(self, ex: Exchange) -> Tee | None:
+        """A tee for this request (called once, when its first forward is made), or None."""
+        ...
+
+
 Handler = Callable[[Exchange], Awaitable[None] | None]
 """Called once per request. It returns an awaitable (a coroutine) when it must wait, which
 the core runs in a task; or None when it has already answered (``respond_now``) or handed the

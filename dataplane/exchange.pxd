@@ -6,6 +6,7 @@ from dataplane.headers cimport Edits, edited_request_head
 from dataplane.messages cimport HeaderNames, find_parsed_headers, find_raw_headers, raw_headers
 from dataplane.request cimport ClientConnection, ForwardContext, Request
 from dataplane.route cimport Route
+from dataplane.tee cimport tee_forward
 
 
 cdef class HttpExchange

@@ -23,6 +23,7 @@ from dataplane.headers import Edits, edited_request_head
 from dataplane.messages import HeaderNames, find_parsed_headers, find_raw_headers, raw_headers
 from dataplane.request import ClientConnection, ForwardContext, Request
 from dataplane.route import NO_TIMEOUTS, Route
+from dataplane.tee import tee_forward
 
 log = logging.getLogger("zeroserve.dataplane.exchange")
 
@@ -40,8 +41,10 @@ def new_forward(
     waiter: asyncio.Future[ForwardResult] | None = None,
 ) -> Forward:
     """``Forward(ctx, ex, head, route, on_done, on_refused, waiter)``, made without a
-    Python-level call (nor its keyword parsing) when compiled."""
-    fwd = Forward.__new__(Forward)
+    Python-level call (nor its keyword parsing) when compiled; a
+    :class:`dataplane.tee.TeeForward` when the route's tee wants the request's bytes."""
+    # (route.tee: the one cost of tees when none is set)
+    fwd = Forward.__new__(Forward) if route.tee is None else tee_forward(ex, route.tee)
     fwd._init(ctx, ex, head, route, on_done, on_refused, waiter)
     return fwd
 

@@ -71,6 +71,7 @@ cdef class Request:
     cdef public bint _started
     cdef public str _target
     cdef public object _task
+    cdef public object _tee
     cdef public bint _upgrade
     cdef public double arrived_at
     cdef public bytes raw_head

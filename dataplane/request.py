@@ -184,6 +184,7 @@ class Request:
         "_started",
         "_target",
         "_task",
+        "_tee",
         "_upgrade",
         "arrived_at",
         "raw_head",
@@ -222,6 +223,9 @@ class Request:
         self._response_done = False
         self._response_close = False
         self._task: asyncio.Task[None] | None = None
+        # the request's dataplane.api.Tee, dataplane.tee.NO_TEE when its route's factory
+        # declined, None before its first forward asked (only a route with a tee asks)
+        self._tee: Any = None
 
     def respond_now(
         self, status: int, body: bytes = b"", headers: Iterable[tuple[str, str]] = ()

@@ -13,6 +13,7 @@ cdef class Route:
     cdef public Edits edits
     cdef public double idle_s
     cdef public double response_start_s
+    cdef public object tee
     cdef public object timeouts
     cdef public double total_s
     @cython.locals(edits=Edits, key=tuple)

@@ -46,6 +46,7 @@ class Route:
         "edits",
         "idle_s",
         "response_start_s",
+        "tee",
         "timeouts",
         "total_s",
     )
@@ -56,6 +57,7 @@ class Route:
         remove_headers: Iterable[str] = (),
         remove_prefixes: Iterable[str] = (),
         timeouts: Timeouts = NO_TIMEOUTS,
+        tee: object = None,
     ) -> None:
         self._removes = tuple(remove_headers)
         self._prefixes = tuple(remove_prefixes)
@@ -68,6 +70,9 @@ class Route:
         self.response_start_s = timeouts.response_start_s
         self.idle_s = timeouts.idle_s
         self.body_prefix = timeouts.body_prefix
+        # a dataplane.api.TeeFactory, or None: whether a request's bytes are copied (payload
+        # logging, shadow comparison); typed object here, as api imports this module
+        self.tee = tee
 
     def edits_for(
         self, set_headers: tuple[tuple[str, str], ...], remove_headers: tuple[str, ...]
