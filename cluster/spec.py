@@ -103,13 +103,25 @@ class TrafficTarget:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ShadowTarget:
+    """A copy of ``percent`` of a service's requests sent to ``revision`` as well, outside the
+    100 % split: its responses are compared with the primary's and discarded
+    (:mod:`cluster.shadow`, docs/shadow.md)."""
+
+    revision: str
+    percent: int = 100
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Service:
-    """A named model endpoint whose traffic is split over revisions by percent."""
+    """A named model endpoint whose traffic is split over revisions by percent (and copied to
+    its shadow revisions, if any)."""
 
     namespace: str
     name: str
     revisions: tuple[Revision, ...]
     traffic: tuple[TrafficTarget, ...]
+    shadows: tuple[ShadowTarget, ...] = ()
 
     def revision(self, name: str) -> Revision | None:
         for rev in self.revisions:

@@ -33,6 +33,7 @@ The format (docs/configuration.md has the full reference)::
             preload: [transformers]        # optional: modules replicas are forked with, imported
         traffic:                   # optional with one revision (it gets 100 %)
           - {revisionName: iris-v1, percent: 100, tag: v1}
+          - {revisionName: iris-v2, shadow: true, percent: 20}   # copies, outside the split
 
 Field names are Knative's (``containerConcurrency``, ``revisionName``...). Unknown fields are
 errors, so a misspelt field is not silently ignored. ``config`` values and annotation values may
@@ -72,12 +73,14 @@ from cluster.annotations import (
 )
 from cluster.batching import BatchingError, parse_batching
 from cluster.goparse import format_number, parse_bool, parse_int32
+from cluster.shadow import check_shadows, is_shadow_entry, parse_shadow
 from cluster.spec import (
     PREDICTOR_FORMATS,
     Predictor,
     ReadinessProbe,
     Revision,
     Service,
+    ShadowTarget,
     Spec,
     TrafficTarget,
 )
@@ -125,7 +128,12 @@ _PROBE_FIELDS = (
     "successThreshold",
     "failureThreshold",
 )
-_TRAFFIC_FIELDS = ("revisionName", "percent", "tag")
+_TRAFFIC_FIELDS = (
+    "revisionName",
+    "percent",
+    "tag",
+    "shadow",
+)  # shadow: false (else cluster.shadow)
 
 
 class SpecError(ValueError):
@@ -284,6 +292,7 @@ def _service(
             names.add(raw_rev["name"])
 
     traffic: list[TrafficTarget] = []
+    shadows: list[tuple[str, ShadowTarget]] = []
     raw_traffic = raw.get("traffic")
     if raw_traffic is None:
         if len(raw_revisions) == 1 and revisions:
@@ -297,6 +306,13 @@ def _service(
         all_valid = True
         for k, raw_target in enumerate(raw_traffic):
             tpath = f"{path}.traffic[{k}]"
+            if is_shadow_entry(raw_target):  # outside the split (cluster.shadow)
+                assert isinstance(raw_target, Mapping)
+                shadow, problems = parse_shadow(raw_target, tpath, revisions=names)
+                errs.items.extend(problems)
+                if shadow is not None:
+                    shadows.append((tpath, shadow))
+                continue
             target = _traffic(raw_target, tpath, errs, revisions=names, service=name)
             if target is None:
                 all_valid = False
@@ -311,11 +327,16 @@ def _service(
         total = sum(t.percent for t in traffic)
         if all_valid and total != 100:
             errs.add(f"{path}.traffic", f"percents sum to {total}, must be 100")
+        errs.items.extend(check_shadows(shadows, traffic))
 
     if name is None or namespace is None:
         return None
     return Service(
-        namespace=namespace, name=name, revisions=tuple(revisions), traffic=tuple(traffic)
+        namespace=namespace,
+        name=name,
+        revisions=tuple(revisions),
+        traffic=tuple(traffic),
+        shadows=tuple(s for _, s in shadows),
     )
 
 

@@ -21,11 +21,11 @@ from cluster.kubernetes.scheme import (
     SchemeError,
     misplaced_annotations,
     revision_from_deployment,
-    traffic_from_configmap,
+    route_from_configmap,
 )
 from cluster.memory import Observable
 from cluster.ports import PodEndpoint
-from cluster.spec import Revision, RevisionKey, Service, TrafficTarget
+from cluster.spec import Revision, RevisionKey, Service, ShadowTarget, TrafficTarget
 
 log = logging.getLogger("zeroserve.kubernetes")
 
@@ -136,12 +136,15 @@ class KubeRoutes(_Derived[Mapping[tuple[str, str], Service]]):
     def __init__(self, revisions: KubeRevisions, routes: Informer) -> None:
         self._revisions = revisions
         self._routes = routes
-        self._valid: dict[ObjKey, tuple[str, str, tuple[TrafficTarget, ...]]] = {}
+        self._valid: dict[
+            ObjKey, tuple[str, str, tuple[TrafficTarget, ...], tuple[ShadowTarget, ...]]
+        ] = {}
         super().__init__(MappingProxyType({}), [routes])
         revisions.subscribe(lambda _: self.refresh())
 
     def compute(self) -> Mapping[tuple[str, str], Service]:
         traffic: dict[tuple[str, str], tuple[TrafficTarget, ...]] = {}
+        shadows: dict[tuple[str, str], tuple[ShadowTarget, ...]] = {}
         live = self._routes.items()
         for key in list(self._valid):
             if key not in live:
@@ -150,16 +153,17 @@ class KubeRoutes(_Derived[Mapping[tuple[str, str], Service]]):
             rv = resource_version(obj)
             if key not in self._valid or self._valid[key][0] != rv:
                 try:
-                    service, targets = traffic_from_configmap(obj)
-                    self._valid[key] = (rv, service, targets)
+                    service, targets, copies = route_from_configmap(obj)
+                    self._valid[key] = (rv, service, targets, copies)
                 except SchemeError as exc:
                     log.error(
                         "invalid route ConfigMap",
                         extra={"namespace": key[0], "configmap": key[1], "error": str(exc)},
                     )
             if key in self._valid:
-                _, service, targets = self._valid[key]
+                _, service, targets, copies = self._valid[key]
                 traffic[(key[0], service)] = targets
+                shadows[(key[0], service)] = copies
         by_service: dict[tuple[str, str], list[Revision]] = {}
         for rev in self._revisions.current().values():
             by_service.setdefault((rev.namespace, rev.service), []).append(rev)
@@ -170,7 +174,11 @@ class KubeRoutes(_Derived[Mapping[tuple[str, str], Service]]):
                 TrafficTarget(revision=revs[-1].name, percent=100),
             )
             out[(namespace, name)] = Service(
-                namespace=namespace, name=name, revisions=tuple(revs), traffic=targets
+                namespace=namespace,
+                name=name,
+                revisions=tuple(revs),
+                traffic=targets,
+                shadows=shadows.get((namespace, name), ()),
             )
         return MappingProxyType(out)
 

@@ -42,6 +42,7 @@ from cluster.kubernetes.scheme import (
     TRAFFIC_KEY,
 )
 from cluster.local.supervisor import readiness_probe_json
+from cluster.shadow import shadow_entry
 from cluster.spec import Predictor, Revision, Service, Spec
 
 CACHE_DIR: Final = "/var/cache/zeroserve/models"
@@ -300,6 +301,7 @@ def route(svc: Service) -> Obj:
         if t.tag:
             entry["tag"] = t.tag
         traffic.append(entry)
+    traffic += [shadow_entry(s) for s in svc.shadows]  # outside the split (cluster.shadow)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

@@ -36,6 +36,7 @@ convention ``route-<service>``)::
       traffic: |                      # YAML list, the spec file's fields (Knative's names)
         - {revisionName: iris-00001, percent: 90}
         - {revisionName: iris-00002, percent: 10, tag: canary}
+        - {revisionName: iris-00003, shadow: true, percent: 20}   # copies (cluster.shadow)
 
 A service with revisions and no route ConfigMap sends 100 % to its newest revision (the
 Deployment created last), as a Knative service does with ``latestRevision: true``.
@@ -58,7 +59,8 @@ from cluster.annotations import GROUP as AUTOSCALING_GROUP
 from cluster.annotations import AnnotationError, validate_annotations
 from cluster.batching import ENV, BatchingError, batching_env, parse_batching
 from cluster.kubernetes.api import Obj
-from cluster.spec import Revision, TrafficTarget
+from cluster.shadow import check_shadows, is_shadow_entry, parse_shadow
+from cluster.spec import Revision, ShadowTarget, TrafficTarget
 
 SERVICE_LABEL: Final = "serving.knative.dev/service"
 REVISION_LABEL: Final = "serving.knative.dev/revision"
@@ -72,7 +74,7 @@ TRAFFIC_KEY: Final = "traffic"
 
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _LABEL_RULE = "must be a DNS-1123 label (lowercase letters, digits and '-', at most 63)"
-_TRAFFIC_FIELDS = ("revisionName", "percent", "tag")
+_TRAFFIC_FIELDS = ("revisionName", "percent", "tag", "shadow")  # shadow: false
 
 
 class SchemeError(ValueError):
@@ -270,7 +272,17 @@ def revision_from_deployment(obj: Obj) -> Revision:
 
 def traffic_from_configmap(obj: Obj) -> tuple[str, tuple[TrafficTarget, ...]]:
     """The service a route ConfigMap names and its traffic; :class:`SchemeError` if invalid."""
+    service, targets, _ = route_from_configmap(obj)
+    return service, targets
+
+
+def route_from_configmap(
+    obj: Obj,
+) -> tuple[str, tuple[TrafficTarget, ...], tuple[ShadowTarget, ...]]:
+    """The service a route ConfigMap names, its traffic split and its shadows (entries with
+    ``shadow: true``, :mod:`cluster.shadow`); :class:`SchemeError` if invalid."""
     errs = _Errors("ConfigMap", obj)
+    shadows: list[tuple[str, ShadowTarget]] = []
     meta = obj.get("metadata") or {}
     service = _string_map(meta.get("labels")).get(ROUTE_LABEL, "")
     if not _DNS1123_LABEL.fullmatch(service):
@@ -291,6 +303,12 @@ def traffic_from_configmap(obj: Obj) -> tuple[str, tuple[TrafficTarget, ...]]:
         path = f"{field}[{n}]"
         if not isinstance(entry, Mapping):
             errs.value(path, entry, "must be a mapping (revisionName, percent, tag)")
+            continue
+        if is_shadow_entry(entry):
+            shadow, problems = parse_shadow(entry, path)
+            errs.items.extend(f"{errs.prefix}: {p}" for p in problems)
+            if shadow is not None:
+                shadows.append((path, shadow))
             continue
         unknown = [str(k) for k in entry if k not in _TRAFFIC_FIELDS]
         if unknown:
@@ -317,5 +335,6 @@ def traffic_from_configmap(obj: Obj) -> tuple[str, tuple[TrafficTarget, ...]]:
     total = sum(t.percent for t in targets)
     if targets and total != 100:
         errs.add(field, f"percents sum to {total}, must be 100")
+    errs.items.extend(f"{errs.prefix}: {p}" for p in check_shadows(shadows, targets))
     errs.raise_if_any()
-    return service, tuple(targets)
+    return service, tuple(targets), tuple(s for _, s in shadows)
