@@ -22,6 +22,8 @@ back. :func:`translate` is pure: documents and history in, spec mapping and new 
 Without history (``zeroserve validate``, ``zeroserve render``) each service has one revision,
 ``-00001``, with all the traffic.
 
+``spec.predictor.batcher`` becomes the ``batching.zeroserve.dev/*`` annotations (docs/batching.md).
+
 Fields that KServe has and zeroserve does not yet (``spec.transformer``, ``spec.predictor.logger``,
 ``spec.predictor.tensorflow``...) are errors saying so, and so are unknown fields; every error starts
 with the document and the field's path: ``InferenceService default/iris: spec.transformer: not
@@ -41,6 +43,9 @@ from typing import Any, Final
 
 import yaml
 
+from cluster.batching import GROUP as BATCHING_GROUP
+from cluster.batching import MAX_BATCH_SIZE as BATCH_MAX_SIZE
+from cluster.batching import MAX_LATENCY as BATCH_MAX_LATENCY
 from cluster.spec import Spec
 from cluster.spec_loader import DEFAULT_NAMESPACE, ConfigCheck, SpecError, load_spec, parse_spec
 
@@ -99,6 +104,7 @@ _PREDICTOR = (
     "containerConcurrency",
     "timeout",
     "canaryTrafficPercent",
+    "batcher",
     "annotations",
     "labels",
     *_IMPLEMENTATIONS,
@@ -111,7 +117,6 @@ _PREDICTOR_LATER = (
     "paddle",
     "xgboostserver",
     "logger",
-    "batcher",
     "autoScaling",
     "deploymentStrategy",
     "workerSpec",
@@ -489,8 +494,11 @@ def _predictor(
     # as KServe merges them), then the predictor's fields over them (KServe's reconciler).
     own = _strings(raw.get("annotations"), f"{path}.annotations", doc)
     annotations = {
-        k: v for k, v in {**meta_annotations, **own}.items() if k.startswith(AUTOSCALING_PREFIX)
+        k: v
+        for k, v in {**meta_annotations, **own}.items()
+        if k.startswith((AUTOSCALING_PREFIX, BATCHING_GROUP + "/"))
     }
+    _batcher(raw.get("batcher"), f"{path}.batcher", annotations, doc)
     _strings(raw.get("labels"), f"{path}.labels", doc)
     min_replicas = _int(raw, "minReplicas", path, doc, lo=0)
     max_replicas = _int(raw, "maxReplicas", path, doc, lo=0)
@@ -683,6 +691,26 @@ def _resources(raw: object, path: str, doc: _Doc) -> dict[str, object]:
         if key in raw:
             out[key] = _strings(raw[key], f"{path}.{key}", doc)
     return out
+
+
+_BATCHER = ("maxBatchSize", "maxLatency", "timeout")
+
+
+def _batcher(raw: object, path: str, annotations: dict[str, str], doc: _Doc) -> None:
+    """KServe's ``batcher`` (``maxBatchSize``, default 32; ``maxLatency`` in ms, default 5000)
+    as the ``batching.zeroserve.dev/*`` annotations; a mode annotation written beside it stays
+    (adaptive by default, docs/batching.md). KServe's ``timeout`` is accepted and unused: a
+    request's deadline is the revision timeout."""
+    if raw is None:
+        return
+    if not isinstance(raw, Mapping):
+        doc.value(path, raw, "must be a mapping (maxBatchSize, maxLatency)")
+        return
+    doc.fields(raw, path, _BATCHER, ())
+    size = _int(raw, "maxBatchSize", path, doc, lo=1)
+    latency = _int(raw, "maxLatency", path, doc, lo=1)
+    annotations[BATCH_MAX_SIZE] = str(size if size is not None else 32)
+    annotations[BATCH_MAX_LATENCY] = f"{latency if latency is not None else 5000}ms"
 
 
 # -- small field helpers -----------------------------------------------------------------------

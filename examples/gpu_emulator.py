@@ -9,9 +9,16 @@ onto the GPU), so even a TCP readiness probe sees the cold start.
 
 Environment: ``PORT`` (8080), ``HOST`` (127.0.0.1), ``SERVICE_TIME_MS`` (100), ``SLOTS`` (1),
 ``STARTUP_DELAY_SECONDS`` (2), ``MODEL_NAME`` (empty: answer every model name),
-``SHUTDOWN_TIMEOUT_SECONDS`` (30).
+``SHUTDOWN_TIMEOUT_SECONDS`` (30), ``CALL_COST_MS`` and ``ROW_COST_MS`` (0: the batch cost model,
+below).
 
-Endpoints: ``GET|POST /`` and ``POST /v2/models/<m>/infer`` (work; ``?sleep=`` overrides the
+The batch cost model (``CALL_COST_MS``/``ROW_COST_MS`` not both 0): a call's work is the call's
+cost plus the row's cost times its rows (V1 ``instances``, V2 the first input's first dimension),
+as a GPU's time for a batch grows little with its size; with one slot that is what request
+batching (docs/batching.md) is measured on.
+
+Endpoints: ``GET|POST /``, ``POST /v1/models/<m>:predict`` (one prediction per instance: the
+sum of its numbers) and ``POST /v2/models/<m>/infer`` (one output value per row; all work; ``?sleep=`` overrides the
 service time, in ms or as a duration like ``250ms``/``1.5s``, as Knative's autoscale test image
 takes it), ``GET /stream?tokens=N&interval_ms=M`` (N chunks, one every M ms, like an LLM's
 tokens), ``GET /v2/health/live``, ``GET /v2/health/ready``, ``GET /debug/concurrency`` (the most
@@ -93,6 +100,14 @@ class EmulatorConfig:
     """Requests served in parallel; later ones wait for a slot."""
     model_name: str = ""
     """The model name the V2 infer path answers to; empty answers any name."""
+    call_cost_ms: float = 0.0
+    """With ``row_cost_ms``, the batch cost model: a call's work is ``call_cost_ms`` plus
+    ``row_cost_ms`` per row (V1 instances, V2 first dimension) instead of the service time."""
+    row_cost_ms: float = 0.0
+
+    @property
+    def batch_costs(self) -> bool:
+        return self.call_cost_ms > 0 or self.row_cost_ms > 0
 
 
 class GpuState:
@@ -157,6 +172,7 @@ def make_app(config: EmulatorConfig | None = None) -> web.Application:
     app.router.add_route("GET", "/", work)
     app.router.add_route("POST", "/", work)
     app.router.add_post("/v2/models/{model}/infer", v2_infer)
+    app.router.add_post("/v1/models/{model}", v1_predict)  # ({model} ends in ":predict")
     app.router.add_get("/stream", stream)
     app.router.add_get("/v2/health/live", live)
     app.router.add_get("/v2/health/ready", ready)
@@ -165,9 +181,13 @@ def make_app(config: EmulatorConfig | None = None) -> web.Application:
     return app
 
 
-async def _serve_one(request: web.Request) -> dict[str, float] | web.Response:
-    """Wait for a slot and work; the timings, or a 400 for a bad ``?sleep=``."""
-    service_ms = request.app[CONFIG].service_time_ms
+async def _serve_one(request: web.Request, rows: int = 1) -> dict[str, float] | web.Response:
+    """Wait for a slot and work; the timings, or a 400 for a bad ``?sleep=``. The work is the
+    service time, or with the batch cost model the call's cost plus ``rows`` times the row's."""
+    config = request.app[CONFIG]
+    service_ms = config.service_time_ms
+    if config.batch_costs:
+        service_ms = config.call_cost_ms + config.row_cost_ms * rows
     if "sleep" in request.query:
         try:
             service_ms = parse_sleep_ms(request.query["sleep"])
@@ -197,26 +217,51 @@ async def work(request: web.Request) -> web.Response:
     return web.json_response({**timings, "slots": request.app[CONFIG].slots})
 
 
+async def v1_predict(request: web.Request) -> web.Response:
+    """KServe V1: one prediction per instance (the sum of its numbers), after the work."""
+    name = request.match_info["model"].removesuffix(":predict")
+    served = request.app[CONFIG].model_name
+    if served and name != served:
+        return json_error(404, f"model {name!r} not found: this server serves {served!r}")
+    doc = _json(await request.read())
+    instances = doc.get("instances") if isinstance(doc, dict) else None
+    if not isinstance(instances, list) or not instances:
+        return json_error(400, 'the body must be {"instances": [...]} with at least one instance')
+    timings = await _serve_one(request, rows=len(instances))
+    if isinstance(timings, web.Response):
+        return timings
+    return web.json_response({"predictions": [_sum(x) for x in instances]})
+
+
+def _sum(value: object) -> float:
+    if isinstance(value, list):
+        return sum(_sum(v) for v in value)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
 async def v2_infer(request: web.Request) -> web.Response:
     served = request.app[CONFIG].model_name
     name = request.match_info["model"]
     if served and name != served:
         return json_error(404, f"model {name!r} not found: this server serves {served!r}")
-    timings = await _serve_one(request)
+    doc = _json(await request.read())
+    rows = _rows(doc)
+    timings = await _serve_one(request, rows=rows or 1)
     if isinstance(timings, web.Response):
         return timings
-    request_id = _request_id(await request.read())
+    request_id = doc.get("id") if isinstance(doc, dict) else None
     return web.json_response(
         {
             "model_name": name,
             "model_version": "1",
-            **({"id": request_id} if request_id is not None else {}),
+            **({"id": request_id} if isinstance(request_id, str) else {}),
             "outputs": [
                 {
+                    # one value per row of the input (a request without inputs: one)
                     "name": "output-0",
-                    "shape": [1],
+                    "shape": [rows] if rows else [1],
                     "datatype": "FP64",
-                    "data": [timings["service_time_ms"]],
+                    "data": [timings["service_time_ms"]] * (rows or 1),
                 }
             ],
             "parameters": timings,
@@ -224,14 +269,23 @@ async def v2_infer(request: web.Request) -> web.Response:
     )
 
 
-def _request_id(body: bytes) -> str | None:
-    # Any body is accepted (the emulator does no real inference); a V2 request's id is echoed.
+def _json(body: bytes) -> object:
+    # Any body is accepted (the emulator does no real inference): None when it is not JSON.
     try:
-        value = json.loads(body) if body else None
+        return json.loads(body) if body else None
     except ValueError:
         return None
-    request_id = value.get("id") if isinstance(value, dict) else None
-    return request_id if isinstance(request_id, str) else None
+
+
+def _rows(doc: object) -> int:
+    """A V2 request's rows: its first input's first dimension (0 when it has none)."""
+    inputs = doc.get("inputs") if isinstance(doc, dict) else None
+    if not isinstance(inputs, list) or not inputs or not isinstance(inputs[0], dict):
+        return 0
+    shape = inputs[0].get("shape")
+    if isinstance(shape, list) and shape and isinstance(shape[0], int) and shape[0] > 0:
+        return shape[0]
+    return 0
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
@@ -321,6 +375,8 @@ def settings_from_env(env: Mapping[str, str]) -> tuple[EmulatorConfig, ServerSet
         service_time_ms=env_float(env, "SERVICE_TIME_MS", 100.0, low=0.0, high=MAX_SLEEP_MS),
         slots=env_int(env, "SLOTS", 1, low=1, high=100_000),
         model_name=name,
+        call_cost_ms=env_float(env, "CALL_COST_MS", 0.0, low=0.0, high=MAX_SLEEP_MS),
+        row_cost_ms=env_float(env, "ROW_COST_MS", 0.0, low=0.0, high=MAX_SLEEP_MS),
     )
     server = server_settings_from_env(env, startup_delay_default=2.0)
     return config, server

@@ -393,17 +393,19 @@ async def open_loop(
     host: str | None = None,
     bad: list[bytes] | None = None,
     meter: Meter | None = None,
+    request: bytes | None = None,
 ) -> list[float]:
     """Latencies (s) of requests sent at ``rate``/s, each timed from its scheduled send; -1 for
     an answer other than 200 (the first few are added to ``bad``). ``meter`` reads what it
-    measures (a target's CPU time) around the timed requests only."""
+    measures (a target's CPU time) around the timed requests only. ``request``: the raw
+    request sent (a ``GET /`` by default)."""
     loop = asyncio.get_running_loop()
     bad = [] if bad is None else bad
     clients: list[_Client] = []
     for _ in range(conns):
         _, proto = await loop.create_connection(lambda: _Client(bad), "127.0.0.1", port)
         clients.append(proto)
-    req = _request(port, host)
+    req = request or _request(port, host)
     # One untimed request on every connection first, so that the timed ones measure requests
     # on open, served connections, not the target accepting 32 new ones all at once.
     warm = []
@@ -465,10 +467,15 @@ def run_open_loop(
     host: str | None = None,
     bad: list[bytes] | None = None,
     meter: Meter | None = None,
+    *,
+    conns: int = 32,
+    request: bytes | None = None,
 ) -> list[float]:
     """:func:`open_loop` on a fresh uvloop."""
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
-        return r.run(open_loop(port, rate, seconds, host=host, bad=bad, meter=meter))
+        return r.run(
+            open_loop(port, rate, seconds, conns, host=host, bad=bad, meter=meter, request=request)
+        )
 
 
 def pct(values: Sequence[float], p: float) -> float:

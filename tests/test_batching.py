@@ -8,6 +8,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -25,8 +26,13 @@ from cluster.batching import (
     batching_from_env,
     parse_batching,
 )
+from cluster.inferenceservice import translate
+from cluster.kubernetes.render import render
+from cluster.kubernetes.scheme import SchemeError, revision_from_deployment
+from cluster.spec_loader import SpecError, parse_spec
 from queue_proxy.config import ConfigError, Settings
 from tests.dataplane_fixtures import poll_until, run_app
+from tests.e2e_support import emulator_spec, wait_for, zeroserve_up
 from tests.test_queue_proxy import sample, scrape_port, started
 
 # --- the annotations ---------------------------------------------------------------------------
@@ -359,3 +365,113 @@ async def test_v2_inputs_are_joined_and_outputs_split_with_each_callers_id() -> 
         joined = next(body for _, body in r.model.calls if body["inputs"][0]["shape"][0] == 3)
         assert joined["inputs"][0]["data"] == [1, 2, 3, 4, 5, 6]
         assert "id" not in joined
+
+
+# --- zeroserve up: the annotations reach the queue-proxy ----------------------------------------
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+async def test_zeroserve_up_batches_a_revision_with_the_annotations(tmp_path: Path) -> None:
+    """The emulator's batch cost model (50 ms a call + 1 ms a row, one slot) behind the local
+    runtime with ``max-batch-size: 16``: 12 requests at once take fewer calls than requests,
+    each answered with its own predictions."""
+    spec = emulator_spec(
+        name="emu",
+        cc=1,
+        annotations={"autoscaling.knative.dev/min-scale": "1", MAX_BATCH_SIZE: "16"},
+        env={"CALL_COST_MS": "50", "ROW_COST_MS": "1", "SLOTS": "1"},
+    )
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(spec)
+    async with (
+        zeroserve_up(spec_path, tmp_path / "up.log") as rt,
+        aiohttp.ClientSession() as session,
+    ):
+
+        async def one_ready() -> bool:
+            return await rt.ready(session, "emu-v1") == 1
+
+        await wait_for(one_ready, within=60, interval=0.3, what="one ready replica")
+
+        async def predict(k: int) -> tuple[int, Any]:
+            body = {"instances": [[k, 1], [k, 2]]}
+            async with session.post(f"{rt.url}/v1/models/emu:predict", json=body) as resp:
+                return resp.status, await resp.json()
+
+        answers = await asyncio.gather(*(predict(k) for k in range(12)))
+        assert answers == [(200, {"predictions": [k + 1.0, k + 2.0]}) for k in range(12)]
+        host = {"Host": "emu.default.example.com"}
+        async with session.get(f"{rt.url}/debug/concurrency", headers=host) as resp:
+            assert resp.status == 200, await resp.text()
+            calls = (await resp.json())["served"]
+        assert 2 <= calls < 12  # the first alone, the rest joined while the slot was busy
+
+
+# --- the spec, the InferenceService form, Kubernetes -----------------------------------------
+
+
+def _spec(annotations: dict[str, str]) -> dict[str, Any]:
+    revision = {"name": "m-v1", "command": ["model"], "annotations": annotations}
+    return {"services": [{"name": "m", "revisions": [revision]}]}
+
+
+def test_the_spec_loader_refuses_bad_batching_annotations_naming_the_path() -> None:
+    with pytest.raises(SpecError) as err:
+        parse_spec(_spec({MAX_BATCH_SIZE: "0", MODE: "eager"}))
+    path = "services[0].revisions[0].annotations"
+    assert (
+        f"{path}: {MAX_BATCH_SIZE} = '0': must be an integer within [1, 100000] (rows per batch)"
+        in (err.value.errors)
+    )
+    assert f"{path}: {MODE} = 'eager': must be adaptive or static" in err.value.errors
+
+
+def _isvc(predictor: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {"name": "iris"},
+        "spec": {"predictor": {"sklearn": {"storageUri": "file:///m"}, **predictor}},
+    }
+
+
+def test_kserves_batcher_field_becomes_the_annotations() -> None:
+    def annotations(predictor: dict[str, Any]) -> dict[str, str]:
+        [svc] = parse_spec(translate([_isvc(predictor)]).spec).services
+        return {k: v for k, v in svc.revisions[0].annotations.items() if k.startswith("batching")}
+
+    assert annotations({}) == {}
+    assert annotations({"batcher": {}}) == {MAX_BATCH_SIZE: "32", MAX_LATENCY: "5000ms"}
+    got = annotations(
+        {"batcher": {"maxBatchSize": 8, "maxLatency": 20}, "annotations": {MODE: "static"}}
+    )
+    assert got == {MAX_BATCH_SIZE: "8", MAX_LATENCY: "20ms", MODE: "static"}
+    with pytest.raises(SpecError) as err:
+        translate([_isvc({"batcher": {"maxBatchSize": 0, "size": 3}})])
+    assert any(
+        "spec.predictor.batcher.maxBatchSize = 0: must be at least 1" in e for e in err.value.errors
+    )
+    assert any("spec.predictor.batcher.size" in e for e in err.value.errors)
+
+
+def test_render_hands_the_annotations_to_the_queue_proxy_and_the_scheme_checks_them() -> None:
+    spec = parse_spec(_spec({MAX_BATCH_SIZE: "4", MAX_LATENCY: "10ms"}))
+    [deployment] = [o for o in render(spec, image="zeroserve:test") if o["kind"] == "Deployment"]
+    assert deployment["metadata"]["annotations"][MAX_BATCH_SIZE] == "4"
+    [qp] = [
+        c
+        for c in deployment["spec"]["template"]["spec"]["containers"]
+        if c["name"] == "queue-proxy"
+    ]
+    env = {e["name"]: e.get("value") for e in qp["env"]}
+    assert batching_from_env(env) == Batching(max_batch_size=4, max_latency_s=0.01)
+    assert revision_from_deployment(deployment).annotations[MAX_BATCH_SIZE] == "4"
+    for e in qp["env"]:
+        if e["name"] == "QUEUE_BATCH_MAX_SIZE":
+            e["value"] = "8"
+    with pytest.raises(SchemeError, match=r"env\[QUEUE_BATCH_MAX_SIZE\] = '8': must agree"):
+        revision_from_deployment(deployment)
+    deployment["metadata"]["annotations"][MODE] = "eager"
+    with pytest.raises(SchemeError, match=f"{MODE} = 'eager'"):
+        revision_from_deployment(deployment)

@@ -329,3 +329,24 @@ async def test_sigterm_while_loading_exits_at_once(tmp_path: Path) -> None:
         assert await server.terminate() == 0, server.log()
         assert time.monotonic() - started < 5
     assert "listening on" not in server.log()
+
+
+# --- the batch cost model ---------------------------------------------------------------------
+
+
+async def test_batch_cost_model_charges_a_call_plus_each_row() -> None:
+    async with emulator(call_cost_ms=5, row_cost_ms=2) as client:
+        v2 = {"inputs": [{"name": "x", "shape": [4, 2], "datatype": "FP32", "data": [0] * 8}]}
+        status, body = await get_json(client, "/v2/models/m/infer", method="POST", json=v2)
+        assert status == 200
+        assert body["parameters"]["service_time_ms"] == 13.0  # 5 + 4 x 2
+        assert body["outputs"][0]["shape"] == [4]
+        assert body["outputs"][0]["data"] == [13.0] * 4
+        v1 = {"instances": [[1, 2], [3, 4.5], [0]]}
+        status, body = await get_json(client, "/v1/models/m:predict", method="POST", json=v1)
+        assert (status, body) == (200, {"predictions": [3.0, 7.5, 0.0]})
+        status, body = await get_json(
+            client, "/v1/models/m:predict", method="POST", json={"instances": []}
+        )
+        assert status == 400
+        assert "at least one instance" in body["error"]

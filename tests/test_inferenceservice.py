@@ -293,7 +293,7 @@ def test_errors_name_the_field(doc: dict[str, Any], error: str) -> None:
 
 
 def test_every_error_is_reported_at_once() -> None:
-    bad = isvc({"sklearn": {"storageURI": "x"}, "batcher": {}})
+    bad = isvc({"sklearn": {"storageURI": "x"}, "workerSpec": {}})
     with pytest.raises(SpecError) as info:
         translate([bad, isvc(SKLEARN), {**isvc(SKLEARN), "spec": {}}])
     assert len(info.value.errors) == 4, info.value.errors
@@ -380,7 +380,7 @@ def test_a_rejected_edit_does_not_move_the_rollout(tmp_path: Path) -> None:
     path = tmp_path / "iris.yaml"
     reader = SpecReader(write(path, isvc(SKLEARN)))
     reader.load()
-    bad = isvc({"onnx": {"storageUri": "s3://m/iris.onnx"}, "batcher": {}})
+    bad = isvc({"onnx": {"storageUri": "s3://m/iris.onnx"}, "workerSpec": {}})
     write(path, bad)
     with pytest.raises(SpecError):
         reader.load()
