@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -26,6 +26,7 @@ from activator.peers import ActivatorPeers, StaticPeers
 from activator.prober import EndpointProber
 from activator.reporter import ConcurrencyReporter
 from activator.routing import Router, RouteTable
+from activator.shadow import Mirror, ShadowSettings
 from activator.sinks import InProcessStatSink, StatSink, WebsocketStatSink
 from activator.throttler import PeerInfo, Throttler
 from cluster.envparse import non_negative_int, seconds
@@ -76,6 +77,8 @@ class ActivatorSettings:
     None = half the open-file limit, see ``dataplane.server.default_max_connections``)."""
     seed: int | None = None
     """Seed of the traffic-split and load-balancing RNG (tests); None = random."""
+    shadow: ShadowSettings = field(default_factory=ShadowSettings)
+    """Bounds of the copies sent to shadow revisions (docs/shadow.md)."""
 
 
 class Activator:
@@ -106,6 +109,15 @@ class Activator:
         self.throttler = Throttler(peers=peers.current(), queue_depth=settings.queue_depth, rng=rng)
         self.router = Router(routes, rng=rng, on_change=self._routes_changed)
         self.reporter = ConcurrencyReporter(settings.pod_name)
+        self.mirror = Mirror(
+            throttler=self.throttler,
+            reporter=self.reporter,
+            sink=stats,
+            metrics=self.metrics,
+            settings=settings.shadow,
+            rng=rng,
+        )
+        self.mirror.set_services(routes.current())
         self.handler = ActivatorHandler(
             router=self.router,
             throttler=self.throttler,
@@ -113,6 +125,7 @@ class Activator:
             sink=stats,
             metrics=self.metrics,
             not_ready_reason=not_ready_reason,
+            tees=self.mirror.tee_for,
         )
         self.prober = EndpointProber(
             endpoints,
@@ -198,6 +211,7 @@ class Activator:
             await self.server.wait_closed(0)
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
+        await self.mirror.close()
         with contextlib.suppress(Exception):  # a final report, so the last period is not lost
             self.stats.put(self.reporter.report(asyncio.get_running_loop().time()))
 
@@ -230,6 +244,7 @@ class Activator:
 
     def _routes_changed(self, table: RouteTable) -> None:
         self.throttler.update_revisions(table.revisions())
+        self.mirror.set_services(table.services())
         self.handler.routes_changed()
 
     async def _metrics(self, _request: web.Request) -> web.Response:
@@ -332,6 +347,20 @@ _LIMITS: tuple[tuple[str, str, str, Callable[[str], Any], str], ...] = (
         non_negative_int,
         "client connections open at once (0 = no cap; half the open-file limit)",
     ),
+    (
+        "--shadow-max-in-flight",
+        "ACTIVATOR_SHADOW_MAX_IN_FLIGHT",
+        "shadow.max_in_flight",
+        non_negative_int,
+        "copies to one shadow revision held at once; more are dropped (100)",
+    ),
+    (
+        "--shadow-max-body-bytes",
+        "ACTIVATOR_SHADOW_MAX_BODY_BYTES",
+        "shadow.max_body_bytes",
+        non_negative_int,
+        "the largest request body copied to a shadow, and response body compared (1 MiB)",
+    ),
 )
 
 
@@ -350,8 +379,12 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Acti
             values[name] = parse(raw)
         except ValueError as exc:
             raise ConfigError(f"{source} = {raw!r}: {exc}") from exc
+    shadow = {k.removeprefix("shadow."): values.pop(k) for k in list(values) if "." in k}
     return ActivatorSettings(
-        pod_name=args.pod_name, drain_quiet_period_s=args.drain_quiet_period, **values
+        pod_name=args.pod_name,
+        drain_quiet_period_s=args.drain_quiet_period,
+        shadow=ShadowSettings(**shadow),
+        **values,
     )
 
 

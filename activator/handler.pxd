@@ -43,6 +43,7 @@ cdef class ActivatorHandler:
     cdef public object _clock
     cdef public PathCounts paths
     cdef public object not_ready_reason
+    cdef public object tees
 
     @cython.locals(
         lane=_Lane,

@@ -95,7 +95,11 @@ class _Lane:
     __slots__ = ("counter", "key", "metrics", "revision", "route", "throttler", "timeouts")
 
     def __init__(
-        self, revision: Revision, throttler: RevisionThrottler, metrics: RevisionMetrics
+        self,
+        revision: Revision,
+        throttler: RevisionThrottler,
+        metrics: RevisionMetrics,
+        tee: object = None,
     ) -> None:
         self.revision = revision
         self.key: RevisionKey = revision.key
@@ -110,8 +114,9 @@ class _Lane:
             idle_s=revision.idle_timeout_s,
             body_prefix="activator ",
         )
-        # the header edits and timeouts of its forwards, made once
-        self.route = Route(remove_prefixes=STRIPPED_PREFIXES, timeouts=self.timeouts)
+        # the header edits and timeouts of its forwards, made once; the tee of its service's
+        # shadows (activator.shadow), if it has any
+        self.route = Route(remove_prefixes=STRIPPED_PREFIXES, timeouts=self.timeouts, tee=tee)
 
 
 def _proxy_headers(host: str | None, address: str) -> tuple[tuple[str, str], ...]:
@@ -131,6 +136,7 @@ class ActivatorHandler:
         sink: StatSink,
         metrics: ActivatorMetrics,
         not_ready_reason: NotReadyReason | None = None,
+        tees: Callable[[Revision], object] | None = None,
     ) -> None:
         self.router = router
         self.throttler = throttler
@@ -146,6 +152,8 @@ class ActivatorHandler:
         self.paths = PathCounts()
         # why a revision has no ready pod, if anyone knows (read by the timeout answer only)
         self.not_ready_reason = not_ready_reason
+        # a revision's tee factory (activator.shadow.Mirror.tee_for: its service's shadows)
+        self.tees = tees
 
     def routes_changed(self) -> None:
         """Forget the lanes: routes moved, and a revision's throttler may have been dropped."""
@@ -156,8 +164,9 @@ class ActivatorHandler:
         key = (revision.namespace, revision.name)
         lane = self._lanes.get(key)
         if lane is None or lane.revision is not revision:
+            tee = self.tees(revision) if self.tees is not None else None
             lane = self._lanes[key] = _Lane(
-                revision, self.throttler.get(revision), self.metrics.revision(revision)
+                revision, self.throttler.get(revision), self.metrics.revision(revision), tee
             )
         return lane
 

@@ -132,6 +132,10 @@ class RouteTable:
     def revisions(self) -> list[Revision]:
         return [rev for svc in self._services.values() for rev in svc.revisions]
 
+    def services(self) -> Mapping[tuple[str, str], Service]:
+        """The services of this snapshot, by (namespace, name)."""
+        return self._services
+
     def revision_for(self, host: str | None, target: str) -> Revision:
         """``resolve(host, target).revision``, faster: a Host seen before is one dict lookup."""
         if host is not None:
