@@ -15,6 +15,7 @@ from cluster.local.supervisor import SupervisorSettings
 from cluster.spec_loader import SpecError
 from dataplane.heap import freeze_startup_heap
 from metrics.logs import configure_logging
+from zeroserve import shadow_status
 from zeroserve.runtime import LocalRuntime, RuntimeSettings
 from zeroserve.specfile import config_warnings
 from zeroserve.specfile import load as load_spec_file
@@ -65,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="a table of revisions from a running runtime")
     st.add_argument("--url", default="http://127.0.0.1:9090/v1/revisions")
     st.add_argument("--json", action="store_true", help="print the raw JSON rows")
+    st.add_argument(
+        "--metrics-url",
+        default="",
+        help="the activator's Prometheus metrics, for the shadow table (default: /metrics "
+        "beside --url, the local runtime's; on Kubernetes the activator's :9090/metrics)",
+    )
     st.add_argument(
         "--cold-starts",
         action="store_true",
@@ -217,6 +224,16 @@ async def _up(args: argparse.Namespace) -> int:
     return code
 
 
+def _shadow_table(url: str) -> str:
+    """The shadow revisions' agreement (zeroserve.shadow_status), "" when there are none or
+    the metrics cannot be read (the revisions table stands on its own)."""
+    try:
+        return shadow_status.render(shadow_status.fetch(url))
+    except StatusError as exc:
+        print(f"zeroserve status: {exc}", file=sys.stderr)
+        return ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "status":
@@ -233,6 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(cold or "(no cold starts yet)")
         else:
             print(render(rows) + (f"\n\n{cold}" if cold else ""))
+            shadows = _shadow_table(args.metrics_url or shadow_status.metrics_url(args.url))
+            if shadows:
+                print(f"\n{shadows}")
         return 0
     if args.command == "render":
         return _render(args)
