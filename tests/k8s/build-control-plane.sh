@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Build etcd, kube-apiserver and kube-controller-manager from their Go modules
+# Build etcd, kube-apiserver, kube-controller-manager and kube-proxy from their Go modules
 # and cache the binaries outside the repository:
 #
-#   ${ZEROSERVE_K8S_CACHE:-~/.cache/zeroserve/k8s}/<kubernetes version>/{etcd,kube-apiserver,kube-controller-manager}
+#   ${ZEROSERVE_K8S_CACHE:-~/.cache/zeroserve/k8s}/<kubernetes version>/{etcd,kube-apiserver,kube-controller-manager,kube-proxy}
+#
+# kube-proxy (iptables mode) routes Service IPs in tests/k8s/traffic.py's end-to-end tests.
 #
 # k8s.io/kubernetes points its staging modules (k8s.io/api, k8s.io/client-go, ...)
 # at ./staging with `replace` directives, so `go install k8s.io/kubernetes/cmd/...@v1.x`
@@ -11,7 +13,7 @@
 # published twin at the same tag (v0.<minor>.<patch>).
 #
 # The build is deliberately polite: `nice -n 19`, GOMAXPROCS=1 and `go build -p 1`,
-# so on a shared machine it only uses idle CPU. It is idempotent: when the three
+# so on a shared machine it only uses idle CPU. It is idempotent: when the four
 # binaries exist it prints their directory and exits.
 #
 # Usage: tests/k8s/build-control-plane.sh            # prints the binary directory last
@@ -25,7 +27,8 @@ BIN="$CACHE/$K8S_VERSION"
 WORK="${ZEROSERVE_K8S_BUILD:-$HOME/.cache/zeroserve/k8s-build}/$K8S_VERSION"
 STAGING_VERSION="v0.${K8S_VERSION#v1.}"
 
-if [[ -x "$BIN/etcd" && -x "$BIN/kube-apiserver" && -x "$BIN/kube-controller-manager" ]]; then
+KUBE_CMDS=(kube-apiserver kube-controller-manager kube-proxy)
+if [[ -x "$BIN/etcd" && -x "$BIN/kube-apiserver" && -x "$BIN/kube-controller-manager" && -x "$BIN/kube-proxy" ]]; then
     echo "$BIN"
     exit 0
 fi
@@ -71,7 +74,7 @@ GO
     log "etcd: built in $(( $(date +%s) - start ))s"
 fi
 
-# --- kube-apiserver and kube-controller-manager from a wrapper module.
+# --- kube-apiserver, kube-controller-manager and kube-proxy from a wrapper module.
 cd "$WORK/kube"
 if [[ ! -f go.mod ]]; then
     log "kubernetes $K8S_VERSION: writing the wrapper module (staging at $STAGING_VERSION)"
@@ -92,8 +95,10 @@ if [[ ! -f go.mod ]]; then
     mv go.mod.new go.mod
 fi
 log "kubernetes: resolving modules"
-$GO get "k8s.io/kubernetes/cmd/kube-apiserver@$K8S_VERSION" "k8s.io/kubernetes/cmd/kube-controller-manager@$K8S_VERSION"
-for cmd in kube-apiserver kube-controller-manager; do
+pkgs=()
+for cmd in "${KUBE_CMDS[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$cmd@$K8S_VERSION"); done
+$GO get "${pkgs[@]}"
+for cmd in "${KUBE_CMDS[@]}"; do
     if [[ ! -x "$BIN/$cmd" ]]; then
         log "$cmd: building"
         start=$(date +%s)

@@ -93,8 +93,15 @@ def _wait_http(url: str, timeout_s: float) -> None:
 
 
 @contextlib.contextmanager
-def control_plane() -> Iterator[ControlPlane]:
-    """Start etcd, kube-apiserver and kube-controller-manager; stop them on exit."""
+def control_plane(address: str = "127.0.0.1") -> Iterator[ControlPlane]:
+    """Start etcd, kube-apiserver and kube-controller-manager; stop them on exit.
+
+    The API server listens on ``address``: loopback by default. The end-to-end tests
+    (``traffic.py``) pass the gateway of the bridge they create, so that pods in their network
+    namespaces reach it as the ``kubernetes`` Service (10.96.0.1:443), whose endpoint the API
+    server then maintains itself (its default lease reconciler; a loopback address may not be
+    an endpoint, so the loopback plane has none).
+    """
     bins = binary_dir()
     with tempfile.TemporaryDirectory(prefix="zeroserve-k8s-") as tmp:
         work = Path(tmp)
@@ -108,6 +115,7 @@ def control_plane() -> Iterator[ControlPlane]:
             )
             (work / "tokens.csv").write_text(f'{ADMIN_TOKEN},admin,admin,"system:masters"\n')
             etcd_client, etcd_peer, api_port = _free_port(), _free_port(), _free_port()
+            loopback = address.startswith("127.")
             procs.append(
                 subprocess.Popen(
                     [
@@ -128,7 +136,7 @@ def control_plane() -> Iterator[ControlPlane]:
                     [
                         str(bins / "kube-apiserver"),
                         f"--etcd-servers=http://127.0.0.1:{etcd_client}",
-                        "--bind-address=127.0.0.1",
+                        f"--bind-address={address}",
                         f"--secure-port={api_port}",
                         f"--cert-dir={work / 'certs'}",
                         f"--token-auth-file={work / 'tokens.csv'}",
@@ -137,8 +145,8 @@ def control_plane() -> Iterator[ControlPlane]:
                         f"--service-account-signing-key-file={work / 'sa.key'}",
                         "--service-account-issuer=https://kubernetes.default.svc",
                         "--service-cluster-ip-range=10.96.0.0/16",
-                        "--advertise-address=127.0.0.1",
-                        "--endpoint-reconciler-type=none",  # a loopback address may not be reconciled
+                        f"--advertise-address={address}",
+                        f"--endpoint-reconciler-type={'none' if loopback else 'lease'}",
                         "--enable-priority-and-fairness=false",
                         # so that a test sees 410 Gone within seconds
                         "--etcd-compaction-interval=2s",
@@ -148,7 +156,7 @@ def control_plane() -> Iterator[ControlPlane]:
                     stderr=log,
                 )
             )
-            url = f"https://127.0.0.1:{api_port}"
+            url = f"https://{address}:{api_port}"
             try:
                 _wait_http(f"{url}/readyz", 90)
             except TimeoutError as exc:
