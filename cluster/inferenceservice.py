@@ -23,6 +23,9 @@ Without history (``zeroserve validate``, ``zeroserve render``) each service has 
 ``-00001``, with all the traffic.
 
 ``spec.predictor.batcher`` becomes the ``batching.zeroserve.dev/*`` annotations (docs/batching.md).
+An InferenceService annotated ``shadow.zeroserve.dev/of: <name>`` (and optionally
+``shadow.zeroserve.dev/percent``) becomes a shadow revision of that one (cluster.shadow,
+docs/shadow.md).
 
 Fields that KServe has and zeroserve does not yet (``spec.transformer``, ``spec.predictor.logger``,
 ``spec.predictor.tensorflow``...) are errors saying so, and so are unknown fields; every error starts
@@ -46,6 +49,7 @@ import yaml
 from cluster.batching import GROUP as BATCHING_GROUP
 from cluster.batching import MAX_BATCH_SIZE as BATCH_MAX_SIZE
 from cluster.batching import MAX_LATENCY as BATCH_MAX_LATENCY
+from cluster.shadow import attach_shadows, isvc_shadow
 from cluster.spec import Spec
 from cluster.spec_loader import DEFAULT_NAMESPACE, ConfigCheck, SpecError, load_spec, parse_spec
 
@@ -328,6 +332,7 @@ def translate(docs: Sequence[object], history: History | None = None) -> Transla
     new_history: dict[tuple[str, str], ServiceHistory] = {}
     kube: dict[tuple[str, str], Mapping[str, object]] = {}
     seen: dict[tuple[str, str], int] = {}
+    shadows: dict[tuple[str, str], tuple[str, int]] = {}
     for n, raw in enumerate(docs, start=1):
         parsed = _document(raw, n, errors)
         if parsed is None:
@@ -344,6 +349,11 @@ def translate(docs: Sequence[object], history: History | None = None) -> Transla
         services.append(service)
         new_history[key] = hist
         kube[(parsed.namespace, parsed.revision_name(hist))] = parsed.kube
+        if parsed.shadow_of is not None:
+            shadows[key] = parsed.shadow_of
+    # a shadow InferenceService becomes a shadow revision of the one it names (cluster.shadow)
+    services, problems = attach_shadows(services, shadows)
+    errors += problems
     if errors:
         raise SpecError(tuple(errors))
     return Translation(
@@ -363,6 +373,8 @@ class _Parsed:
     tag_routing: bool
     kube: Mapping[str, object]
     digest: str
+    shadow_of: tuple[str, int] | None = None
+    """(the InferenceService it shadows, percent), from its shadow.zeroserve.dev/* annotations."""
 
     def revision_name(self, hist: ServiceHistory) -> str:
         return f"{self.name}-predictor-{hist.numbers[self.digest]:05d}"
@@ -456,6 +468,9 @@ def _document(raw: object, n: int, errors: list[str]) -> _Parsed | None:
             "not supported: zeroserve serves the Serverless mode (scale to zero, KPA)",
         )
     _strings(meta.get("labels"), "metadata.labels", doc)
+    shadow_of, problems = isvc_shadow(annotations)
+    for problem in problems:
+        doc.add(*problem.split(": ", 1))
 
     spec = raw.get("spec")
     if not isinstance(spec, Mapping):
@@ -479,6 +494,7 @@ def _document(raw: object, n: int, errors: list[str]) -> _Parsed | None:
         tag_routing=annotations.get(TAG_ROUTING) == "true",
         kube=MappingProxyType(kube),
         digest=_digest(body),
+        shadow_of=shadow_of,
     )
 
 

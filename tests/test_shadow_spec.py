@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from kubernetes.aio import client
 
+from cluster.inferenceservice import read_documents, translate
 from cluster.kubernetes.adapters import KubeRevisions, KubeRoutes
 from cluster.kubernetes.api import CONFIGMAPS, DEPLOYMENTS, AioKubeApi
 from cluster.kubernetes.informer import Informer
@@ -203,3 +204,71 @@ async def test_kube_routes_read_shadows_from_the_route_configmap(api: AioKubeApi
         )
         await asyncio.sleep(0.2)
         assert routes.current()[("default", "iris")].shadows == svc.shadows
+
+
+ISVC = """
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata: {name: iris}
+spec:
+  predictor:
+    sklearn: {storageUri: "s3://models/iris/v1"}
+---
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata:
+  name: iris-next
+  annotations: {shadow.zeroserve.dev/of: iris, shadow.zeroserve.dev/percent: "20"}
+spec:
+  predictor:
+    minReplicas: 0
+    sklearn: {storageUri: "s3://models/iris/v2"}
+"""
+
+
+def test_an_inferenceservice_shadows_another_by_annotation() -> None:
+    docs = read_documents(ISVC, "isvc.yaml")
+    spec = parse_spec(translate(docs).spec)
+    [svc] = spec.services  # the shadow has no route of its own
+    assert svc.name == "iris"
+    assert [r.name for r in svc.revisions] == ["iris-predictor-00001", "iris-next-predictor-00001"]
+    assert svc.traffic == (TrafficTarget(revision="iris-predictor-00001", percent=100),)
+    assert svc.shadows == (ShadowTarget(revision="iris-next-predictor-00001", percent=20),)
+    shadow = svc.revision("iris-next-predictor-00001")
+    assert shadow is not None
+    assert shadow.predictor is not None
+    assert shadow.predictor.storage_uri == "s3://models/iris/v2"
+    assert shadow.annotations["autoscaling.knative.dev/min-scale"] == "0"
+
+
+@pytest.mark.parametrize(
+    ("annotations", "error"),
+    [
+        pytest.param(
+            "{shadow.zeroserve.dev/of: nope}",
+            "InferenceService default/iris-next: metadata.annotations[shadow.zeroserve.dev/of] = "
+            "'nope': no InferenceService default/nope in this file to shadow",
+            id="unknown-target",
+        ),
+        pytest.param(
+            '{shadow.zeroserve.dev/of: iris, shadow.zeroserve.dev/percent: "x"}',
+            "InferenceService default/iris-next: metadata.annotations[shadow.zeroserve.dev/percent]"
+            " = 'x': must be an integer within [0, 100]",
+            id="bad-percent",
+        ),
+        pytest.param(
+            '{shadow.zeroserve.dev/percent: "5"}',
+            "InferenceService default/iris-next: metadata.annotations[shadow.zeroserve.dev/percent]"
+            ": only with shadow.zeroserve.dev/of",
+            id="percent-alone",
+        ),
+    ],
+)
+def test_inferenceservice_shadow_errors_name_the_annotation(annotations: str, error: str) -> None:
+    text = ISVC.replace(
+        'annotations: {shadow.zeroserve.dev/of: iris, shadow.zeroserve.dev/percent: "20"}',
+        f"annotations: {annotations}",
+    )
+    with pytest.raises(SpecError) as caught:
+        translate(read_documents(text, "isvc.yaml"))
+    assert any(e.startswith(error) for e in caught.value.errors), caught.value.errors
