@@ -10,7 +10,9 @@ batching off, ``static`` and ``adaptive`` (``--max-batch-size``, ``--static-late
 
 * ``emulator``: ``examples.gpu_emulator`` with the batch cost model, one slot (a GPU that runs
   one batch at a time): ``--call-ms`` (20) per call plus ``--row-ms`` (1) per row;
-* ``sklearn``: the built-in model server with the iris model (``examples/models``) on CPU.
+* ``sklearn``: the built-in model server with the iris model (``examples/models``) on CPU;
+* ``pytorch``: the built-in model server with an MLP of ``--depth`` layers of ``--hidden``
+  units (``examples.make_models.make_pytorch``), on the GPU when torch sees one, else the CPU.
 
 Every request is one row (``{"instances": [[...]]}`` to ``/v1/models/<m>:predict``), sent by
 an open-loop client (:func:`loadtests.harness.open_loop`: each timed from its scheduled send).
@@ -90,10 +92,19 @@ def model_server(ps: Processes, model: str, port: int, args: argparse.Namespace)
             "STARTUP_DELAY_SECONDS": "0",
         }
         ps.spawn([py, "-m", "examples.gpu_emulator"], env, cwd=ROOT)
-    else:
+    elif model == "sklearn":
         model_dir = str(ROOT / "examples" / "models" / "iris-sklearn")
         cmd = [py, "-m", "modelserver", "--name", "iris", "--format", "sklearn"]
         ps.spawn([*cmd, "--model", model_dir], {"PORT": str(port)}, cwd=ROOT)
+    else:
+        path = ps.tmp / f"mlp-{args.hidden}x{args.depth}.pt2"
+        if not path.exists():
+            from examples.make_models import make_pytorch
+
+            made = make_pytorch(ps.tmp, hidden=args.hidden, depth=args.depth, train_steps=0)
+            made.rename(path)
+        cmd = [py, "-m", "modelserver", "--name", "iris", "--format", "pytorch"]
+        ps.spawn([*cmd, "--model", str(path)], {"PORT": str(port)}, cwd=ROOT)
 
 
 def start(ps: Processes, model: str, mode: str, args: argparse.Namespace) -> Copy:
@@ -110,7 +121,7 @@ def start(ps: Processes, model: str, mode: str, args: argparse.Namespace) -> Cop
     env = {**queue_proxy_env(user_port, port), "QUEUE_LOG_LEVEL": "WARNING", **env}
     ps.spawn([sys.executable, "-O", "-m", "queue_proxy"], env, cwd=ROOT)
     name = "m" if model == "emulator" else "iris"
-    row = [1.0, 2.0, 3.0, 4.0] if model == "emulator" else [6.8, 2.8, 4.8, 1.4]
+    row = [1.0, 2.0, 3.0, 4.0] if model == "emulator" else [6.8, 2.8, 4.8, 1.4]  # (iris: 4)
     request = post(port, f"/v1/models/{name}:predict", json.dumps({"instances": [row]}).encode())
     return Copy(model, mode, port, request)
 
@@ -148,13 +159,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--adaptive-latency", default="100ms")
     p.add_argument("--call-ms", type=float, default=20.0, help="emulator: cost of a call")
     p.add_argument("--row-ms", type=float, default=1.0, help="emulator: cost of a row")
+    p.add_argument("--hidden", type=int, default=1024, help="pytorch: units per layer")
+    p.add_argument("--depth", type=int, default=4, help="pytorch: layers")
     p.add_argument("--idle-seconds", type=float, default=20.0, help="the 1 request/s run")
     p.add_argument("--out", type=Path, help="write the results as JSON")
     args = p.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     for m in models:
-        if m not in ("emulator", "sklearn"):
-            p.error(f"--models: {m!r} is not emulator or sklearn")
+        if m not in ("emulator", "sklearn", "pytorch"):
+            p.error(f"--models: {m!r} is not emulator, sklearn or pytorch")
 
     with processes() as ps:
         copies = [start(ps, m, mode, args) for m in models for mode in MODES]
