@@ -27,7 +27,9 @@ An InferenceService annotated ``shadow.zeroserve.dev/of: <name>`` (and optionall
 ``shadow.zeroserve.dev/percent``) becomes a shadow revision of that one (cluster.shadow,
 docs/shadow.md).
 
-Fields that KServe has and zeroserve does not yet (``spec.transformer``, ``spec.predictor.logger``,
+``spec.predictor.logger`` becomes the ``logger.zeroserve.dev/*`` annotations (docs/payload-logging.md).
+
+Fields that KServe has and zeroserve does not yet (``spec.transformer``,
 ``spec.predictor.tensorflow``...) are errors saying so, and so are unknown fields; every error starts
 with the document and the field's path: ``InferenceService default/iris: spec.transformer: not
 supported yet``.
@@ -49,6 +51,8 @@ import yaml
 from cluster.batching import GROUP as BATCHING_GROUP
 from cluster.batching import MAX_BATCH_SIZE as BATCH_MAX_SIZE
 from cluster.batching import MAX_LATENCY as BATCH_MAX_LATENCY
+from cluster.payload_logging import GROUP as LOGGER_GROUP
+from cluster.payload_logging import logger_annotations
 from cluster.shadow import attach_shadows, isvc_shadow
 from cluster.spec import Spec
 from cluster.spec_loader import DEFAULT_NAMESPACE, ConfigCheck, SpecError, load_spec, parse_spec
@@ -109,6 +113,7 @@ _PREDICTOR = (
     "timeout",
     "canaryTrafficPercent",
     "batcher",
+    "logger",
     "annotations",
     "labels",
     *_IMPLEMENTATIONS,
@@ -120,7 +125,6 @@ _PREDICTOR_LATER = (
     "pmml",
     "paddle",
     "xgboostserver",
-    "logger",
     "autoScaling",
     "deploymentStrategy",
     "workerSpec",
@@ -512,9 +516,10 @@ def _predictor(
     annotations = {
         k: v
         for k, v in {**meta_annotations, **own}.items()
-        if k.startswith((AUTOSCALING_PREFIX, BATCHING_GROUP + "/"))
+        if k.startswith((AUTOSCALING_PREFIX, BATCHING_GROUP + "/", LOGGER_GROUP + "/"))
     }
     _batcher(raw.get("batcher"), f"{path}.batcher", annotations, doc)
+    _logger(raw.get("logger"), f"{path}.logger", annotations, doc)
     _strings(raw.get("labels"), f"{path}.labels", doc)
     min_replicas = _int(raw, "minReplicas", path, doc, lo=0)
     max_replicas = _int(raw, "maxReplicas", path, doc, lo=0)
@@ -710,6 +715,21 @@ def _resources(raw: object, path: str, doc: _Doc) -> dict[str, object]:
 
 
 _BATCHER = ("maxBatchSize", "maxLatency", "timeout")
+
+
+def _logger(raw: object, path: str, annotations: dict[str, str], doc: _Doc) -> None:
+    """KServe's ``logger`` (``url``, ``mode``: all, request or response) as the
+    ``logger.zeroserve.dev/*`` annotations (cluster.payload_logging validates them; its errors
+    then name the annotations, as the native spec writes them)."""
+    if raw is None:
+        return
+    if not isinstance(raw, Mapping):
+        doc.value(path, raw, "must be a mapping (url, mode)")
+        return
+    doc.fields(raw, path, ("url", "mode"), ())
+    if raw.get("url") is None:
+        doc.add(f"{path}.url", "required: the sink's http:// URL")
+    annotations.update(logger_annotations(raw))
 
 
 def _batcher(raw: object, path: str, annotations: dict[str, str], doc: _Doc) -> None:

@@ -73,6 +73,7 @@ from cluster.annotations import (
 )
 from cluster.batching import BatchingError, parse_batching
 from cluster.goparse import format_number, parse_bool, parse_int32
+from cluster.payload_logging import LoggerError, parse_logger
 from cluster.shadow import check_shadows, is_shadow_entry, parse_shadow
 from cluster.spec import (
     PREDICTOR_FORMATS,
@@ -410,6 +411,11 @@ def _revision(
     try:
         parse_batching(annotations)
     except BatchingError as exc:
+        for problem in exc.errors:
+            errs.add(f"{path}.annotations", problem)
+    try:
+        parse_logger(annotations)
+    except LoggerError as exc:
         for problem in exc.errors:
             errs.add(f"{path}.annotations", problem)
     if (found := CLASS.get(annotations)) is not None and found[1] != KPA_CLASS:

@@ -199,8 +199,8 @@ def test_the_custom_containers_command_and_resources_are_kept_for_kubernetes() -
         ),
         pytest.param(
             isvc({**SKLEARN, "logger": {"mode": "all"}}),
-            "spec.predictor.logger: not supported yet",
-            id="logger",
+            "spec.predictor.logger.url: required",
+            id="logger-without-url",
         ),
         pytest.param(
             isvc({"sklearn": {"storageURI": "s3://m"}}),

@@ -42,6 +42,7 @@ from cluster.kubernetes.scheme import (
     TRAFFIC_KEY,
 )
 from cluster.local.supervisor import readiness_probe_json
+from cluster.payload_logging import logger_env
 from cluster.shadow import shadow_entry
 from cluster.spec import Predictor, Revision, Service, Spec
 
@@ -252,6 +253,8 @@ def _queue_proxy(rev: Revision, image: str) -> dict[str, Any]:
     ]
     # = the batching annotations (the scheme checks that they agree)
     env += [{"name": k, "value": v} for k, v in batching_env(rev.annotations).items()]
+    # = the logger annotations (the scheme checks that they agree)
+    env += [{"name": k, "value": v} for k, v in logger_env(rev.annotations).items()]
     return {
         "name": QUEUE_PROXY_CONTAINER,
         "image": image,

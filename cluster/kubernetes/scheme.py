@@ -59,6 +59,8 @@ from cluster.annotations import GROUP as AUTOSCALING_GROUP
 from cluster.annotations import AnnotationError, validate_annotations
 from cluster.batching import ENV, BatchingError, batching_env, parse_batching
 from cluster.kubernetes.api import Obj
+from cluster.payload_logging import ENV as LOGGER_ENV
+from cluster.payload_logging import LoggerError, logger_env, parse_logger
 from cluster.shadow import check_shadows, is_shadow_entry, parse_shadow
 from cluster.spec import Revision, ShadowTarget, TrafficTarget
 
@@ -218,6 +220,12 @@ def revision_from_deployment(obj: Obj) -> Revision:
         for problem in exc.errors:
             errs.add("metadata.annotations", problem)
     want_batching = batching_env(ann)
+    try:
+        parse_logger(ann)
+    except LoggerError as exc:
+        for problem in exc.errors:
+            errs.add("metadata.annotations", problem)
+    want_batching.update(logger_env(ann))  # (both: the env must say what the annotations say)
 
     image, user_port = "", 8080
     containers = _containers(obj)
@@ -247,7 +255,7 @@ def revision_from_deployment(obj: Obj) -> Revision:
                     got,
                     f"must agree with the revision's annotations ({want:g})",
                 )
-        for var in ENV.values():
+        for var in (*ENV.values(), *LOGGER_ENV.values()):
             got, want_value = env.get(var), want_batching.get(var)
             if got is not None and str(got) != want_value:
                 errs.value(

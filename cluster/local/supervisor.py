@@ -40,6 +40,7 @@ from cluster.local.ports import PortTable, listener_owners
 from cluster.local.process import Child, spawn, terminate
 from cluster.local.zygote import ForkedChild, Zygote
 from cluster.memory import Observable
+from cluster.payload_logging import logger_env
 from cluster.ports import InitializedInMemory, PodEndpoint, Unsubscribe
 from cluster.spec import Revision, RevisionKey
 
@@ -350,6 +351,7 @@ class LocalSupervisor(InitializedInMemory):
             "QUEUE_DRAIN_QUIET_PERIOD_SECONDS": _num(self.settings.drain_quiet_period_s),
             "QUEUE_LOG_FORMAT": self.settings.log_format,
             **batching_env(rev.annotations),
+            **logger_env(rev.annotations),
         }
         return model_env, qp_env
 
