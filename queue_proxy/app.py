@@ -38,6 +38,7 @@ from queue_proxy.drain import Drainer
 from queue_proxy.gpu import GpuMonitor, load_nvml
 from queue_proxy.handler import QueueHandler, build_breaker
 from queue_proxy.metrics import QueueMetrics
+from queue_proxy.payload_log import PayloadLogger
 from queue_proxy.probe import Readiness
 from queue_proxy.stats import StatReporter
 
@@ -45,6 +46,7 @@ log = logging.getLogger("zeroserve.queue_proxy")
 
 _NVML_DEFAULT: Any = object()
 _RESET_DRAIN_AFTER_S = 1.0  # /wait-for-drain not followed by SIGTERM: serve again (Knative)
+_PAYLOAD_FLUSH_S = 5.0  # on shutdown, how long queued payload events may take to go out
 
 Route = Callable[[Exchange], Awaitable[None] | None]
 
@@ -108,6 +110,16 @@ class QueueProxy:
                 ),
                 clock=asyncio.get_running_loop().time,
             )
+        self.payload_log: PayloadLogger | None = None
+        if settings.payload_logging is not None:  # (queue_proxy.payload_log)
+            self.payload_log = PayloadLogger(
+                settings.payload_logging,
+                namespace=settings.namespace,
+                service=settings.service,
+                revision=settings.revision,
+                pod=settings.pod,
+                registry=self.metrics.registry,
+            )
         self.server = Server(
             QueueHandler(
                 user_port=settings.user_port,
@@ -122,6 +134,7 @@ class QueueProxy:
                 readiness=self.readiness,
                 drainer=self.drainer,
                 batcher=self.batcher,
+                tee=self.payload_log,
             ),
             pool=pool,
             header_timeout_s=settings.header_timeout_s,
@@ -207,6 +220,8 @@ class QueueProxy:
                     loops.append(tg.create_task(self.stats.run(self.stats_interval_s)))
                 if self.settings.ready_fd is not None:
                     loops.append(tg.create_task(self._notify_ready(self.settings.ready_fd)))
+                if self.payload_log is not None:
+                    loops.append(tg.create_task(self.payload_log.run(), name="payload-log"))
                 await self._shutdown.wait()
                 await self._shutdown_sequence()
                 for t in loops:
@@ -233,6 +248,8 @@ class QueueProxy:
         self.server.close()
         timeout = self.settings.timeout_s or None
         ok = await self.server.wait_closed(timeout)
+        if self.payload_log is not None:  # the last events out, within a bound
+            await self.payload_log.flush(_PAYLOAD_FLUSH_S)
         log.info(
             "queue-proxy stopped", extra={"in_flight_left": self.server.in_flight, "clean": ok}
         )
@@ -243,6 +260,8 @@ class QueueProxy:
         await self.server.wait_closed(0)
         if self.batcher is not None:
             self.batcher.close()
+        if self.payload_log is not None:
+            self.payload_log.close()
         # A /wait-for-drain still in flight has had its drain: a second to send its answer.
         await self.admin_server.wait_closed(1.0)
         await self.metrics_server.wait_closed(0)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from cluster.batching import Batching, BatchingError, batching_from_env
 from cluster.envparse import integer, non_negative_int, seconds
+from cluster.payload_logging import LoggerError, PayloadLogging, logger_from_env
 from cluster.spec import ReadinessProbe
 
 
@@ -75,6 +76,9 @@ class Settings:
     batching: Batching | None = None
     """QUEUE_BATCH_MAX_SIZE, QUEUE_BATCH_MAX_LATENCY, QUEUE_BATCH_MODE: request batching, from
     the revision's ``batching.zeroserve.dev/*`` annotations (:mod:`cluster.batching`; None: off)."""
+    payload_logging: PayloadLogging | None = None
+    """QUEUE_LOGGER_URL, QUEUE_LOGGER_MODE: payload logging to a sink, from the revision's
+    ``logger.zeroserve.dev/*`` annotations (:mod:`cluster.payload_logging`; None: off)."""
     serving_fd: int | None = None
     """QUEUE_SERVING_FD: a listening socket to serve on instead of binding QUEUE_SERVING_PORT
     (zeroserve's own: the local supervisor opens the socket, so that its port is never free
@@ -104,6 +108,10 @@ class Settings:
         try:
             values["batching"] = batching_from_env(env)
         except BatchingError as exc:
+            raise ConfigError(str(exc)) from exc
+        try:
+            values["payload_logging"] = logger_from_env(env)
+        except LoggerError as exc:
             raise ConfigError(str(exc)) from exc
         if not values.get("pod"):
             values["pod"] = socket.gethostname()

@@ -174,12 +174,14 @@ class QueueHandler(DirectHandler):
         readiness: Readiness,
         drainer: Drainer,
         batcher: Batcher | None = None,
+        tee: object = None,
     ) -> None:
         self.upstream = f"127.0.0.1:{user_port}"
         self.batcher = batcher  # (None: no batching; the hot path tests only this)
         self.timeouts = timeouts
         # the header edits and timeouts of every forward, made once
-        self.route = Route(remove_prefixes=_KNATIVE_PREFIXES, timeouts=timeouts)
+        # (tee: payload logging's queue_proxy.payload_log.PayloadLogger, or None)
+        self.route = Route(remove_prefixes=_KNATIVE_PREFIXES, timeouts=timeouts, tee=tee)
         self.breaker = breaker
         self.requests = stats.requests
         self.refusal = metrics.refusal
