@@ -111,8 +111,8 @@ async def sink(**kw: object) -> AsyncIterator[Sink]:
     try:
         yield s
     finally:
-        assert s.runner is not None
-        await s.runner.cleanup()
+        if s.runner is not None:
+            await s.runner.cleanup()
 
 
 async def _post(r: Running, path: str, body: bytes, **headers: str) -> tuple[int, bytes, float]:
