@@ -1,0 +1,168 @@
+"""OpenTelemetry tracing of a component's requests (docs/tracing.md): a :class:`Tracer` per
+process, configured (and configured again, without a restart) from
+:class:`cluster.observability.Tracing`.
+
+Off, it costs a request one attribute test (``tracer.on``) and OpenTelemetry is not even
+imported (its SDK and exporter take ~65 ms to import: a cold start's queue-proxy must not pay
+that for nothing). On, each request is sampled once, at arrival (:meth:`Tracer.begin`): an
+incoming ``traceparent`` (W3C Trace Context; B3, single or multiple headers, is accepted too)
+decides by its sampled flag, as a parent-based sampler; a request without one is sampled at
+``tracing-sampling-rate``. A request that is not sampled is not traced at all (its headers pass
+through as they came); one that is gets spans, exported in batches by OTLP/HTTP protobuf from a
+background thread, and the proxied request carries its context in ``traceparent``.
+
+Spans are made with explicit times where the request's own clock says when something began
+(the loop time of its arrival, turned into wall-clock nanoseconds: :meth:`Tracer.wall_ns`).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from cluster.observability import TRACING_OFF, Tracing
+
+if TYPE_CHECKING:  # (imported only when tracing is on)
+    from opentelemetry.context import Context
+    from opentelemetry.trace import Span
+
+log = logging.getLogger("zeroserve.tracing")
+
+PROPAGATED = ("traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-sampled")
+"""The request headers a trace context is read from (lower case)."""
+
+
+class Tracer:
+    """One component's tracing (see the module docstring). ``on`` is the one thing the hot path
+    reads; the rest is used only for requests that are traced."""
+
+    def __init__(self, service: str, attributes: Mapping[str, str] | None = None) -> None:
+        self.service = service
+        self.attributes = dict(attributes or {})
+        self.on = False
+        self.tracing = TRACING_OFF
+        self._rate = 0.0
+        self._provider: Any = None
+        self._tracer: Any = None
+        self._extractor: Any = None
+        self._injector: Any = None
+
+    def configure(self, tracing: Tracing) -> None:
+        """Apply new settings: a new exporter when the endpoint changes, off when the protocol
+        is ``none``. The old provider is flushed and shut down in a thread of its own."""
+        if tracing == self.tracing:
+            return
+        old, same_endpoint = self._provider, tracing.endpoint == self.tracing.endpoint
+        self.tracing = tracing
+        self._rate = tracing.sampling_rate
+        if not tracing.enabled:
+            self._provider = self._tracer = None
+            self.on = False
+        elif old is None or not same_endpoint:
+            self._provider, self._tracer = self._build(tracing.endpoint)
+            self.on = True
+        else:
+            old = None  # (only the rate changed: the same provider goes on)
+        if old is not None:
+            threading.Thread(target=old.shutdown, name="tracing-shutdown", daemon=True).start()
+        log.info(
+            "tracing configured",
+            extra={
+                "protocol": tracing.protocol,
+                "endpoint": tracing.endpoint,
+                "sampling_rate": tracing.sampling_rate,
+            },
+        )
+
+    def _build(self, endpoint: str) -> tuple[Any, Any]:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.propagators.b3 import B3MultiFormat, B3SingleFormat
+        from opentelemetry.propagators.composite import CompositePropagator
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        resource = Resource.create({"service.name": self.service, **self.attributes})
+        # (the sampling is decided in begin(): every span made belongs to a sampled request)
+        provider = TracerProvider(resource=resource, sampler=ALWAYS_ON)
+        provider.add_span_processor(
+            BatchSpanProcessor(
+                OTLPSpanExporter(endpoint=endpoint, timeout=10),
+                max_queue_size=8192,
+                schedule_delay_millis=500,
+            )
+        )
+        w3c = TraceContextTextMapPropagator()
+        # W3C last: its context wins over a B3 one when a request carries both
+        self._extractor = CompositePropagator([B3MultiFormat(), B3SingleFormat(), w3c])
+        self._injector = w3c
+        return provider, provider.get_tracer("zeroserve." + self.service)
+
+    def begin(self, headers: Iterable[tuple[str, str]]) -> Context | None:
+        """The parent context of a request to trace, or None when it is not traced (tracing
+        off, an incoming context that is not sampled, or not sampled at the rate)."""
+        if not self.on:
+            return None
+        from opentelemetry import trace
+
+        carrier = {k.lower(): v for k, v in headers if k.lower() in PROPAGATED}
+        ctx = self._extractor.extract(carrier)
+        parent = trace.get_current_span(ctx).get_span_context()
+        if parent.is_valid:
+            return ctx if parent.trace_flags.sampled else None
+        rate = self._rate
+        return ctx if rate >= 1.0 or random.random() < rate else None
+
+    def span(
+        self,
+        name: str,
+        parent: Context | Span,
+        *,
+        kind: str = "internal",
+        start_ns: int | None = None,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> Span:
+        """A span started under ``parent`` (a context, or a span), ``kind`` one of server,
+        client, internal; end it with ``span.end()``."""
+        from opentelemetry import trace
+
+        ctx = trace.set_span_in_context(parent) if isinstance(parent, trace.Span) else parent
+        kinds = {
+            "server": trace.SpanKind.SERVER,
+            "client": trace.SpanKind.CLIENT,
+            "internal": trace.SpanKind.INTERNAL,
+        }
+        return self._tracer.start_span(  # type: ignore[no-any-return]
+            name, context=ctx, kind=kinds[kind], start_time=start_ns, attributes=attributes
+        )
+
+    def headers(self, span: Span) -> tuple[tuple[str, str], ...]:
+        """``traceparent`` (and ``tracestate``) naming ``span`` as the parent, for the request
+        proxied under it."""
+        from opentelemetry import trace
+
+        carrier: dict[str, str] = {}
+        self._injector.inject(carrier, context=trace.set_span_in_context(span))
+        return tuple(carrier.items())
+
+    @staticmethod
+    def wall_ns(at: float, now: float) -> int:
+        """Wall-clock nanoseconds of loop time ``at``, the loop's time being ``now``."""
+        return time.time_ns() - int((now - at) * 1e9)
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Export what is buffered (tests, and before exit)."""
+        if self._provider is None:
+            return True
+        return bool(self._provider.force_flush(int(timeout_s * 1000)))
+
+    def close(self) -> None:
+        provider, self._provider, self._tracer, self.on = self._provider, None, None, False
+        if provider is not None:
+            provider.shutdown()
