@@ -280,11 +280,11 @@ class Mirror:
                 if rev is None:
                     missing.append((svc.namespace, svc.name, shadow.revision))
                     continue
-                target = self._targets.get(rev.key)  # keeps its copies in flight
-                if target is None or target.revision is not rev:
+                # one target per shadow revision for good: the copies in flight count on it
+                target = self._targets.get(rev.key) or targets.get(rev.key)
+                if target is None:
                     target = _Target(rev, shadow.percent)
-                    if (old := self._targets.get(rev.key)) is not None:
-                        target.in_flight = old.in_flight
+                target.revision = rev
                 target.percent = shadow.percent
                 targets[rev.key] = target
                 mine.append(target)
@@ -294,7 +294,11 @@ class Mirror:
                 if rev.name not in shadowed:
                     factories[rev.key] = factory
         self._factories = factories
-        self._targets = targets
+        # (a target no longer routed is kept while copies of it are in flight)
+        self._targets = {
+            **{k: t for k, t in self._targets.items() if t.in_flight > 0},
+            **targets,
+        }
 
     def tee_for(self, revision: Revision) -> _ServiceTees | None:
         """The tee factory of a revision's lane: its service's shadows, if it is a primary."""

@@ -312,3 +312,17 @@ def test_the_copy_bounds_come_from_flags_or_the_environment() -> None:
     args = parse_args(["--shadow-max-in-flight", "7"])
     got = settings_from_args(args, {"ACTIVATOR_SHADOW_MAX_BODY_BYTES": "2048"})
     assert got.shadow == ShadowSettings(max_in_flight=7, max_body_bytes=2048)
+
+
+async def test_a_route_change_keeps_the_copies_in_flight_counted(make: Make) -> None:
+    h = await make(shadowed(), ShadowSettings(max_in_flight=2))
+    await _primary_and_shadow(h, sleep_s=0.3)
+    for _ in range(2):
+        assert (await h.predict())[0] == 200
+    assert h.sample("activator_shadow_in_flight") == 2
+    h.act.router._update({("default", "iris"): shadowed()})  # the same routes, new objects
+    await poll(lambda: h.sample("activator_shadow_requests_total", outcome="compared") == 2)
+    assert h.sample("activator_shadow_in_flight") == 0
+    for _ in range(2):  # both slots are free again
+        assert (await h.predict())[0] == 200
+    assert h.sample("activator_shadow_requests_total", outcome="dropped") == 0
