@@ -73,10 +73,40 @@ class PayloadQueueSettings:
     """One delivery attempt's limit (a sink that answers in 10 s is retried, then given up)."""
 
 
-@dataclass(frozen=True, slots=True)
 class _Event:
-    headers: list[tuple[str, str]]
-    body: bytes
+    """One queued event: what its headers are made of when it is sent (made then, not on the
+    request path), and its payload."""
+
+    __slots__ = ("body", "ce_id", "ce_type", "content_type", "status", "time", "truncated")
+
+    def __init__(
+        self,
+        ce_type: str,
+        ce_id: str,
+        content_type: str,
+        body: bytes,
+        truncated: bool,
+        status: int,
+    ) -> None:
+        self.ce_type = ce_type
+        self.ce_id = ce_id
+        self.content_type = content_type
+        self.body = body
+        self.truncated = truncated
+        self.status = status
+        self.time = time.time()
+
+    def headers(self, common: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        t = self.time
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
+        out = [*common, ("Ce-Type", self.ce_type), ("Ce-Id", self.ce_id), ("Ce-Time", stamp)]
+        if self.content_type:
+            out.append(("Content-Type", self.content_type))
+        if self.status:
+            out.append(("Ce-Statuscode", str(self.status)))
+        if self.truncated:
+            out.append(("Ce-Truncated", "true"))
+        return out
 
 
 class PayloadMetrics:
@@ -250,20 +280,9 @@ class PayloadLogger:
         if len(self._queue) >= s.max_events or self._bytes + len(body) > s.max_bytes:
             self._dropped()
             return
-        headers = [
-            *self._common,
-            ("Ce-Type", ce_type),
-            ("Ce-Id", ce_id),
-            ("Ce-Time", _now_rfc3339()),
-        ]
-        if content_type:
-            headers.append(("Content-Type", content_type))
-        if status:
-            headers.append(("Ce-Statuscode", str(status)))
         if truncated:
-            headers.append(("Ce-Truncated", "true"))
             self.metrics.truncated.inc()
-        self._queue.append(_Event(headers, body))
+        self._queue.append(_Event(ce_type, ce_id, content_type, body, truncated, status))
         self._bytes += len(body)
         self._wake.set()
 
@@ -316,6 +335,7 @@ class PayloadLogger:
         s = self.settings
         c = self.config
         why = ""
+        headers = event.headers(self._common)
         for attempt in range(s.retries + 1):
             if attempt:
                 backoff = min(s.backoff_initial_s * 2 ** (attempt - 1), s.backoff_max_s)
@@ -327,7 +347,7 @@ class PayloadLogger:
                         c.hostport,
                         "POST",
                         c.target,
-                        event.headers,
+                        headers,
                         event.body,
                         host=c.host,
                         max_body=64 * 1024,
@@ -368,8 +388,3 @@ class PayloadLogger:
 
     def close(self) -> None:
         self.pool.close()
-
-
-def _now_rfc3339() -> str:
-    t = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
