@@ -17,14 +17,24 @@ Spans are made with explicit times where the request's own clock says when somet
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cluster.observability import TRACING_OFF, Tracing
+from cluster.observability import (
+    TRACING_OFF,
+    ObservabilityError,
+    Tracing,
+    folder_stamp,
+    parse_tracing,
+    read_folder,
+)
 
 if TYPE_CHECKING:  # (imported only when tracing is on)
     from opentelemetry.context import Context
@@ -166,3 +176,67 @@ class Tracer:
         provider, self._provider, self._tracer, self.on = self._provider, None, None, False
         if provider is not None:
             provider.shutdown()
+
+
+TRACE_HEADERS = (
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+)
+"""Removed from a traced request before it is proxied with its own ``traceparent``."""
+
+_MODEL = re.compile(r"/v[12]/models/([^/:?#]+)")
+
+
+def server_attributes(method: str, target: str, client: str) -> dict[str, Any]:
+    """A request's attributes by OpenTelemetry's HTTP conventions, and the model it names
+    (``/v1/models/<m>...``, ``/v2/models/<m>/...``) as ``zeroserve.model``."""
+    path, _, query = target.partition("?")
+    attributes: dict[str, Any] = {
+        "http.request.method": method,
+        "url.path": path,
+        "client.address": client,
+    }
+    if query:
+        attributes["url.query"] = query
+    m = _MODEL.match(path)
+    if m is not None:
+        attributes["zeroserve.model"] = m.group(1)
+    return attributes
+
+
+def end_span(span: Span, status: int) -> None:
+    """End a request's span with its status (an error from 500 on, as the conventions say for
+    a server; 499: the client left)."""
+    span.set_attribute("http.response.status_code", status)
+    if status >= 500:
+        from opentelemetry.trace import Status, StatusCode
+
+        span.set_status(Status(StatusCode.ERROR, f"HTTP {status}"))
+    span.end()
+
+
+async def watch_folder(tracer: Tracer, folder: Path, interval_s: float = 1.0) -> None:
+    """Configure ``tracer`` from a folder of one file per ``config-observability`` key (a
+    mounted ConfigMap, or the local runtime's), and again whenever a file changes (a stat per
+    ``interval_s``). Invalid settings are logged and the last good ones stay in force."""
+    stamp: tuple[float, ...] | None = None
+    while True:
+        now = folder_stamp(folder)
+        if now != stamp:
+            stamp = now
+            try:
+                tracer.configure(parse_tracing(read_folder(folder), strict=False))
+            except ObservabilityError as exc:
+                log.error(
+                    "observability config rejected, keeping the last good one",
+                    extra={"folder": str(folder), "error": str(exc)},
+                )
+            except OSError as exc:
+                log.error("cannot read the observability config", extra={"error": str(exc)})
+        await asyncio.sleep(interval_s)

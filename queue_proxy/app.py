@@ -20,6 +20,7 @@ import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import uvloop
@@ -29,6 +30,7 @@ import dataplane
 from dataplane.api import Exchange, Handler, Timeouts
 from dataplane.heap import freeze_startup_heap
 from dataplane.server import Server
+from dataplane.tracing import Tracer, watch_folder
 from dataplane.upstream import UpstreamPool
 from metrics.clock import Clock, LoopClock
 from metrics.logs import configure_logging
@@ -93,6 +95,14 @@ class QueueProxy:
         cc = settings.container_concurrency
         # Knative's transport: CC idle connections per host, 1000 when CC = 0 (§3.2)
         pool = UpstreamPool(max_idle_per_host=cc if cc > 0 else 1000)
+        self.tracer = Tracer(
+            "queue-proxy",
+            {
+                "k8s.namespace.name": settings.namespace,
+                "k8s.pod.name": settings.pod,
+                "zeroserve.revision": settings.revision,
+            },
+        )
         self.batcher: Batcher | None = None
         if settings.batching is not None:
             self.batcher = Batcher(
@@ -134,6 +144,7 @@ class QueueProxy:
                 readiness=self.readiness,
                 drainer=self.drainer,
                 batcher=self.batcher,
+                tracer=self.tracer,
                 tee=self.payload_log,
             ),
             pool=pool,
@@ -222,6 +233,9 @@ class QueueProxy:
                     loops.append(tg.create_task(self._notify_ready(self.settings.ready_fd)))
                 if self.payload_log is not None:
                     loops.append(tg.create_task(self.payload_log.run(), name="payload-log"))
+                if self.settings.observability_dir:
+                    folder = Path(self.settings.observability_dir)
+                    loops.append(tg.create_task(watch_folder(self.tracer, folder), name="tracing"))
                 await self._shutdown.wait()
                 await self._shutdown_sequence()
                 for t in loops:
@@ -258,6 +272,7 @@ class QueueProxy:
         for server in (self.server, self.admin_server, self.metrics_server):
             server.close()
         await self.server.wait_closed(0)
+        await asyncio.to_thread(self.tracer.close)  # (the last spans out)
         if self.batcher is not None:
             self.batcher.close()
         if self.payload_log is not None:

@@ -79,6 +79,10 @@ class Settings:
     payload_logging: PayloadLogging | None = None
     """QUEUE_LOGGER_URL, QUEUE_LOGGER_MODE: payload logging to a sink, from the revision's
     ``logger.zeroserve.dev/*`` annotations (:mod:`cluster.payload_logging`; None: off)."""
+    observability_dir: str = ""
+    """QUEUE_OBSERVABILITY_DIR: a folder of one file per ``config-observability`` key (the
+    ConfigMap mounted as a volume, or the local runtime's folder), read again when it changes:
+    tracing (docs/tracing.md). Unset: no tracing."""
     serving_fd: int | None = None
     """QUEUE_SERVING_FD: a listening socket to serve on instead of binding QUEUE_SERVING_PORT
     (zeroserve's own: the local supervisor opens the socket, so that its port is never free
@@ -238,4 +242,5 @@ _TABLE: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("QUEUE_ADMIN_FD", "admin_fd", non_negative_int),
     ("QUEUE_METRICS_FD", "metrics_fd", non_negative_int),
     ("QUEUE_READY_FD", "ready_fd", non_negative_int),
+    ("QUEUE_OBSERVABILITY_DIR", "observability_dir", _text),
 )

@@ -45,11 +45,13 @@ cdef class QueueHandler(DirectHandler):
     cdef public object breaker
     cdef public object clock
     cdef public object drainer
+    cdef public dict forward_attributes
     cdef public object readiness
     cdef public dict refusal
     cdef public RequestStats requests
     cdef public Route route
     cdef public object timeouts
+    cdef public object tracer
     cdef public str upstream
     @cython.locals(
         raw=bytes, proxied=cython.bint, kubelet=cython.bint, host=str, probe=str, release=object

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from dataplane import probes
 from dataplane.api import (
@@ -30,6 +31,7 @@ from dataplane.breaker import Breaker, QueueFullError
 from dataplane.exchange import DirectHandler, ForwardDone, HttpExchange
 from dataplane.messages import HeaderNames
 from dataplane.route import Route
+from dataplane.tracing import TRACE_HEADERS, Tracer, end_span, server_attributes
 from metrics.clock import LoopClock
 from metrics.request_stats import RequestStats
 from queue_proxy.batching import MAX_BODY, Batcher, QueueFull, batch_path, read_member
@@ -37,6 +39,10 @@ from queue_proxy.drain import Drainer
 from queue_proxy.metrics import QueueMetrics
 from queue_proxy.probe import Readiness
 from queue_proxy.stats import StatReporter
+
+if TYPE_CHECKING:  # (OpenTelemetry's types: imported only when tracing is on)
+    from opentelemetry.context import Context
+    from opentelemetry.trace import Span
 
 _KNATIVE_PREFIXES = ("knative-serving-",)
 # User agents of health checks (Knative's drainer): the kubelet, the activator, the autoscaler.
@@ -155,11 +161,13 @@ class QueueHandler(DirectHandler):
         "breaker",
         "clock",
         "drainer",
+        "forward_attributes",
         "readiness",
         "refusal",
         "requests",
         "route",
         "timeouts",
+        "tracer",
         "upstream",
     )
 
@@ -175,8 +183,11 @@ class QueueHandler(DirectHandler):
         drainer: Drainer,
         batcher: Batcher | None = None,
         tee: object = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.upstream = f"127.0.0.1:{user_port}"
+        self.tracer = tracer if tracer is not None else Tracer("queue-proxy")
+        self.forward_attributes = {"server.address": "127.0.0.1", "server.port": user_port}
         self.batcher = batcher  # (None: no batching; the hot path tests only this)
         self.timeouts = timeouts
         # the header edits and timeouts of every forward, made once
@@ -209,14 +220,18 @@ class QueueHandler(DirectHandler):
         self.requests.request_in(
             ex.arrived_at if self.arrival_clock else self.clock.monotonic(), proxied
         )
+        if self.tracer.on:  # (off: the one thing tracing costs a request)
+            context = self.tracer.begin(ex.headers)
+            if context is not None:
+                return self._waited(ex, proxied, self._traced(ex, host, context))
         if self.batcher is not None and batch_path(ex.method, ex.target):
-            return self._batched(ex, proxied, host)
+            return self._waited(ex, proxied, self._batch_or_forward(ex, host))
         release: Callable[[], None] | None = None
         breaker = self.breaker
         if breaker is not None:
             release = breaker.reserve()  # a slot free now, or None: wait in the slow path
             if release is None:
-                return self._slow_path(ex, proxied, host)
+                return self._waited(ex, proxied, self._wait_then_forward(ex, host))
         done = _new_done(self.acc, ex, proxied, release)
         sets, removes = _host_edits(host)
         # (by position: route, set_headers, remove_headers)
@@ -225,29 +240,45 @@ class QueueHandler(DirectHandler):
 
     # --- the slow path -----------------------------------------------------------------------
 
-    async def _slow_path(self, ex: HttpExchange, proxied: bool, host: str | None) -> None:
-        """The request was counted in; no breaker slot was free."""
+    async def _waited(self, ex: HttpExchange, proxied: bool, flow: Awaitable[int]) -> None:
+        """The slow path's end: ``flow`` (a coroutine that answers the request: the wait in
+        the breaker, a batch, a traced request) gives the status; the request was counted in."""
         status = 499
         try:
-            status = await self._wait_then_forward(ex, host)
+            status = await flow
         except asyncio.CancelledError:  # the client left while the request waited
             self.refusal["client_disconnected"].inc()
             raise
         finally:
             self.acc.finish(ex, proxied, status)
 
-    async def _batched(self, ex: HttpExchange, proxied: bool, host: str | None) -> None:
-        """The request was counted in; it may join a batch (queue_proxy.batching)."""
+    async def _traced(self, ex: HttpExchange, host: str | None, context: Context) -> int:
+        """A sampled request (dataplane.tracing): its ``queue_proxy`` span around the path it
+        takes, with ``queue_wait`` and ``queue_forward`` inside."""
+        tracer = self.tracer
+        now = asyncio.get_running_loop().time()
+        span = tracer.span(
+            "queue_proxy",
+            context,
+            kind="server",
+            start_ns=tracer.wall_ns(ex.arrived_at, now),
+            attributes={**server_attributes(ex.method, ex.target, ex.client), **tracer.attributes},
+        )
         status = 499
         try:
-            status = await self._batch_or_forward(ex, host)
-        except asyncio.CancelledError:  # the client left while the request waited
-            self.refusal["client_disconnected"].inc()
-            raise
+            if self.batcher is not None and batch_path(ex.method, ex.target):
+                status = await self._batch_or_forward(ex, host, span)
+            elif self.breaker is None:
+                status = await self._forward(ex, host, span)
+            else:
+                status = await self._wait_then_forward(ex, host, span)
+            return status
         finally:
-            self.acc.finish(ex, proxied, status)
+            end_span(span, status)
 
-    async def _batch_or_forward(self, ex: HttpExchange, host: str | None) -> int:
+    async def _batch_or_forward(
+        self, ex: HttpExchange, host: str | None, parent: Span | None = None
+    ) -> int:
         """Into a batch when its body is a batchable request; else as any other request."""
         batcher = self.batcher
         assert batcher is not None
@@ -255,8 +286,8 @@ class QueueHandler(DirectHandler):
         member = read_member(ex.target, body) if body is not None else None
         if member is None:  # (what was read is held: forwarded as it came)
             if self.breaker is None:
-                return await self._forward(ex, host)
-            return await self._wait_then_forward(ex, host)
+                return await self._forward(ex, host, parent)
+            return await self._wait_then_forward(ex, host, parent)
         timeouts = self.timeouts
         member.host = host or ex.header("Host") or ""
         member.arrived = ex.arrived_at
@@ -276,17 +307,24 @@ class QueueHandler(DirectHandler):
         await ex.respond(answer.status, answer.body, (("Content-Type", answer.content_type),))
         return answer.status
 
-    async def _wait_then_forward(self, ex: HttpExchange, host: str | None) -> int:
-        """The breaker is busy: wait in its queue (bounded by the total timeout)."""
+    async def _wait_then_forward(
+        self, ex: HttpExchange, host: str | None, parent: Span | None = None
+    ) -> int:
+        """The breaker is busy: wait in its queue (bounded by the total timeout); traced, the
+        wait is the ``queue_wait`` span."""
         breaker = self.breaker
         assert breaker is not None
         timeouts = self.timeouts
         deadline = ex.arrived_at + timeouts.total_s if timeouts.total_s > 0 else None
+        wait = None if parent is None else self.tracer.span("queue_wait", parent)
         try:
             async with asyncio.timeout_at(deadline) as waiting:
                 async with breaker.maybe():
+                    if wait is not None:
+                        wait.end()
+                        wait = None
                     waiting.reschedule(None)  # the total timeout is forward's from here
-                    return await self._forward(ex, host)
+                    return await self._forward(ex, host, parent)
         except QueueFullError as exc:
             self.refusal["queue_full"].inc()
             await ex.respond(503, f"{exc}\n".encode())
@@ -295,20 +333,37 @@ class QueueHandler(DirectHandler):
             self.refusal["timeout"].inc()
             await ex.respond(504, f"{timeouts.body_prefix}request timeout".encode())
             return 504
+        finally:
+            if wait is not None:  # (the request never got a slot)
+                wait.end()
 
-    async def _forward(self, ex: HttpExchange, host: str | None) -> int:
-        """To the model server; ``K-Original-Host`` (from the activator) becomes the Host."""
+    async def _forward(self, ex: HttpExchange, host: str | None, parent: Span | None = None) -> int:
+        """To the model server; ``K-Original-Host`` (from the activator) becomes the Host.
+        Traced: the ``queue_forward`` span, whose context the model server gets in
+        ``traceparent``."""
         sets, removes = _host_edits(host)
+        span = None
+        if parent is not None:
+            span = self.tracer.span(
+                "queue_forward", parent, kind="client", attributes=self.forward_attributes
+            )
+            sets += self.tracer.headers(span)
+            removes += TRACE_HEADERS
+        status = 502
         try:
             result = await ex.forward(
                 self.upstream, route=self.route, set_headers=sets, remove_headers=removes
             )
+            status = result.status
         except UpstreamConnectError as exc:
             self.refusal["upstream_connect"].inc()
             await ex.respond(502, f"upstream connect error: {exc}\n".encode())
             return 502
+        finally:
+            if span is not None:
+                end_span(span, status)
         self.acc.count_failure(result)
-        return result.status
+        return status
 
     # --- probes (dataplane.probes) -----------------------------------------------------------
 

@@ -5,9 +5,12 @@ sends (tests/otlp_receiver.py)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from cluster.observability import (
     ENDPOINT,
@@ -22,7 +25,9 @@ from cluster.observability import (
     write_folder,
 )
 from dataplane.tracing import Tracer
+from tests.dataplane_fixtures import poll_until, run_app
 from tests.otlp_receiver import otlp_receiver
+from tests.test_queue_proxy import started
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
@@ -144,3 +149,102 @@ async def test_spans_reach_a_real_receiver_with_their_parents() -> None:
     assert server.attributes == {"http.request.method": "POST"}
     assert headers["traceparent"] == f"00-{TRACE}-{client.span_id}-01"
     assert server.start_ns <= client.start_ns <= client.end_ns <= server.end_ns
+
+
+# --- the queue-proxy ---------------------------------------------------------------------------
+
+
+def traced_model_app(tracer: Tracer, sleep_s: float) -> web.Application:
+    """A model server that traces: its ``model`` span joins the trace its request carries."""
+
+    async def predict(request: web.Request) -> web.Response:
+        context = tracer.begin(request.headers.items())
+        span = tracer.span("model", context, kind="server") if context is not None else None
+        await asyncio.sleep(sleep_s)
+        if span is not None:
+            span.end()
+        return web.json_response({"predictions": [1]})
+
+    app = web.Application()
+    app.router.add_post("/v1/models/{name}", predict)
+    return app
+
+
+def tracing_on(folder: Path, url: str, rate: float = 1.0) -> None:
+    write_folder(
+        folder, tracing_data(Tracing(protocol="http/protobuf", endpoint=url, sampling_rate=rate))
+    )
+
+
+async def test_the_queue_proxy_traces_its_wait_and_forward_and_the_model_joins(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "observability"
+    model_tracer = Tracer("model")
+    async with otlp_receiver() as receiver:
+        model_tracer.configure(
+            Tracing(protocol="http/protobuf", endpoint=receiver.url, sampling_rate=1)
+        )
+        tracing_on(folder, receiver.url)
+        async with (
+            run_app(traced_model_app(model_tracer, 0.1)) as (_, port),
+            started(port, container_concurrency=1, observability_dir=str(folder)) as qp,
+            aiohttp.ClientSession() as session,
+        ):
+            await asyncio.wait_for(qp.readiness.became_ready.wait(), 5)
+            await poll_until(lambda: qp.tracer.on)
+            url = f"http://127.0.0.1:{qp.serving_port}/v1/models/iris:predict"
+
+            async def post(trace: str) -> tuple[int, float]:
+                started_at = time.monotonic()
+                headers = {"traceparent": f"00-{trace}-{PARENT}-01"}
+                async with session.post(url, json={"instances": [[1]]}, headers=headers) as r:
+                    await r.read()
+                    return r.status, time.monotonic() - started_at
+
+            traces = [f"{k:032x}" for k in range(1, 3)]
+            answers = await asyncio.gather(*(post(t) for t in traces))  # CC 1: one waits
+            assert [a[0] for a in answers] == [200, 200]
+            await asyncio.to_thread(model_tracer.flush)
+            await asyncio.to_thread(qp.tracer.flush)
+            await receiver.until(lambda spans: len(spans) >= 8)  # 2 x 4
+        model_tracer.close()
+    for trace, (_, elapsed) in zip(traces, answers, strict=True):
+        spans = {s.name: s for s in receiver.spans if s.trace_id == trace}
+        server, forward, model = spans["queue_proxy"], spans["queue_forward"], spans["model"]
+        assert server.parent_id == PARENT
+        assert forward.parent_id == server.span_id
+        assert model.parent_id == forward.span_id  # the model server joined through traceparent
+        assert server.service == "queue-proxy"
+        assert server.attributes["http.request.method"] == "POST"
+        assert server.attributes["http.response.status_code"] == 200
+        assert server.attributes["zeroserve.model"] == "iris"
+        assert server.attributes["zeroserve.revision"] == "iris-00001"
+        assert server.attributes["k8s.pod.name"] == "pod-1"
+        assert forward.attributes["server.port"] == qp.settings.user_port
+        # durations: the model's 100 ms within the forward, within the request, within what
+        # the client measured
+        assert 0.1 <= model.seconds <= forward.seconds <= server.seconds <= elapsed + 0.005
+    waits = sorted(w.seconds for w in receiver.named("queue_wait"))
+    assert len(waits) == 2
+    assert waits[0] < 0.05 <= waits[1]  # the second request waited for the first's slot
+
+
+async def test_tracing_turns_on_and_off_without_a_restart_and_keeps_the_last_good(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "observability"
+    async with (
+        otlp_receiver() as receiver, run_app(traced_model_app(Tracer("model"), 0)) as (_, port),
+        started(port, observability_dir=str(folder)) as qp,
+    ):
+        await asyncio.wait_for(qp.readiness.became_ready.wait(), 5)
+        assert not qp.tracer.on  # no folder yet: off
+        tracing_on(folder, receiver.url)
+        await poll_until(lambda: qp.tracer.on)
+        write_folder(folder, {SAMPLING_RATE: "7"})  # invalid: the last good stays
+        await asyncio.sleep(1.5)
+        assert qp.tracer.on
+        assert qp.tracer.tracing.endpoint == receiver.url
+        write_folder(folder, {PROTOCOL: "none"})
+        await poll_until(lambda: not qp.tracer.on)
