@@ -31,10 +31,13 @@ from activator.sinks import InProcessStatSink, StatSink, WebsocketStatSink
 from activator.throttler import PeerInfo, Throttler
 from cluster.envparse import non_negative_int, seconds
 from cluster.memory import MemoryEndpoints, MemoryRoutes
-from cluster.ports import EndpointSource, PodEndpoint, RouteSource
+from cluster.observability import CONFIGMAP as OBSERVABILITY_CONFIGMAP
+from cluster.observability import ObservabilityError, parse_tracing
+from cluster.ports import ConfigSource, EndpointSource, PodEndpoint, RouteSource
 from cluster.spec import RevisionKey
 from dataplane.heap import freeze_startup_heap
 from dataplane.server import Server
+from dataplane.tracing import ColdStartTraces, Tracer
 from metrics.logs import configure_logging
 
 log = logging.getLogger("zeroserve.activator")
@@ -93,6 +96,7 @@ class Activator:
         peers: ActivatorPeers,
         settings: ActivatorSettings,
         not_ready_reason: NotReadyReason | None = None,
+        observability: ConfigSource | None = None,
     ) -> None:
         self.settings = settings
         self.stats = stats
@@ -118,6 +122,13 @@ class Activator:
             rng=rng,
         )
         self.mirror.set_services(routes.current())
+        # tracing, from config-observability (the spec's observability block locally)
+        self.tracer = Tracer("activator", {"k8s.pod.name": settings.pod_name})
+        self.cold_start_traces = ColdStartTraces(self.tracer)
+        self._unsubscribe_observability: Callable[[], None] = lambda: None
+        if observability is not None:
+            self._observability_changed(observability.current())
+            self._unsubscribe_observability = observability.subscribe(self._observability_changed)
         self.handler = ActivatorHandler(
             router=self.router,
             throttler=self.throttler,
@@ -126,6 +137,8 @@ class Activator:
             metrics=self.metrics,
             not_ready_reason=not_ready_reason,
             tees=self.mirror.tee_for,
+            tracer=self.tracer,
+            cold_starts=self.cold_start_traces,
         )
         self.prober = EndpointProber(
             endpoints,
@@ -202,6 +215,7 @@ class Activator:
         """Stop everything at once (after :meth:`drain`, or in tests)."""
         self.router.close()
         self._unsubscribe_peers()
+        self._unsubscribe_observability()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -212,10 +226,21 @@ class Activator:
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
         await self.mirror.close()
+        await asyncio.to_thread(self.tracer.close)  # (the last spans out)
         with contextlib.suppress(Exception):  # a final report, so the last period is not lost
             self.stats.put(self.reporter.report(asyncio.get_running_loop().time()))
 
     # --- internals ---------------------------------------------------------------------------
+
+    def _observability_changed(self, data: Mapping[str, str]) -> None:
+        """config-observability changed: tracing follows, or keeps the last good settings."""
+        try:
+            self.tracer.configure(parse_tracing(data, strict=False))
+        except ObservabilityError as exc:
+            log.error(
+                "observability config rejected, keeping the last good one",
+                extra={"error": str(exc)},
+            )
 
     def _spawn(self, coro: Any, name: str) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro, name=f"activator-{name}")
@@ -261,6 +286,7 @@ def build_activator(
     peers: ActivatorPeers | None = None,
     settings: ActivatorSettings | None = None,
     not_ready_reason: NotReadyReason | None = None,
+    observability: ConfigSource | None = None,
 ) -> Activator:
     """The activator from its ports; then ``await start(host, port)``, ``drain()``, ``close()``.
 
@@ -275,6 +301,7 @@ def build_activator(
         peers=peers or StaticPeers(),
         settings=settings or ActivatorSettings(),
         not_ready_reason=not_ready_reason,
+        observability=observability,
     )
 
 
@@ -417,8 +444,9 @@ async def _serve(args: argparse.Namespace, settings: ActivatorSettings) -> int:
                 system_namespace(), args.pod_ip, lambda count, index: PeerInfo(count, index)
             )
             routes_, endpoints_ = kube.routes(), kube.endpoints()
+            observability = kube.config(system_namespace(), OBSERVABILITY_CONFIGMAP)
             await kube.start()
-            return await _run(args, settings, routes_, endpoints_, peers)
+            return await _run(args, settings, routes_, endpoints_, peers, observability)
         finally:
             await kube.close()
     routes = MemoryRoutes()
@@ -436,13 +464,14 @@ async def _run(
     routes: RouteSource,
     endpoints: EndpointSource,
     peers: ActivatorPeers,
+    observability: ConfigSource | None = None,
 ) -> int:
     stats: StatSink = (
         WebsocketStatSink(args.autoscaler_url)
         if args.autoscaler_url
         else InProcessStatSink(_log_stats)
     )
-    act = build_activator(routes, endpoints, stats, peers, settings)
+    act = build_activator(routes, endpoints, stats, peers, settings, observability=observability)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

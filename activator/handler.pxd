@@ -44,6 +44,8 @@ cdef class ActivatorHandler:
     cdef public PathCounts paths
     cdef public object not_ready_reason
     cdef public object tees
+    cdef public object tracer
+    cdef public object cold_starts
 
     @cython.locals(
         lane=_Lane,

@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
+from typing import TYPE_CHECKING
 
 from activator.metrics import ActivatorMetrics, RevisionMetrics
 from activator.reporter import ConcurrencyReporter, RevisionCounter
@@ -38,6 +39,17 @@ from dataplane import probes
 from dataplane.api import Exchange, ForwardResult, Timeouts, UpstreamConnectError
 from dataplane.messages import HeaderNames
 from dataplane.route import Route
+from dataplane.tracing import (
+    TRACE_HEADERS,
+    ColdStartTraces,
+    Tracer,
+    end_span,
+    server_attributes,
+)
+
+if TYPE_CHECKING:  # (OpenTelemetry's types: imported only when tracing is on)
+    from opentelemetry.context import Context
+    from opentelemetry.trace import Span
 
 log = logging.getLogger("zeroserve.activator")
 
@@ -124,6 +136,15 @@ def _proxy_headers(host: str | None, address: str) -> tuple[tuple[str, str], ...
     return (("K-Proxy-Request", "activator"), ("K-Original-Host", host or ""), ("Host", address))
 
 
+_NO_NAMES: tuple[str, ...] = ()
+
+
+def _peer(address: str) -> dict[str, object]:
+    """A pod's address as a client span's ``server.address`` and ``server.port``."""
+    host, _, port = address.rpartition(":")
+    return {"server.address": host, "server.port": int(port) if port.isdigit() else 0}
+
+
 class ActivatorHandler:
     """One activator's :data:`dataplane.api.Handler`."""
 
@@ -137,6 +158,8 @@ class ActivatorHandler:
         metrics: ActivatorMetrics,
         not_ready_reason: NotReadyReason | None = None,
         tees: Callable[[Revision], object] | None = None,
+        tracer: Tracer | None = None,
+        cold_starts: ColdStartTraces | None = None,
     ) -> None:
         self.router = router
         self.throttler = throttler
@@ -154,6 +177,9 @@ class ActivatorHandler:
         self.not_ready_reason = not_ready_reason
         # a revision's tee factory (activator.shadow.Mirror.tee_for: its service's shadows)
         self.tees = tees
+        # tracing (dataplane.tracing): off unless configured; a cold start's steps, where known
+        self.tracer = tracer if tracer is not None else Tracer("activator")
+        self.cold_starts = cold_starts
 
     def routes_changed(self) -> None:
         """Forget the lanes: routes moved, and a revision's throttler may have been dropped."""
@@ -202,6 +228,10 @@ class ActivatorHandler:
                 self.sink.put([immediate])
         counter.request_in(now)
         lane.metrics.in_flight += 1
+        if self.tracer.on:  # (off: the one thing tracing costs a request)
+            context = self.tracer.begin(ex.headers)
+            if context is not None:
+                return self._wait_and_proxy(ex, lane, host, context)
         admission = lane.throttler.try_admit()
         if admission is None:  # no slot free now: wait for one
             self.paths.waited += 1
@@ -258,11 +288,33 @@ class ActivatorHandler:
 
     # --- the slow path -----------------------------------------------------------------------
 
-    async def _wait_and_proxy(self, ex: Exchange, lane: _Lane, host: str | None) -> None:
+    async def _wait_and_proxy(
+        self, ex: Exchange, lane: _Lane, host: str | None, context: Context | None = None
+    ) -> None:
+        """The slow path; with ``context`` (a sampled request, dataplane.tracing) inside its
+        ``activator`` span."""
         status = 499  # unless set below: the client left while the request waited
+        span = None
+        if context is not None:
+            tracer = self.tracer
+            now = asyncio.get_running_loop().time()
+            span = tracer.span(
+                "activator",
+                context,
+                kind="server",
+                start_ns=tracer.wall_ns(ex.arrived_at, now),
+                attributes={
+                    **server_attributes(ex.method, ex.target, ex.client),
+                    "k8s.namespace.name": lane.key.namespace,
+                    "zeroserve.revision": lane.key.name,
+                    **tracer.attributes,
+                },
+            )
         try:
-            status = await self._throttle_and_proxy(ex, lane, host)
+            status = await self._throttle_and_proxy(ex, lane, host, span)
         finally:
+            if span is not None:
+                end_span(span, status)
             self._finish(ex, lane, status)
 
     async def _retry_and_proxy(
@@ -293,13 +345,22 @@ class ActivatorHandler:
         self.paths.refused += 1
         return self._retry_and_proxy(ex, lane, host, admission, exc)
 
-    async def _throttle_and_proxy(self, ex: Exchange, lane: _Lane, host: str | None) -> int:
+    async def _throttle_and_proxy(
+        self, ex: Exchange, lane: _Lane, host: str | None, parent: Span | None = None
+    ) -> int:
+        """Wait for a slot (traced: the ``throttler_try`` span; at a cold start it gets a
+        ``cold_start`` child with the start's steps once they are known), then proxy."""
         loop = asyncio.get_running_loop()
         throttler = lane.throttler
         rm = lane.metrics
         cold = not throttler.ready
         timeout_s = lane.revision.timeout_s
         left_s = max(timeout_s - (loop.time() - ex.arrived_at), 1e-3) if timeout_s > 0 else 0.0
+        wait = None
+        if parent is not None:
+            wait = self.tracer.span("throttler_try", parent, attributes={"zeroserve.cold": cold})
+            if cold and self.cold_starts is not None:
+                self.cold_starts.waiting(lane.key.namespace, lane.key.name, wait)
         rm.queued += 1
         queued = True
         try:
@@ -308,7 +369,11 @@ class ActivatorHandler:
                 queued = False
                 if cold:
                     rm.cold_start_waited(loop.time() - ex.arrived_at)
-                return await self._proxy(ex, lane, host, admission)
+                if wait is not None:
+                    wait.set_attribute("zeroserve.pod", admission.address)
+                    wait.end()
+                    wait = None
+                return await self._proxy(ex, lane, host, admission, parent=parent)
         except QueueFullError as exc:
             ex.respond_now(503, f"{exc}\n".encode())
             return 503
@@ -323,6 +388,8 @@ class ActivatorHandler:
         finally:
             if queued:
                 rm.queued -= 1
+            if wait is not None:  # (no slot: a refusal or a timeout)
+                wait.end()
 
     async def _proxy(
         self,
@@ -331,20 +398,34 @@ class ActivatorHandler:
         host: str | None,
         admission: Admission,
         refused: UpstreamConnectError | None = None,
+        parent: Span | None = None,
     ) -> int:
         """Forward on the admitted pod; a refused connection is retried once on another pod.
-        ``refused``: the hot path's connection to this pod was refused already."""
+        ``refused``: the hot path's connection to this pod was refused already. Traced: each
+        try is an ``activator_proxy`` span, whose context the pod gets in ``traceparent``."""
         retried = False
         while True:
             address = admission.address
             if refused is None:
+                sets, removes = _proxy_headers(host, address), _NO_NAMES
+                span = None
+                if parent is not None:
+                    span = self.tracer.span(
+                        "activator_proxy", parent, kind="client", attributes=_peer(address)
+                    )
+                    sets, removes = sets + self.tracer.headers(span), TRACE_HEADERS
+                status = 502
                 try:
                     result = await ex.forward(
-                        address, route=lane.route, set_headers=_proxy_headers(host, address)
+                        address, route=lane.route, set_headers=sets, remove_headers=removes
                     )
-                    return result.status
+                    status = result.status
+                    return status
                 except UpstreamConnectError as exc:
                     refused = exc
+                finally:
+                    if span is not None:
+                        end_span(span, status)
             log.warning(
                 "pod refused the connection",
                 extra={"revision": str(lane.key), "pod": address, "retried": retried},

@@ -132,11 +132,14 @@ class Service:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Spec:
-    """A whole spec file: services plus ``config-autoscaler`` keys (the ConfigMap's data)."""
+    """A whole spec file: services plus ``config-autoscaler`` keys (the ConfigMap's data) and
+    ``config-observability`` keys."""
 
     services: tuple[Service, ...]
     config: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     domain: str = "example.com"
+    observability: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    """``config-observability`` keys: tracing (:mod:`cluster.observability`)."""
 
     def revisions(self) -> dict[RevisionKey, Revision]:
         return {rev.key: rev for svc in self.services for rev in svc.revisions}

@@ -5,6 +5,10 @@ The format (docs/configuration.md has the full reference)::
     domain: example.com            # optional; hosts are <service>.<namespace>.<domain>
     config:                        # optional; config-autoscaler keys, as in the ConfigMap
       stable-window: 60s
+    observability:                 # optional; config-observability keys (docs/tracing.md)
+      tracing-protocol: http/protobuf
+      tracing-endpoint: http://127.0.0.1:4318/v1/traces
+      tracing-sampling-rate: "0.1"
     services:
       - name: iris                 # DNS-1123 label
         namespace: default         # optional, default "default"
@@ -73,6 +77,7 @@ from cluster.annotations import (
 )
 from cluster.batching import BatchingError, parse_batching
 from cluster.goparse import format_number, parse_bool, parse_int32
+from cluster.observability import ObservabilityError, parse_tracing
 from cluster.payload_logging import LoggerError, parse_logger
 from cluster.shadow import check_shadows, is_shadow_entry, parse_shadow
 from cluster.spec import (
@@ -96,7 +101,7 @@ _LABEL_RULE = (
     "letter or digit, at most 63 characters)"
 )
 
-_TOP_FIELDS = ("domain", "config", "services")
+_TOP_FIELDS = ("domain", "config", "observability", "services")
 _SERVICE_FIELDS = ("name", "namespace", "revisions", "traffic")
 _REVISION_FIELDS = (
     "name",
@@ -203,6 +208,13 @@ def parse_spec(data: Mapping[str, object], *, check_config: ConfigCheck | None =
     else:
         domain = raw_domain
 
+    observability = _string_map(data.get("observability"), "observability", errs)
+    try:
+        parse_tracing(observability)
+    except ObservabilityError as exc:
+        for problem in exc.errors:
+            errs.add("observability", problem)
+
     config = _string_map(data.get("config"), "config", errs)
     if check_config is not None:
         errs.items.extend(f"config.{problem}" for problem in check_config(config))
@@ -254,7 +266,12 @@ def parse_spec(data: Mapping[str, object], *, check_config: ConfigCheck | None =
 
     if errs.items:
         raise SpecError(tuple(errs.items))
-    return Spec(services=tuple(services), config=MappingProxyType(config), domain=domain)
+    return Spec(
+        services=tuple(services),
+        config=MappingProxyType(config),
+        domain=domain,
+        observability=MappingProxyType(observability),
+    )
 
 
 def _service(

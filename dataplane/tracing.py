@@ -240,3 +240,48 @@ async def watch_folder(tracer: Tracer, folder: Path, interval_s: float = 1.0) ->
             except OSError as exc:
                 log.error("cannot read the observability config", extra={"error": str(exc)})
         await asyncio.sleep(interval_s)
+
+
+class ColdStartTraces:
+    """The ``throttler_try`` spans of requests that found a revision with no ready replica, and
+    the ``cold_start`` span each gets when it is known where that cold start went (the local
+    runtime's :class:`cluster.local.coldstart.ColdStarts`, once the replica is ready and its
+    phases are read: :meth:`cold_start`). Its events, in order and at their own times:
+    ``scale_decision``, ``replica_started`` (the process exists), each phase the model server
+    reported (``imports``, ``accelerator_init``, ``fetch``, ``load``, ``warmup``), ``ready``.
+    A span not claimed within :attr:`keep_s` is forgotten."""
+
+    keep_s = 300.0
+
+    def __init__(self, tracer: Tracer) -> None:
+        self.tracer = tracer
+        self._waiting: dict[tuple[str, str], list[tuple[float, Span]]] = {}
+
+    def waiting(self, namespace: str, revision: str, span: Span) -> None:
+        now = time.monotonic()
+        for key in [k for k, v in self._waiting.items() if now - v[0][0] > self.keep_s]:
+            del self._waiting[key]
+        self._waiting.setdefault((namespace, revision), []).append((now, span))
+
+    def cold_start(
+        self, namespace: str, revision: str, started_at: float, phases: Iterable[tuple[str, float]]
+    ) -> None:
+        """A replica of the revision was started at ``started_at`` (unix seconds, the scale
+        decision) and went through ``phases`` (name, seconds) in order."""
+        waiting = self._waiting.pop((namespace, revision), [])
+        if not waiting or not self.tracer.on:
+            return
+        at = int(started_at * 1e9)
+        events: list[tuple[str, int, dict[str, Any]]] = [("scale_decision", at, {})]
+        for phase, seconds in phases:
+            at += int(seconds * 1e9)
+            name = "replica_started" if phase == "spawn" else phase
+            events.append((name, at, {"zeroserve.phase_seconds": seconds}))
+        attributes = {"k8s.namespace.name": namespace, "zeroserve.revision": revision}
+        for _, parent in waiting:
+            span = self.tracer.span(
+                "cold_start", parent, start_ns=events[0][1], attributes=attributes
+            )
+            for name, ts, attrs in events:
+                span.add_event(name, attrs, timestamp=ts)
+            span.end(end_time=at)

@@ -26,7 +26,8 @@ from cluster.observability import (
 )
 from dataplane.tracing import Tracer
 from tests.dataplane_fixtures import poll_until, run_app
-from tests.otlp_receiver import otlp_receiver
+from tests.e2e_support import ROOT, zeroserve_up
+from tests.otlp_receiver import Received, otlp_receiver
 from tests.test_queue_proxy import started
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -235,7 +236,8 @@ async def test_tracing_turns_on_and_off_without_a_restart_and_keeps_the_last_goo
 ) -> None:
     folder = tmp_path / "observability"
     async with (
-        otlp_receiver() as receiver, run_app(traced_model_app(Tracer("model"), 0)) as (_, port),
+        otlp_receiver() as receiver,
+        run_app(traced_model_app(Tracer("model"), 0)) as (_, port),
         started(port, observability_dir=str(folder)) as qp,
     ):
         await asyncio.wait_for(qp.readiness.became_ready.wait(), 5)
@@ -248,3 +250,76 @@ async def test_tracing_turns_on_and_off_without_a_restart_and_keeps_the_last_goo
         assert qp.tracer.tracing.endpoint == receiver.url
         write_folder(folder, {PROTOCOL: "none"})
         await poll_until(lambda: not qp.tracer.on)
+
+
+# --- zeroserve up: the activator, a cold start, the queue-proxy --------------------------------
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(180)
+async def test_a_cold_start_is_traced_through_the_activator_and_the_queue_proxy(
+    tmp_path: Path,
+) -> None:
+    """``zeroserve up`` with tracing on and the built-in model server at zero: one request's
+    trace holds the activator's spans, the cold start's steps in order, the queue-proxy's."""
+    model = ROOT / "examples" / "models" / "iris-sklearn" / "model.joblib"
+    async with otlp_receiver() as receiver:
+        spec = "\n".join(
+            [
+                "observability:",
+                "  tracing-protocol: http/protobuf",
+                f"  tracing-endpoint: {receiver.url}",
+                '  tracing-sampling-rate: "1"',
+                "services:",
+                "  - name: iris",
+                "    revisions:",
+                "      - name: iris-v1",
+                f"        predictor: {{format: sklearn, storageUri: {model}}}",
+                "",
+            ]
+        )
+        spec_path = tmp_path / "spec.yaml"
+        spec_path.write_text(spec)
+        async with (
+            zeroserve_up(spec_path, tmp_path / "up.log") as rt,
+            aiohttp.ClientSession() as session,
+        ):
+            headers = {"traceparent": f"00-{TRACE}-{PARENT}-01"}
+            body = {"instances": [[6.8, 2.8, 4.8, 1.4]]}
+            async with session.post(
+                f"{rt.url}/v1/models/iris:predict", json=body, headers=headers
+            ) as resp:
+                assert resp.status == 200, await resp.text()
+                assert await resp.json() == {"predictions": [1]}
+
+            def complete(spans: list[Received]) -> bool:
+                names = {s.name for s in spans if s.trace_id == TRACE}
+                return {"activator", "cold_start", "queue_proxy", "queue_forward"} <= names
+
+            await receiver.until(complete, within=30)
+    spans = {s.name: s for s in receiver.spans if s.trace_id == TRACE}
+    activator, wait, cold = spans["activator"], spans["throttler_try"], spans["cold_start"]
+    proxy, queue, forward = spans["activator_proxy"], spans["queue_proxy"], spans["queue_forward"]
+    assert activator.parent_id == PARENT
+    assert wait.parent_id == proxy.parent_id == activator.span_id
+    assert cold.parent_id == wait.span_id
+    assert queue.parent_id == proxy.span_id  # across processes, by traceparent
+    assert forward.parent_id == queue.span_id
+    assert (activator.service, queue.service) == ("activator", "queue-proxy")
+    assert wait.attributes["zeroserve.cold"] is True
+    assert activator.attributes["zeroserve.revision"] == "iris-v1"
+    assert activator.attributes["zeroserve.model"] == "iris"
+    events = [name for name, _, _ in cold.events]
+    assert events[:2] == ["scale_decision", "replica_started"]
+    assert events[-1] == "ready"
+    assert {"imports", "load"} <= set(events)  # the built-in server reports its phases
+    times = [t for _, t, _ in cold.events]
+    assert times == sorted(times)
+    # the wait covers the cold start; the request covers all
+    assert activator.start_ns <= wait.start_ns <= wait.end_ns <= proxy.start_ns
+    assert proxy.end_ns <= activator.end_ns
+    # across processes: the queue-proxy's span within the activator's forward to it (its end
+    # comes after its last byte went out, which the activator may have read a moment before)
+    slack = 5_000_000
+    assert proxy.start_ns - slack <= queue.start_ns <= queue.end_ns <= proxy.end_ns + slack
+    assert cold.seconds > 0.1

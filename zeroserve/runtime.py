@@ -19,9 +19,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 from aiohttp import web
@@ -35,6 +38,7 @@ from autoscaler.engine import Autoscaler, build_autoscaler
 from autoscaler.status import RevisionStatus, build_status_app
 from cluster.local.supervisor import LocalSupervisor, SupervisorSettings
 from cluster.memory import MemoryConfig, MemoryRevisions, MemoryRoutes
+from cluster.observability import write_folder
 from cluster.spec import RevisionKey, Spec
 from cluster.spec_loader import SpecError
 from zeroserve.prefetch import ArtifactPrefetcher, PrefetchSettings
@@ -86,7 +90,14 @@ class LocalRuntime:
         self.spec: Spec = self._reader.load()  # SpecError: the runtime does not start
         self._warn_unknown_keys()
         self._mtime = self._stat_mtime()
-        self.supervisor = LocalSupervisor(settings.supervisor)
+        # config-observability: the activator's tracing in process; the queue-proxies read the
+        # folder this runtime writes (each key a file, as a mounted ConfigMap)
+        self.observability = MemoryConfig(self.spec.observability)
+        self._observability_dir = Path(tempfile.mkdtemp(prefix="zeroserve-observability-"))
+        write_folder(self._observability_dir, self.spec.observability)
+        self.observability.subscribe(partial(write_folder, self._observability_dir))
+        supervisor = replace(settings.supervisor, observability_dir=str(self._observability_dir))
+        self.supervisor = LocalSupervisor(supervisor)
         self.revisions = MemoryRevisions(self.spec.revisions())
         self.routes = MemoryRoutes(self.spec.services)
         self.config = MemoryConfig(self.spec.config)
@@ -111,6 +122,14 @@ class LocalRuntime:
                 pod_name="activator-local", drain_quiet_period_s=settings.drain_quiet_period_s
             ),
             not_ready_reason=self.prefetch.not_ready_reason,
+            observability=self.observability,
+        )
+        # a request that waited for a cold start gets its steps in its trace once known
+        traces = self.activator.cold_start_traces
+        self.supervisor.cold_starts.listeners.append(
+            lambda cold: traces.cold_start(
+                cold.namespace, cold.revision, cold.started_at, cold.phases
+            )
         )
         self.autoscaler.metrics.registry.register(_Forward(self.activator.metrics.registry))
         # zeroserve_cold_start_phase_seconds, beside them on the status port's /metrics
@@ -192,6 +211,7 @@ class LocalRuntime:
         await self.prefetch.close()
         if self._status_runner is not None:
             await self._status_runner.cleanup()
+        shutil.rmtree(self._observability_dir, ignore_errors=True)
 
     # -- the spec file --------------------------------------------------------------------------
 
@@ -218,6 +238,7 @@ class LocalRuntime:
         self.revisions.set(dict(spec.revisions()))
         self.routes.set_services(spec.services)
         self.config.set(dict(spec.config))
+        self.observability.set(dict(spec.observability))
         log.info("spec applied", extra={"spec": str(self.spec_path)})
         return True
 

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,6 +187,8 @@ class ColdStarts:
         )
         self._last: dict[tuple[str, str], ColdStart] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # told of each recorded cold start (the runtime's tracing: its requests' cold_start spans)
+        self.listeners: list[Callable[[ColdStart], None]] = []
 
     def last(self, namespace: str, revision: str) -> ColdStart | None:
         """The revision's latest recorded cold start, if any."""
@@ -202,6 +204,11 @@ class ColdStarts:
             self.histogram.labels(phase, cold.revision, cold.namespace).observe(seconds)
         log.info("cold start", extra={**fields, "total_s": round(cold.total_s, 4)})
         self._last[(cold.namespace, cold.revision)] = cold
+        for listener in self.listeners:
+            try:
+                listener(cold)
+            except Exception:
+                log.exception("cold start listener failed", extra=fields)
 
     def collect(
         self,

@@ -85,6 +85,9 @@ class SupervisorSettings:
     """``text``: each model-server line prefixed with its pod name (``iris-v1-3 | …``), the
     queue-proxies log text; ``json``: every line a JSON record, model-server lines wrapped with
     their ``pod`` (:mod:`cluster.local.output`; the queue-proxy's ``QUEUE_LOG_FORMAT``)."""
+    observability_dir: str = ""
+    """The folder of ``config-observability`` files the queue-proxies read (their
+    ``QUEUE_OBSERVABILITY_DIR``; the runtime writes it from the spec): tracing. Empty: none."""
 
 
 def readiness_probe_json(rev: Revision) -> str:
@@ -351,6 +354,11 @@ class LocalSupervisor(InitializedInMemory):
             "QUEUE_DRAIN_QUIET_PERIOD_SECONDS": _num(self.settings.drain_quiet_period_s),
             "QUEUE_LOG_FORMAT": self.settings.log_format,
             **batching_env(rev.annotations),
+            **(
+                {"QUEUE_OBSERVABILITY_DIR": self.settings.observability_dir}
+                if self.settings.observability_dir
+                else {}
+            ),
             **logger_env(rev.annotations),
         }
         return model_env, qp_env
