@@ -214,7 +214,9 @@ def test_other_revisions_have_no_fetch_step() -> None:
     for dep in by_kind(objs, "Deployment"):
         if dep["metadata"]["name"] != "iris-v2":
             assert "initContainers" not in dep["spec"]["template"]["spec"]
-            assert "volumes" not in dep["spec"]["template"]["spec"]
+            # (only the queue-proxy's config-observability)
+            volumes = dep["spec"]["template"]["spec"]["volumes"]
+            assert [v["name"] for v in volumes] == ["config-observability"]
 
 
 def test_a_custom_container_renders_with_its_image_command_and_resources() -> None:

@@ -10,9 +10,15 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 from aiohttp import web
 
+from activator.app import build_activator
+from activator.sinks import InProcessStatSink
+from cluster.kubernetes.render import render
+from cluster.memory import MemoryConfig, MemoryEndpoints, MemoryRoutes
 from cluster.observability import (
+    CONFIGMAP,
     ENDPOINT,
     PROTOCOL,
     SAMPLING_RATE,
@@ -24,6 +30,7 @@ from cluster.observability import (
     tracing_data,
     write_folder,
 )
+from cluster.spec_loader import parse_spec
 from dataplane.tracing import Tracer
 from tests.dataplane_fixtures import poll_until, run_app
 from tests.e2e_support import ROOT, zeroserve_up
@@ -323,3 +330,66 @@ async def test_a_cold_start_is_traced_through_the_activator_and_the_queue_proxy(
     slack = 5_000_000
     assert proxy.start_ns - slack <= queue.start_ns <= queue.end_ns <= proxy.end_ns + slack
     assert cold.seconds > 0.1
+
+
+# --- Kubernetes: render, deploy/, and the activator following its ConfigMap ------------------
+
+
+def test_render_gives_each_queue_proxy_its_namespaces_config_observability() -> None:
+    raw = {
+        "observability": {PROTOCOL: "http/protobuf", ENDPOINT: "http://otel.obs:4318/v1/traces"},
+        "services": [
+            {"name": "a", "namespace": "team-a", "revisions": [{"name": "a-1", "command": ["m"]}]},
+            {"name": "b", "revisions": [{"name": "b-1", "command": ["m"]}]},
+        ],
+    }
+    objs = render(parse_spec(raw), image="zeroserve:test")
+    maps = [o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == CONFIGMAP]
+    assert sorted(m["metadata"]["namespace"] for m in maps) == ["default", "team-a"]
+    assert parse_tracing(maps[0]["data"]).endpoint == "http://otel.obs:4318/v1/traces"
+    for dep in (o for o in objs if o["kind"] == "Deployment"):
+        pod = dep["spec"]["template"]["spec"]
+        [qp] = [c for c in pod["containers"] if c["name"] == "queue-proxy"]
+        env = {e["name"]: e.get("value") for e in qp["env"]}
+        [mount] = qp["volumeMounts"]
+        assert env["QUEUE_OBSERVABILITY_DIR"] == mount["mountPath"]
+        [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        assert volume["configMap"] == {"name": CONFIGMAP, "optional": True}
+    without = render(parse_spec({**raw, "observability": {}}), image="zeroserve:test")
+    assert not [o for o in without if o["metadata"]["name"] == CONFIGMAP]
+
+
+def test_deploy_has_the_activators_config_observability_and_it_is_valid() -> None:
+    [doc] = [
+        d
+        for d in yaml.safe_load_all((ROOT / "deploy" / "config-observability.yaml").read_text())
+        if d
+    ]
+    assert (doc["metadata"]["name"], doc["metadata"]["namespace"]) == (
+        CONFIGMAP,
+        "zeroserve-system",
+    )
+    tracing = parse_tracing(doc["data"], strict=False)
+    assert not tracing.enabled  # off until edited
+    assert tracing.sampling_rate == 0.1
+    kustomization = yaml.safe_load((ROOT / "deploy" / "kustomization.yaml").read_text())
+    assert "config-observability.yaml" in kustomization["resources"]
+
+
+async def test_the_activator_follows_config_observability_without_a_restart() -> None:
+    config = MemoryConfig({})
+    act = build_activator(
+        MemoryRoutes(), MemoryEndpoints(), InProcessStatSink(lambda _: None), observability=config
+    )
+    try:
+        assert not act.tracer.on
+        on = {PROTOCOL: "http/protobuf", ENDPOINT: "http://127.0.0.1:9/v1/traces"}
+        config.set(on)
+        assert act.tracer.on
+        config.set({**on, SAMPLING_RATE: "-1"})  # rejected: the last good stays
+        assert act.tracer.on
+        assert act.tracer.tracing.sampling_rate == 0.0
+        config.set({PROTOCOL: "none"})
+        assert not act.tracer.on
+    finally:
+        await act.close()

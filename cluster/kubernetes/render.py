@@ -42,6 +42,7 @@ from cluster.kubernetes.scheme import (
     TRAFFIC_KEY,
 )
 from cluster.local.supervisor import readiness_probe_json
+from cluster.observability import CONFIGMAP as OBSERVABILITY
 from cluster.payload_logging import logger_env
 from cluster.shadow import shadow_entry
 from cluster.spec import Predictor, Revision, Service, Spec
@@ -54,6 +55,9 @@ USER_CONTAINER: Final = "user-container"
 INIT_CONTAINER: Final = "storage-initializer"  # KServe's name for its fetch step
 CACHE_OWNER_CONTAINER: Final = "model-cache-owner"
 QUEUE_SERVING_PORT: Final = 8012
+OBSERVABILITY_VOLUME: Final = "config-observability"
+OBSERVABILITY_DIR: Final = "/etc/zeroserve/observability"
+"""Where the queue-proxy reads config-observability, one file per key (QUEUE_OBSERVABILITY_DIR)."""
 ADMIN_PORT: Final = 8022
 METRICS_PORT: Final = 9090
 RUN_AS: Final = 65532  # the image's user (Dockerfile: USER 65532:65532)
@@ -81,12 +85,26 @@ def render(
     (namespace, name): ``resources``, and a custom container's ``command``/``args``."""
     extra = kube or {}
     out: list[Obj] = []
+    if spec.observability:  # the queue-proxies' tracing, in each namespace with a revision
+        for namespace in sorted({svc.namespace for svc in spec.services}):
+            out.append(observability_configmap(namespace, spec.observability))
     for svc in spec.services:
         for rev in svc.revisions:
             out.append(deployment(rev, image=image, extra=extra.get((rev.namespace, rev.name), {})))
             out.append(revision_service(rev))
         out.append(route(svc))
     return out
+
+
+def observability_configmap(namespace: str, data: Mapping[str, str]) -> Obj:
+    """``config-observability`` of a namespace: what its revisions' queue-proxies read (the
+    activator reads the one in its own namespace, deploy/config-observability.yaml)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": OBSERVABILITY, "namespace": namespace},
+        "data": dict(data),
+    }
 
 
 class _Dumper(yaml.SafeDumper):
@@ -138,15 +156,21 @@ def deployment(rev: Revision, *, image: str, extra: Mapping[str, object]) -> Obj
     }
     if not own_image:  # every container is the zeroserve image, which runs as its own user
         pod["securityContext"].update(runAsNonRoot=True, runAsUser=RUN_AS, runAsGroup=RUN_AS)
+    # config-observability of the revision's namespace, for the queue-proxy (optional: without
+    # it, no tracing); the kubelet refreshes the files when the ConfigMap changes
+    volumes: list[dict[str, Any]] = [
+        {"name": OBSERVABILITY_VOLUME, "configMap": {"name": OBSERVABILITY, "optional": True}}
+    ]
     if rev.predictor is not None:
         pod["initContainers"] = _fetch_steps(rev, rev.predictor, image)
-        pod["volumes"] = [
+        volumes += [
             {
                 "name": CACHE_VOLUME,
                 "hostPath": {"path": CACHE_DIR, "type": "DirectoryOrCreate"},
             },
             {"name": "tmp", "emptyDir": {}},
         ]
+    pod["volumes"] = volumes
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -251,6 +275,7 @@ def _queue_proxy(rev: Revision, image: str) -> dict[str, Any]:
         {"name": "USER_PORT", "value": str(rev.user_port)},
         {"name": "SERVING_READINESS_PROBE", "value": readiness_probe_json(rev)},
     ]
+    env.append({"name": "QUEUE_OBSERVABILITY_DIR", "value": OBSERVABILITY_DIR})
     # = the batching annotations (the scheme checks that they agree)
     env += [{"name": k, "value": v} for k, v in batching_env(rev.annotations).items()]
     # = the logger annotations (the scheme checks that they agree)
@@ -260,6 +285,9 @@ def _queue_proxy(rev: Revision, image: str) -> dict[str, Any]:
         "image": image,
         "command": ["python", "-m", "queue_proxy"],
         "env": env,
+        "volumeMounts": [
+            {"name": OBSERVABILITY_VOLUME, "mountPath": OBSERVABILITY_DIR, "readOnly": True}
+        ],
         "ports": [
             {"name": "http", "containerPort": QUEUE_SERVING_PORT},
             {"name": "admin", "containerPort": ADMIN_PORT},
