@@ -21,6 +21,10 @@ Python source (``ZEROSERVE_PURE_PYTHON=1``) beside the compiled one, to measure 
 buys. ``--relay`` adds :mod:`loadtests.relay`, a uvloop TCP relay that parses nothing: the floor
 of a Python proxy on this machine, to tell what the runtime costs from what the queue-proxy does.
 
+``--tracing`` adds a queue-proxy that traces every request (``tracing-sampling-rate`` 1.0, spans
+exported by OTLP/HTTP to :mod:`loadtests.otlp_sink`) and prints the CPU per request it adds at
+the rate.
+
 ``--knative`` adds Knative Serving's own queue-proxy (Go, built by
 ``loadtests/build-knative-queue.sh`` when not yet cached; CC=0, request metrics off, GOMAXPROCS=1
 with ``--pin``) and the goal lines against it: capacity ≥ 4× its, CPU per request at the rate
@@ -38,10 +42,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import dataplane
+from cluster.observability import Tracing, tracing_data, write_folder
 from loadtests import harness, peers
 from loadtests.harness import Target
 
 KNATIVE = "Knative queue-proxy (Go)"
+TRACED = "queue-proxy (tracing 1.0)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -68,6 +74,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=Path,
         metavar="DIR",
         help="also measure the queue-proxy of another checkout (its modules compiled)",
+    )
+    p.add_argument(
+        "--tracing",
+        action="store_true",
+        help="also measure a queue-proxy that traces every request (sampling 1.0, OTLP/HTTP "
+        "to a local sink, loadtests.otlp_sink)",
     )
     argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
@@ -108,6 +120,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             knative = ps.knative_queue(peers.knative_queue_binary(), up, kn_port, proxy_cpus)
             harness.wait_ok(kn_port)
             targets.append(Target(KNATIVE, kn_port, [knative.pid]))
+        if args.tracing:
+            sink = harness.free_port()
+            ps.spawn(
+                [sys.executable, "-m", "loadtests.otlp_sink", "--port", str(sink)], None, load_cpus
+            )
+            harness.wait_port(sink)
+            folder = ps.tmp / "observability"
+            endpoint = f"http://127.0.0.1:{sink}/v1/traces"
+            on = Tracing(protocol="http/protobuf", endpoint=endpoint, sampling_rate=1.0)
+            write_folder(folder, tracing_data(on))
+            traced_port = harness.free_port()
+            traced = ps.queue_proxy(
+                up, traced_port, proxy_cpus, QUEUE_OBSERVABILITY_DIR=str(folder)
+            )
+            harness.wait_ok(traced_port)
+            targets.append(Target(TRACED, traced_port, [traced.pid]))
         if args.python_core:
             python_core = ps.queue_proxy(up, qp_py, proxy_cpus, ZEROSERVE_PURE_PYTHON="1")
             harness.wait_ok(qp_py)
@@ -126,6 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     harness.print_goals(rows, name, added=("p50", "p99", *hey), cpu_us=100)
     if baseline:
         print(harness.ratio_goal(rows, "capacity", name, baseline, "≥ 0.95: within 5 %"))
+    if args.tracing:
+        by = {r.name: r for r in rows}
+        added = by[TRACED].cpu_us_rate - by[name].cpu_us_rate
+        print(f"tracing every request: +{added:.1f} µs CPU per request at {args.rate:g}/s")
     if args.knative:
         print(harness.ratio_goal(rows, "capacity", name, KNATIVE, "≥ 4"))
         print(harness.ratio_goal(rows, "cpu_us_rate", name, KNATIVE, "≤ 0.5"))
