@@ -10,6 +10,8 @@ activators and autoscalers to be ready. The tests' own settings, to fit CI's tim
   60 s and 30 s), so a revision scales to zero within seconds of its last request;
 * the queue-proxy's ``QUEUE_DRAIN_QUIET_PERIOD_SECONDS: 3`` and the activator's
   ``DRAIN_QUIET_PERIOD_SECONDS: 5`` (30 s each in deploy/): a deleted pod stops within seconds.
+
+``ZEROSERVE_K8S_LOGS=<dir>`` keeps every container's log (and kube-proxy's) there after the run.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
+import shutil
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -243,7 +247,8 @@ class Cluster:
         lease = await self.admin.get(LEASES, NS, "zeroserve-autoscaler")
         return str(lease["spec"].get("holderIdentity") or "")
 
-    async def set_annotation(self, revision: str, key: str, value: str) -> None:
+    async def set_annotation(self, revision: str, key: str, value: str | None) -> None:
+        """Set (None: remove) an annotation of a revision's Deployment."""
         patch = {"metadata": {"annotations": {key: value}}}
         await self.admin.patch(DEPLOYMENTS, "default", revision, patch)
 
@@ -260,16 +265,17 @@ class Cluster:
         return "\n".join(out)
 
 
-async def queue_proxy_requests(cluster: Cluster, pod_ip: str) -> int:
-    """Requests a revision pod's queue-proxy answered (its ``/metrics``), -1 if it does not answer."""
+async def queue_proxy_requests(cluster: Cluster, pod_ip: str, code_class: str = "") -> int:
+    """Requests a revision pod's queue-proxy answered (its ``/metrics``; only those of
+    ``code_class``, e.g. ``2xx``, if given), -1 if it does not answer."""
     try:
         async with cluster.kubelet.http.get(f"http://{pod_ip}:9090/metrics") as resp:
             text = await resp.text()
     except OSError:
         return -1
+    lines = re.findall(r"^queue_proxy_requests_total\{([^}]*)\} (\S+)$", text, re.M)
     return sum(
-        int(float(m))
-        for m in re.findall(r"^queue_proxy_requests_total\{[^}]*\} (\S+)$", text, re.M)
+        int(float(n)) for labels, n in lines if f'"{code_class}"' in labels or not code_class
     )
 
 
@@ -317,6 +323,11 @@ async def cluster() -> AsyncIterator[Cluster]:
                 raise AssertionError(f"{exc}\n{c.logs()}") from None
             yield c
         finally:
+            keep = os.environ.get("ZEROSERVE_K8S_LOGS")
+            if keep:  # every container's log and kube-proxy's, for a look after the run
+                shutil.copytree(
+                    workdir, keep, dirs_exist_ok=True, ignore=shutil.ignore_patterns("etcd")
+                )
             kubelet_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await kubelet_task

@@ -16,8 +16,10 @@ It follows a kubelet's rules where the tests can see them:
   ``periodSeconds``, ``timeoutSeconds``, ``successThreshold``, ``failureThreshold``. A container
   without a readiness probe is ready while it runs; the pod is Ready when all its containers are;
 * **restarts**: an exited container is restarted per ``restartPolicy`` (Always, OnFailure, Never),
-  the first time at once, then after 10 s doubling to 5 min (CrashLoopBackOff), the back-off reset
-  after 10 min of running; a failed liveness probe stops the container and the policy restarts it;
+  the first time at the next PLEG relist (1 s), then after 10 s more, doubling to 5 min
+  (CrashLoopBackOff), the back-off reset after 10 min of running; the exit is in the pod's status
+  (not ready, ``terminated``) before the restart; a failed liveness probe stops the container
+  and the policy restarts it;
 * **deletion**: a pod with a ``deletionTimestamp`` gets, per container at once, its ``preStop``
   hook, then SIGTERM, and SIGKILL when its grace period (``deletionGracePeriodSeconds``) ends;
   then its namespace is removed and the pod deleted for good (grace 0). A pod that vanishes from
@@ -51,6 +53,10 @@ log = logging.getLogger("zeroserve.tests.kubelet")
 NODES = Resource("", "v1", "nodes")
 SERVICES = Resource("", "v1", "services")
 PROBE_USER_AGENT = "kube-probe/1.37"
+# A kubelet notices a container's exit when its PLEG relists the runtime's containers, every
+# second, and restarts it in the pod sync that follows: the restart comes this long after the
+# exit, which is published at once.
+RELIST_S = 1.0
 Obj = dict[str, Any]
 
 
@@ -142,7 +148,7 @@ class Container:
                 }
             }
             self.state = terminated
-            self.pod.changed()
+            await self.pod.publish()  # the exit is in the pod's status before any restart
             policy = self.pod.spec.get("restartPolicy", "Always")
             if (
                 self.pod.stopping.is_set()
@@ -156,8 +162,8 @@ class Container:
             if backoff:
                 self.state = {"waiting": {"reason": "CrashLoopBackOff"}}
                 self.pod.changed()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.pod.stopping.wait(), backoff)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.pod.stopping.wait(), RELIST_S + backoff)
             backoff = min(max(2 * backoff, 10.0), 300.0)
             self.restart_count += 1
 
@@ -264,7 +270,7 @@ class PodWorker:
             while True:
                 await self._dirty.wait()
                 self._dirty.clear()
-                await self._publish()
+                await self.publish()
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -379,7 +385,7 @@ class PodWorker:
             status.update({"podIP": self.ip, "podIPs": [{"ip": self.ip}]})
         return status
 
-    async def _publish(self) -> None:
+    async def publish(self) -> None:
         with contextlib.suppress(NotFoundError):
             await self.kubelet.api.patch(
                 PODS, self.namespace, self.name, {"status": self.status()}, subresource="status"
@@ -450,7 +456,7 @@ class PodWorker:
         deadline = asyncio.get_running_loop().time() + grace_s
         await asyncio.gather(*(c.stop(deadline) for c in self.containers))
         await asyncio.gather(*(c.task for c in self.containers if c.task), return_exceptions=True)
-        await self._publish()
+        await self.publish()
         await self._finish()
         with contextlib.suppress(NotFoundError):
             await self.kubelet.api.delete(PODS, self.namespace, self.name, grace_period_s=0)
