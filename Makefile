@@ -11,7 +11,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
-.PHONY: install build run test lint typecheck unit k8s
+.PHONY: install build run test lint typecheck unit k8s k8s-system
 install: $(BIN)/.installed
 
 # The compiled dataplane modules (setup.py), rebuilt in place when their .py or .pxd changed
@@ -32,9 +32,16 @@ typecheck: $(BIN)/.installed
 unit: build
 	$(BIN)/pytest -q
 
-# The Kubernetes tests against a real etcd + kube-apiserver + kube-controller-manager, built
-# from their Go modules once and cached in ~/.cache/zeroserve/k8s (about 17 minutes the first time).
-k8s: build
+# The Kubernetes tests against a real etcd + kube-apiserver + kube-controller-manager (and
+# kube-proxy), built from their Go modules once and cached in ~/.cache/zeroserve/k8s (about 17
+# minutes the first time), then the end-to-end traffic tests, which run pods in network
+# namespaces: they need root and ip/iptables, installed here when missing (CI is a fresh machine).
+k8s: build k8s-system
 	bash tests/k8s/run-real.sh
+
+k8s-system:
+	@command -v ip >/dev/null && command -v iptables >/dev/null && command -v ip6tables >/dev/null \
+		|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 iptables; }
+	@ip netns list >/dev/null && iptables -t nat -S >/dev/null
 
 test: lint typecheck unit k8s
