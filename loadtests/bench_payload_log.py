@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import math
 import socket
@@ -125,6 +126,7 @@ class Case:
     sink_port: int | None = None  # the healthy sink's, whose count is checked
     latencies: list[float] = field(default_factory=list)
     sent: int = 0  # requests, warm-ups included
+    cpu_s: float = 0.0  # the queue-proxy's, over the timed requests
 
     def payload_counts(self) -> dict[str, float]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics") as resp:
@@ -200,7 +202,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if i % 10 == 0:
                 print(f"turn {i + 1}/{turns}", file=sys.stderr)
             for c in cases:
-                lat = harness.run_open_loop(c.port, args.rate, each, request=_request(c.port, body))
+                meter = harness.Meter(functools.partial(harness.cpu_seconds, c.pid))
+                lat = harness.run_open_loop(
+                    c.port, args.rate, each, meter=meter, request=_request(c.port, body)
+                )
+                c.cpu_s += meter.total
                 c.latencies += lat
                 c.sent += len(lat) + 32  # (and one untimed warm-up on each of 32 connections)
         time.sleep(2.0)  # the last events out to the healthy sink
@@ -211,10 +217,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         head = (
             "| case | p50 ms | p99 ms | p99.9 ms | added p99 ms | errors | events sent | "
-            "events at sink | lost | delivered | dropped | gave up | RSS MiB end / peak |"
+            "events at sink | lost | delivered | dropped | gave up | CPU µs/req | "
+            "RSS MiB end / peak |"
         )
         print(head)
-        print("| --- " * 13 + "|")
+        print("| --- " * 14 + "|")
         for c in cases:
             ok = [v * 1000 for v in c.latencies if v >= 0]
             errors = len(c.latencies) - len(ok)
@@ -230,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{'-' if c.name == 'logging off' else f'{added:+.2f}'} | {errors} | {sent} | "
                 f"{at_sink} | {lost} | {counts.get('delivered', 0):.0f} | "
                 f"{counts.get('dropped', 0):.0f} | {counts.get('gave_up', 0):.0f} | "
+                f"{c.cpu_s / max(len(c.latencies), 1) * 1e6:.0f} | "
                 f"{harness.rss_mib(c.pid):.1f} / {harness.rss_mib(c.pid, 'VmHWM'):.1f} |"
             )
         for c in cases:
