@@ -236,7 +236,10 @@ class _V2(_Protocol):
             rows = shape[0]
             shapes.append((name, datatype, tuple(shape[1:]), _canon(tensor.get("parameters"))))
             parts.append(flat)
-        key = ("v2", target, _canon(doc), tuple(shapes))
+        rest = _canon(doc)
+        if "binary_data" in rest:  # outputs asked for in the binary extension: not split here
+            return None
+        key = ("v2", target, rest, tuple(shapes))
         kept = {"id": request_id, "inputs": inputs, "rest": doc}
         return Member(self, target, body, kept, key, rows, parts)
 

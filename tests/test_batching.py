@@ -30,6 +30,7 @@ from cluster.inferenceservice import translate
 from cluster.kubernetes.render import render
 from cluster.kubernetes.scheme import SchemeError, revision_from_deployment
 from cluster.spec_loader import SpecError, parse_spec
+from queue_proxy.batching import read_member
 from queue_proxy.config import ConfigError, Settings
 from tests.dataplane_fixtures import poll_until, run_app
 from tests.e2e_support import emulator_spec, wait_for, zeroserve_up
@@ -475,3 +476,14 @@ def test_render_hands_the_annotations_to_the_queue_proxy_and_the_scheme_checks_t
     deployment["metadata"]["annotations"][MODE] = "eager"
     with pytest.raises(SchemeError, match=f"{MODE} = 'eager'"):
         revision_from_deployment(deployment)
+
+
+def test_v2_requests_that_cannot_be_split_here_pass_through() -> None:
+    row = {"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}
+    assert read_member("/v2/models/m/infer", json.dumps({"inputs": [row]}).encode()) is not None
+    binary = {"inputs": [row], "outputs": [{"name": "y", "parameters": {"binary_data": True}}]}
+    uneven = {"inputs": [row, {**row, "name": "z", "shape": [2, 1]}]}
+    wrong_size = {"inputs": [{**row, "shape": [1, 3]}]}
+    for doc in (binary, uneven, wrong_size, {"inputs": []}, [row]):
+        assert read_member("/v2/models/m/infer", json.dumps(doc).encode()) is None, doc
+    assert read_member("/v2/models/m/infer", b"\x00binary tensor") is None
