@@ -484,6 +484,7 @@ def test_v2_requests_that_cannot_be_split_here_pass_through() -> None:
     binary = {"inputs": [row], "outputs": [{"name": "y", "parameters": {"binary_data": True}}]}
     uneven = {"inputs": [row, {**row, "name": "z", "shape": [2, 1]}]}
     wrong_size = {"inputs": [{**row, "shape": [1, 3]}]}
-    for doc in (binary, uneven, wrong_size, {"inputs": []}, [row]):
+    docs: list[object] = [binary, uneven, wrong_size, {"inputs": []}, [row]]
+    for doc in docs:
         assert read_member("/v2/models/m/infer", json.dumps(doc).encode()) is None, doc
     assert read_member("/v2/models/m/infer", b"\x00binary tensor") is None
