@@ -265,18 +265,16 @@ class Cluster:
         return "\n".join(out)
 
 
-async def queue_proxy_requests(cluster: Cluster, pod_ip: str, code_class: str = "") -> int:
-    """Requests a revision pod's queue-proxy answered (its ``/metrics``; only those of
-    ``code_class``, e.g. ``2xx``, if given), -1 if it does not answer."""
+async def metric(cluster: Cluster, pod_ip: str, name: str, label: str = "") -> int:
+    """The sum of a metric's samples on a pod's ``:9090/metrics`` (only those with a label value
+    ``label``, e.g. ``"2xx"``, if given); -1 if the pod does not answer."""
     try:
         async with cluster.kubelet.http.get(f"http://{pod_ip}:9090/metrics") as resp:
             text = await resp.text()
     except OSError:
         return -1
-    lines = re.findall(r"^queue_proxy_requests_total\{([^}]*)\} (\S+)$", text, re.M)
-    return sum(
-        int(float(n)) for labels, n in lines if f'"{code_class}"' in labels or not code_class
-    )
+    lines = re.findall(rf"^{name}(?:\{{([^}}]*)\}})? (\S+)$", text, re.M)
+    return sum(int(float(n)) for labels, n in lines if not label or f'"{label}"' in labels)
 
 
 @contextlib.asynccontextmanager
