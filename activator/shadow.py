@@ -35,7 +35,7 @@ from activator.metrics import ActivatorMetrics
 from activator.reporter import ConcurrencyReporter
 from activator.shadow_compare import Outcome, ShadowMetrics, compare, content_type
 from activator.sinks import StatSink
-from activator.throttler import QueueFullError, Throttler, WaitTimeoutError
+from activator.throttler import Admission, QueueFullError, Throttler, WaitTimeoutError
 from cluster.spec import Revision, RevisionKey, Service
 from dataplane.api import Exchange, ForwardResult, Tee, UpstreamConnectError
 from dataplane.client import UpstreamFailedError, fetch
@@ -225,7 +225,7 @@ class _ServiceTees:
                 m.metrics.outcome(target.labels, "dropped")
                 continue
             target.in_flight += 1
-            m.metrics.in_flight.labels(*target.labels).inc()
+            m.metrics.copies_held(target.labels, 1)
             if copies is None:
                 copies = []
             copies.append(_Copy(target))
@@ -324,38 +324,20 @@ class Mirror:
             self.sink.put([immediate])
         rm = self.request_metrics.revision(rev)
         rm.in_flight += 1
-        status, latency = 502, 0.0
+        status = 502
         try:
             timeout_s = rev.timeout_s
             async with asyncio.timeout(timeout_s if timeout_s > 0 else None):
-                async with self.throttler.get(rev).admit(timeout_s) as admission:
-                    sent = loop.time()
-                    response = None
-                    for attempt in range(2):  # once more on another pod if one refuses
-                        address = admission.address
-                        try:
-                            response = await fetch(
-                                self.pool,
-                                address,
-                                method,
-                                target,
-                                [*headers, ("Host", address)],
-                                body,
-                                max_body=self.settings.max_response_bytes,
-                            )
-                            break
-                        except UpstreamConnectError:
-                            if attempt or not admission.retry():
-                                raise
-                    assert response is not None
-                    latency = loop.time() - sent
-                    status = response.status
-                    kept: bytes | None = response.body
-                    if len(response.body) > self.settings.max_body_bytes:
-                        kept = None
-                    copy.shadow = Outcome(
-                        status, latency, kept, response.header("Content-Type") or ""
-                    )
+                throttler = self.throttler.get(rev)
+                admission = throttler.try_admit()  # a pod free now: no waiting machinery
+                if admission is not None:
+                    try:
+                        status = await self._fetch(copy, admission, method, target, headers, body)
+                    finally:
+                        admission.release()
+                else:  # wait for a pod (scaling from zero) or a slot, as any request
+                    async with throttler.admit(timeout_s) as admission:
+                        status = await self._fetch(copy, admission, method, target, headers, body)
         except (QueueFullError, WaitTimeoutError):
             status = 503
         except TimeoutError:
@@ -370,6 +352,42 @@ class Mirror:
             rm.in_flight -= 1
             rm.request_done(status, now - arrived)
             self.side_done(copy, shadow=True)
+
+    async def _fetch(
+        self,
+        copy: _Copy,
+        admission: Admission,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+    ) -> int:
+        """The copy to the admitted pod (once more on another if it refuses); its outcome on
+        the copy; its status."""
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+        for attempt in range(2):
+            address = admission.address
+            try:
+                response = await fetch(
+                    self.pool,
+                    address,
+                    method,
+                    target,
+                    headers,
+                    body,
+                    max_body=self.settings.max_response_bytes,
+                )
+                break
+            except UpstreamConnectError:
+                if attempt or not admission.retry():
+                    raise
+        kept: bytes | None = response.body
+        if len(response.body) > self.settings.max_body_bytes:
+            kept = None
+        ctype = response.header("Content-Type") or ""
+        copy.shadow = Outcome(response.status, loop.time() - sent, kept, ctype)
+        return response.status
 
     # --- ending ------------------------------------------------------------------------------
 
@@ -397,7 +415,7 @@ class Mirror:
         if outcome is not None:
             self.metrics.outcome(copy.labels, outcome)
         copy.target.in_flight -= 1
-        self.metrics.in_flight.labels(*copy.labels).dec()
+        self.metrics.copies_held(copy.labels, -1)
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -9,11 +9,19 @@ happened to the copies, the comparisons, and both sides' latencies.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
 
 BodyVerdict = Literal["equal", "different", "not_compared"]
 COMPARED_FIELDS: Final = ("predictions", "outputs")
@@ -94,47 +102,96 @@ _LABELS = ["namespace", "service", "revision"]
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
-class ShadowMetrics:
-    """The shadow metrics, labelled by the shadow revision (and its service)."""
+class _Counts:
+    """One shadow revision's counts, as plain numbers (a prometheus_client child update costs
+    microseconds and a lock: a copy makes six), exported at scrape time."""
+
+    __slots__ = ("held", "latency_counts", "latency_sums", "outcomes", "verdicts")
+
+    def __init__(self) -> None:
+        self.outcomes: dict[str, int] = {}
+        self.verdicts: dict[tuple[str, str], int] = {}
+        self.held = 0
+        # per role (primary, shadow): per bucket, not cumulative; +Inf last
+        self.latency_counts = {role: [0] * (len(_LATENCY_BUCKETS) + 1) for role in _ROLES}
+        self.latency_sums = dict.fromkeys(_ROLES, 0.0)
+
+
+_ROLES = ("primary", "shadow")
+_LE = (*(repr(float(b)) for b in _LATENCY_BUCKETS), "+Inf")
+
+
+class ShadowMetrics(Collector):
+    """The shadow metrics, labelled by the shadow revision (and its service); registered in
+    the activator's registry as a collector of its own."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Counter(
-            "activator_shadow_requests",
-            "Requests picked for a copy to a shadow revision, by what became of the copy "
-            "(compared, shadow_failed, dropped, body_too_large, missing, not_sent)",
-            [*_LABELS, "outcome"],
-            registry=registry,
-        )
-        self.comparisons = Counter(
-            "activator_shadow_comparisons",
-            "Mirrored requests whose two responses were compared: status match|mismatch; body "
-            "equal|different|not_compared (predictions or outputs of JSON bodies)",
-            [*_LABELS, "status", "body"],
-            registry=registry,
-        )
-        self.latency = Histogram(
-            "activator_shadow_latency_seconds",
-            "Latency of mirrored requests from going upstream to their end, by role: the "
-            "primary's response or the shadow's",
-            [*_LABELS, "role"],
-            buckets=_LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.in_flight = Gauge(
-            "activator_shadow_in_flight",
-            "Copies held now (their body buffered, sent, or waiting for the primary's end)",
-            _LABELS,
-            registry=registry,
-        )
+        self._counts: dict[tuple[str, ...], _Counts] = {}
+        registry.register(self)
+
+    def _of(self, labels: Sequence[str]) -> _Counts:
+        key = tuple(labels)
+        counts = self._counts.get(key)
+        if counts is None:
+            counts = self._counts[key] = _Counts()
+        return counts
 
     def outcome(self, labels: Sequence[str], outcome: str) -> None:
-        self.requests.labels(*labels, outcome).inc()
+        outcomes = self._of(labels).outcomes
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+
+    def copies_held(self, labels: Sequence[str], change: int) -> None:
+        self._of(labels).held += change
 
     def compared(
         self, labels: Sequence[str], primary: Outcome, shadow: Outcome, verdict: Comparison
     ) -> None:
-        self.requests.labels(*labels, "compared").inc()
-        status = "match" if verdict.status_match else "mismatch"
-        self.comparisons.labels(*labels, status, verdict.body).inc()
-        self.latency.labels(*labels, "primary").observe(primary.latency_s)
-        self.latency.labels(*labels, "shadow").observe(shadow.latency_s)
+        c = self._of(labels)
+        c.outcomes["compared"] = c.outcomes.get("compared", 0) + 1
+        key = ("match" if verdict.status_match else "mismatch", verdict.body)
+        c.verdicts[key] = c.verdicts.get(key, 0) + 1
+        for role, seconds in (("primary", primary.latency_s), ("shadow", shadow.latency_s)):
+            c.latency_counts[role][bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+            c.latency_sums[role] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "activator_shadow_requests",
+            "Requests picked for a copy to a shadow revision, by what became of the copy "
+            "(compared, shadow_failed, dropped, body_too_large, missing, not_sent)",
+            labels=[*_LABELS, "outcome"],
+        )
+        comparisons = CounterMetricFamily(
+            "activator_shadow_comparisons",
+            "Mirrored requests whose two responses were compared: status match|mismatch; body "
+            "equal|different|not_compared (predictions or outputs of JSON bodies)",
+            labels=[*_LABELS, "status", "body"],
+        )
+        latency = HistogramMetricFamily(
+            "activator_shadow_latency_seconds",
+            "Latency of mirrored requests from going upstream to their end, by role: the "
+            "primary's response or the shadow's",
+            labels=[*_LABELS, "role"],
+        )
+        held = GaugeMetricFamily(
+            "activator_shadow_in_flight",
+            "Copies held now (their body buffered, sent, or waiting for the primary's end)",
+            labels=_LABELS,
+        )
+        for labels, c in list(self._counts.items()):
+            for outcome, n in sorted(c.outcomes.items()):
+                requests.add_metric([*labels, outcome], n)
+            for (status, body), n in sorted(c.verdicts.items()):
+                comparisons.add_metric([*labels, status, body], n)
+            if c.outcomes.get("compared"):
+                for role in _ROLES:
+                    cumulative, buckets = 0, []
+                    for le, n in zip(_LE, c.latency_counts[role], strict=True):
+                        cumulative += n
+                        buckets.append((le, float(cumulative)))
+                    latency.add_metric([*labels, role], buckets, c.latency_sums[role])
+            held.add_metric(list(labels), c.held)
+        yield requests
+        yield comparisons
+        yield latency
+        yield held
