@@ -85,6 +85,8 @@ def remove_all() -> None:
         shutil.rmtree(etc, ignore_errors=True)
     with contextlib.suppress(NetworkError):
         sh("ip", "link", "delete", BRIDGE)
+    with contextlib.suppress(OSError):  # only if empty: it may hold others' namespaces' files
+        ETC_NETNS.rmdir()
 
 
 @dataclass(frozen=True)
