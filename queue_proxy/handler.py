@@ -24,6 +24,7 @@ from dataplane.api import (
     UPSTREAM_CONNECT,
     UPSTREAM_ERROR,
     ForwardResult,
+    TeeFactory,
     Timeouts,
     UpstreamConnectError,
 )
@@ -34,7 +35,14 @@ from dataplane.route import Route
 from dataplane.tracing import TRACE_HEADERS, Tracer, end_span, server_attributes
 from metrics.clock import LoopClock
 from metrics.request_stats import RequestStats
-from queue_proxy.batching import MAX_BODY, Batcher, QueueFull, batch_path, read_member
+from queue_proxy.batching import (
+    MAX_BODY,
+    Answer,
+    Batcher,
+    QueueFull,
+    batch_path,
+    read_member,
+)
 from queue_proxy.drain import Drainer
 from queue_proxy.metrics import QueueMetrics
 from queue_proxy.probe import Readiness
@@ -166,6 +174,7 @@ class QueueHandler(DirectHandler):
         "refusal",
         "requests",
         "route",
+        "tee",
         "timeouts",
         "tracer",
         "upstream",
@@ -182,7 +191,7 @@ class QueueHandler(DirectHandler):
         readiness: Readiness,
         drainer: Drainer,
         batcher: Batcher | None = None,
-        tee: object = None,
+        tee: TeeFactory | None = None,
         tracer: Tracer | None = None,
     ) -> None:
         self.upstream = f"127.0.0.1:{user_port}"
@@ -193,6 +202,7 @@ class QueueHandler(DirectHandler):
         # the header edits and timeouts of every forward, made once
         # (tee: payload logging's queue_proxy.payload_log.PayloadLogger, or None)
         self.route = Route(remove_prefixes=_KNATIVE_PREFIXES, timeouts=timeouts, tee=tee)
+        self.tee = tee
         self.breaker = breaker
         self.requests = stats.requests
         self.refusal = metrics.refusal
@@ -305,6 +315,8 @@ class QueueHandler(DirectHandler):
         if answer.refusal:
             self.refusal[answer.refusal].inc()
         await ex.respond(answer.status, answer.body, (("Content-Type", answer.content_type),))
+        if self.tee is not None:  # payload logging sees a batched request as a forwarded one
+            _tee_answered(self.tee, ex, body or b"", answer)
         return answer.status
 
     async def _wait_then_forward(
@@ -377,6 +389,19 @@ class QueueHandler(DirectHandler):
         probes.kingress_probe(
             ex, draining=self.drainer.draining, draining_body=probes.QUEUE_DRAINING
         )
+
+
+def _tee_answered(factory: TeeFactory, ex: HttpExchange, body: bytes, answer: Answer) -> None:
+    """A batched request's bytes to the route's tee (payload logging), as the core gives a
+    forwarded one's: its body, then its own answer (the batch's share that was its)."""
+    tee = factory.start(ex)
+    if tee is None:
+        return
+    tee.request_body(body)
+    tee.request_end()
+    tee.response_head(answer.status, f"Content-Type: {answer.content_type}\r\n".encode())
+    tee.response_body(answer.body)
+    tee.end(ForwardResult(answer.status, True))
 
 
 def build_breaker(container_concurrency: int) -> Breaker | None:

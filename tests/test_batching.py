@@ -29,11 +29,14 @@ from cluster.batching import (
 from cluster.inferenceservice import translate
 from cluster.kubernetes.render import render
 from cluster.kubernetes.scheme import SchemeError, revision_from_deployment
+from cluster.payload_logging import parse_logger
 from cluster.spec_loader import SpecError, parse_spec
 from queue_proxy.batching import read_member
 from queue_proxy.config import ConfigError, Settings
+from queue_proxy.payload_log import REQUEST_TYPE, RESPONSE_TYPE
 from tests.dataplane_fixtures import poll_until, run_app
 from tests.e2e_support import emulator_spec, wait_for, zeroserve_up
+from tests.test_payload_log import sink
 from tests.test_queue_proxy import sample, scrape_port, started
 
 # --- the annotations ---------------------------------------------------------------------------
@@ -488,3 +491,38 @@ def test_v2_requests_that_cannot_be_split_here_pass_through() -> None:
     for doc in docs:
         assert read_member("/v2/models/m/infer", json.dumps(doc).encode()) is None, doc
     assert read_member("/v2/models/m/infer", b"\x00binary tensor") is None
+
+
+async def test_batched_requests_are_payload_logged_each_with_its_own_answer() -> None:
+    """Batching and payload logging together: each caller's request and its own share of the
+    batch's answer reach the sink as one pair of events."""
+    async with sink() as s:
+        logger = parse_logger({"logger.zeroserve.dev/url": s.url})
+        async with rig(8, container_concurrency=1, payload_logging=logger) as r:
+            r.model.gate.clear()
+            blocker = asyncio.create_task(r.post("/v1/models/m:predict", {"instances": [[9]]}))
+            await _held(r, 1)
+            tasks = [
+                asyncio.create_task(r.post("/v1/models/m:predict", {"instances": [[k, k]]}))
+                for k in (1, 2, 3)
+            ]
+            await asyncio.sleep(0.1)
+            r.model.gate.set()
+            await blocker
+            assert [await t for t in tasks] == [
+                (200, {"predictions": [2 * k], "model": "m"}) for k in (1, 2, 3)
+            ]
+            assert r.model.sizes() == [1, 3]
+            await poll_until(lambda: len(s.events) == 8)
+    pairs = s.pairs()
+    answered = sorted(
+        (json.loads(p[REQUEST_TYPE].data)["instances"], json.loads(p[RESPONSE_TYPE].data))
+        for p in pairs.values()
+    )
+    assert answered == [
+        ([[1, 1]], {"predictions": [2], "model": "m"}),
+        ([[2, 2]], {"predictions": [4], "model": "m"}),
+        ([[3, 3]], {"predictions": [6], "model": "m"}),
+        ([[9]], {"predictions": [9], "model": "m"}),
+    ]
+    assert all(p[RESPONSE_TYPE].attributes["statuscode"] == "200" for p in pairs.values())
