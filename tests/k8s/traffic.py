@@ -99,8 +99,16 @@ async def test_scale_from_zero_and_back(k8s: Cluster) -> None:
         lambda: k8s.timeline.ready_endpoints(REV1) == 0, 10, "no ready endpoints"
     )
     gone = await eventually(lambda: at_zero(k8s, REV1), 60, "pods gone")
-    # in step: the slices lose the pods within 2 s of the scale to zero (they go with the delete)
+    # In step: the slices never held more ready pods than the Deployment asked for, lost them
+    # within 2 s of the scale to zero (they go with the delete), and the Deployment's status
+    # counts none ready at the end.
+    asked = max(spec for _, rev, spec, _ in k8s.timeline.deployments[mark:] if rev == REV1)
+    over = [
+        (t, n) for t, rev, n in k8s.timeline.endpoints if rev == REV1 and t >= first and n > asked
+    ]
+    assert not over, f"more ready endpoints than replicas ({asked}): {over}"
     assert no_slices - down < 2.0, (down, no_slices)
+    await eventually(lambda: k8s.timeline.replicas(REV1) == (0, 0), 10, "0 replicas, 0 ready")
     report(
         "scale-from-zero",
         records,
