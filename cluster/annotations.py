@@ -131,6 +131,16 @@ class AnnotationError(ValueError):
         self.errors = errors
 
 
+def unknown_keys(values: Mapping[str, str], group: str, known: tuple[str, ...]) -> list[str]:
+    """One error for each key of ``group`` (``group/…``) in ``values`` that is not ``known``: a
+    misspelt annotation would otherwise silently do nothing."""
+    return [
+        f"{key}: unknown key (known: {', '.join(known)})"
+        for key in values
+        if key.startswith(group + "/") and key not in known
+    ]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AutoscalingAnnotations:
     """The parsed annotations of one revision; None where the annotation is absent.

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from cluster.annotations import AnnotationError, unknown_keys
 from cluster.goparse import SECOND, parse_duration
 
 GROUP: Final = "batching.zeroserve.dev"
@@ -40,12 +41,8 @@ MAX_LATENCY_LIMIT_NS: Final = 3600 * SECOND
 Mode = Literal["adaptive", "static"]
 
 
-class BatchingError(ValueError):
+class BatchingError(AnnotationError):
     """Invalid batching settings: every problem, each naming its key and value."""
-
-    def __init__(self, errors: tuple[str, ...]) -> None:
-        super().__init__("; ".join(errors))
-        self.errors = errors
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,10 +69,8 @@ def parse_batching(
     def name(key: str) -> str:
         return names.get(key, key)
 
-    if not names:  # (annotations: a misspelt key of the group would silently do nothing)
-        for key in values:
-            if key.startswith(GROUP + "/") and key not in KEYS:
-                errors.append(f"{key}: unknown key (known: {', '.join(KEYS)})")
+    if not names:  # (annotations, not the environment)
+        errors += unknown_keys(values, GROUP, KEYS)
     raw_size = values.get(MAX_BATCH_SIZE)
     size = 0
     if raw_size is not None:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Final, Literal, cast
 from urllib.parse import urlsplit
 
+from cluster.annotations import AnnotationError, unknown_keys
+
 GROUP: Final = "logger.zeroserve.dev"
 URL: Final = f"{GROUP}/url"
 MODE: Final = f"{GROUP}/mode"
@@ -31,12 +33,8 @@ MODES: Final = ("all", "request", "response")
 Mode = Literal["all", "request", "response"]
 
 
-class LoggerError(ValueError):
+class LoggerError(AnnotationError):
     """Invalid payload-logging settings: every problem, each naming its key and value."""
-
-    def __init__(self, errors: tuple[str, ...]) -> None:
-        super().__init__("; ".join(errors))
-        self.errors = errors
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,10 +86,8 @@ def parse_logger(
     def name(key: str) -> str:
         return names.get(key, key)
 
-    if not names:  # (annotations: a misspelt key of the group would silently do nothing)
-        for key in values:
-            if key.startswith(GROUP + "/") and key not in KEYS:
-                errors.append(f"{key}: unknown key (known: {', '.join(KEYS)})")
+    if not names:  # (annotations, not the environment)
+        errors += unknown_keys(values, GROUP, KEYS)
     raw_url = values.get(URL)
     sink: tuple[str, str, str] | str = ""
     if raw_url is not None:
