@@ -44,7 +44,6 @@ from dataplane.tracing import (
     ColdStartTraces,
     Tracer,
     end_span,
-    server_attributes,
 )
 
 if TYPE_CHECKING:  # (OpenTelemetry's types: imported only when tracing is on)
@@ -296,20 +295,11 @@ class ActivatorHandler:
         status = 499  # unless set below: the client left while the request waited
         span = None
         if context is not None:
-            tracer = self.tracer
-            now = asyncio.get_running_loop().time()
-            span = tracer.span(
-                "activator",
-                context,
-                kind="server",
-                start_ns=tracer.wall_ns(ex.arrived_at, now),
-                attributes={
-                    **server_attributes(ex.method, ex.target, ex.client),
-                    "k8s.namespace.name": lane.key.namespace,
-                    "zeroserve.revision": lane.key.name,
-                    **tracer.attributes,
-                },
-            )
+            revision = {
+                "k8s.namespace.name": lane.key.namespace,
+                "zeroserve.revision": lane.key.name,
+            }
+            span = self.tracer.request_span("activator", context, ex, revision)
         try:
             status = await self._throttle_and_proxy(ex, lane, host, span)
         finally:

@@ -35,6 +35,7 @@ from cluster.observability import (
     parse_tracing,
     read_folder,
 )
+from dataplane.api import Exchange
 
 if TYPE_CHECKING:  # (imported only when tracing is on)
     from opentelemetry.context import Context
@@ -150,6 +151,28 @@ class Tracer:
         }
         return self._tracer.start_span(  # type: ignore[no-any-return]
             name, context=ctx, kind=kinds[kind], start_time=start_ns, attributes=attributes
+        )
+
+    def request_span(
+        self,
+        name: str,
+        context: Context,
+        ex: Exchange,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> Span:
+        """A request's server span, from its arrival: OpenTelemetry's HTTP attributes
+        (:func:`server_attributes`), ``attributes``, and this tracer's own (pod, revision)."""
+        now = asyncio.get_running_loop().time()
+        return self.span(
+            name,
+            context,
+            kind="server",
+            start_ns=self.wall_ns(ex.arrived_at, now),
+            attributes={
+                **server_attributes(ex.method, ex.target, ex.client),
+                **(attributes or {}),
+                **self.attributes,
+            },
         )
 
     def headers(self, span: Span) -> tuple[tuple[str, str], ...]:

@@ -38,6 +38,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from cluster.batching import MODE_STATIC, Batching
 from dataplane.api import UpstreamConnectError
+from dataplane.breaker import QueueFullError
 from dataplane.client import UpstreamFailedError, fetch
 from dataplane.upstream import UpstreamPool
 
@@ -376,10 +377,6 @@ class _Queue:
         self.due = False  # static: its oldest request has waited max-latency
 
 
-class QueueFull(Exception):  # noqa: N818 - the breaker's name for the same refusal
-    """The batcher holds as many requests as it may: the request is refused (503)."""
-
-
 class Batcher:
     """Joins waiting requests into batches and sends them, at most ``slots`` at a time."""
 
@@ -412,7 +409,7 @@ class Batcher:
     async def submit(self, member: Member) -> Answer:
         """Queue ``member`` and wait for its answer (or its deadline: TimeoutError)."""
         if self.queued >= self.max_queued:
-            raise QueueFull("pending request queue full")
+            raise QueueFullError  # (the breaker's refusal: the same 503)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Answer] = loop.create_future()
         member.future = future

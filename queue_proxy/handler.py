@@ -32,14 +32,13 @@ from dataplane.breaker import Breaker, QueueFullError
 from dataplane.exchange import DirectHandler, ForwardDone, HttpExchange
 from dataplane.messages import HeaderNames
 from dataplane.route import Route
-from dataplane.tracing import TRACE_HEADERS, Tracer, end_span, server_attributes
+from dataplane.tracing import TRACE_HEADERS, Tracer, end_span
 from metrics.clock import LoopClock
 from metrics.request_stats import RequestStats
 from queue_proxy.batching import (
     MAX_BODY,
     Answer,
     Batcher,
-    QueueFull,
     batch_path,
     read_member,
 )
@@ -265,15 +264,7 @@ class QueueHandler(DirectHandler):
     async def _traced(self, ex: HttpExchange, host: str | None, context: Context) -> int:
         """A sampled request (dataplane.tracing): its ``queue_proxy`` span around the path it
         takes, with ``queue_wait`` and ``queue_forward`` inside."""
-        tracer = self.tracer
-        now = asyncio.get_running_loop().time()
-        span = tracer.span(
-            "queue_proxy",
-            context,
-            kind="server",
-            start_ns=tracer.wall_ns(ex.arrived_at, now),
-            attributes={**server_attributes(ex.method, ex.target, ex.client), **tracer.attributes},
-        )
+        span = self.tracer.request_span("queue_proxy", context, ex)
         status = 499
         try:
             if self.batcher is not None and batch_path(ex.method, ex.target):
@@ -304,14 +295,8 @@ class QueueHandler(DirectHandler):
         member.deadline = ex.arrived_at + timeouts.total_s if timeouts.total_s > 0 else None
         try:
             answer = await batcher.submit(member)
-        except QueueFull as exc:
-            self.refusal["queue_full"].inc()
-            await ex.respond(503, f"{exc}\n".encode())
-            return 503
-        except TimeoutError:
-            self.refusal["timeout"].inc()
-            await ex.respond(504, f"{timeouts.body_prefix}request timeout".encode())
-            return 504
+        except (QueueFullError, TimeoutError) as exc:
+            return self._refused(ex, exc)
         if answer.refusal:
             self.refusal[answer.refusal].inc()
         await ex.respond(answer.status, answer.body, (("Content-Type", answer.content_type),))
@@ -337,17 +322,22 @@ class QueueHandler(DirectHandler):
                         wait = None
                     waiting.reschedule(None)  # the total timeout is forward's from here
                     return await self._forward(ex, host, parent)
-        except QueueFullError as exc:
-            self.refusal["queue_full"].inc()
-            await ex.respond(503, f"{exc}\n".encode())
-            return 503
-        except TimeoutError:
-            self.refusal["timeout"].inc()
-            await ex.respond(504, f"{timeouts.body_prefix}request timeout".encode())
-            return 504
+        except (QueueFullError, TimeoutError) as exc:
+            return self._refused(ex, exc)
         finally:
             if wait is not None:  # (the request never got a slot)
                 wait.end()
+
+    def _refused(self, ex: HttpExchange, exc: QueueFullError | TimeoutError) -> int:
+        """A request that waited in vain (the breaker's or the batcher's queue): 503 when the
+        queue was full, 504 when its total timeout passed; counted. Its status."""
+        if isinstance(exc, QueueFullError):
+            self.refusal["queue_full"].inc()
+            ex.respond_now(503, f"{exc}\n".encode())
+            return 503
+        self.refusal["timeout"].inc()
+        ex.respond_now(504, f"{self.timeouts.body_prefix}request timeout".encode())
+        return 504
 
     async def _forward(self, ex: HttpExchange, host: str | None, parent: Span | None = None) -> int:
         """To the model server; ``K-Original-Host`` (from the activator) becomes the Host.
