@@ -322,35 +322,30 @@ class BatchMetrics:
 
     def __init__(self, registry: CollectorRegistry, labels: dict[str, str]) -> None:
         names, values = list(labels), list(labels.values())
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Any:
+            return Histogram(name, doc, names, buckets=buckets, registry=registry).labels(*values)
+
         sizes = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-        self.requests = Histogram(
-            "queue_proxy_batch_requests",
-            "Requests per batch sent to the model server.",
-            names,
-            buckets=sizes,
-            registry=registry,
-        ).labels(*values)
-        self.rows = Histogram(
+        seconds = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+        self.requests = histogram(
+            "queue_proxy_batch_requests", "Requests per batch sent to the model server.", sizes
+        )
+        self.rows = histogram(
             "queue_proxy_batch_rows",
             "Rows (V1 instances, V2 first-dimension entries) per batch.",
-            names,
-            buckets=sizes,
-            registry=registry,
-        ).labels(*values)
-        self.wait = Histogram(
+            sizes,
+        )
+        self.wait = histogram(
             "queue_proxy_batch_wait_seconds",
             "Time a request waited in the batcher before its batch was sent.",
-            names,
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-            registry=registry,
-        ).labels(*values)
-        self.service = Histogram(
+            seconds,
+        )
+        self.service = histogram(
             "queue_proxy_batch_service_seconds",
             "Time from a batch being sent to its whole answer.",
-            names,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-            registry=registry,
-        ).labels(*values)
+            seconds,
+        )
         self.retried = Counter(
             "queue_proxy_batch_retried_requests",
             "Requests sent again on their own after their batch got a 4xx.",
