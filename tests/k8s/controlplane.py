@@ -22,7 +22,7 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,8 @@ class ControlPlane:
     url: str
     workdir: Path
     admin_kubeconfig: Path
+    pids: list[int] = field(default_factory=list)
+    """etcd's, kube-apiserver's, kube-controller-manager's."""
 
     def api(self, impersonate: str | None = None) -> AioKubeApi:
         from kubernetes.aio import client
@@ -187,7 +189,9 @@ def control_plane(address: str = "127.0.0.1") -> Iterator[ControlPlane]:
                     stderr=log,
                 )
             )
-            yield ControlPlane(url=url, workdir=work, admin_kubeconfig=kubeconfig)
+            yield ControlPlane(
+                url=url, workdir=work, admin_kubeconfig=kubeconfig, pids=[p.pid for p in procs]
+            )
         finally:
             for proc in reversed(procs):
                 proc.terminate()

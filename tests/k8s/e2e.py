@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -277,12 +278,33 @@ async def metric(cluster: Cluster, pod_ip: str, name: str, label: str = "") -> i
     return sum(int(float(n)) for labels, n in lines if not label or f'"{label}"' in labels)
 
 
+PIDFILE = Path("/tmp/zeroserve-k8s-traffic.control-plane.pids")
+
+
+def kill_leftover_control_plane() -> None:
+    """The control plane of a run that was killed (SIGKILL: no teardown) is still running: stop
+    it, by the pids that run recorded, if they are still the cached binaries."""
+    with contextlib.suppress(OSError, ValueError):
+        for pid in [int(p) for p in PIDFILE.read_text().split()]:
+            with contextlib.suppress(OSError):
+                if b"/zeroserve/k8s/" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGKILL)
+    PIDFILE.unlink(missing_ok=True)
+
+
+def record_control_plane(plane: ControlPlane) -> None:
+    PIDFILE.write_text(" ".join(map(str, plane.pids)))
+
+
 @contextlib.asynccontextmanager
 async def cluster() -> AsyncIterator[Cluster]:
     """The whole node and its control plane, for the duration of the block (module docstring)."""
     with contextlib.ExitStack() as stack:
-        network = stack.enter_context(node_network())
+        network = stack.enter_context(node_network())  # (holds the machine's lock from here)
+        kill_leftover_control_plane()
         plane = stack.enter_context(control_plane(GATEWAY))
+        record_control_plane(plane)
+        stack.callback(PIDFILE.unlink, missing_ok=True)
         workdir = plane.workdir
         stack.enter_context(kube_proxy(plane, "node-1", workdir / "kube-proxy.log"))
         admin = plane.api()

@@ -14,13 +14,16 @@ Flags, and why:
   gateway: kube-proxy then writes no sysctl (conntrack table sizes and timeouts,
   ``route_localnet``) and no NodePort rule for the host's other addresses.
 
-On exit ``kube-proxy --cleanup`` removes its chains; the empty ``KUBE-FIREWALL`` chain it leaves
-in the filter table (a kubelet's, on a real node) is removed too when it was not there before.
+On exit ``kube-proxy --cleanup`` removes its chains (and at the start, after stopping a
+kube-proxy that a killed run left running), and then the ``KUBE-FIREWALL`` chain it leaves
+empty in the filter table.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -36,12 +39,13 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _has_firewall_chain(tool: str) -> bool:
-    out = subprocess.run([tool, "-S", "INPUT"], capture_output=True, text=True, check=False)
-    return "KUBE-FIREWALL" in out.stdout
-
-
-def _remove_firewall_chain(tool: str) -> None:
+def _remove_empty_firewall_chain(tool: str) -> None:
+    """``KUBE-FIREWALL`` and its jumps, if the chain holds no rule (kube-proxy leaves it so)."""
+    rules = subprocess.run(
+        [tool, "-S", "KUBE-FIREWALL"], capture_output=True, text=True, check=False
+    )
+    if rules.returncode != 0 or any(line.startswith("-A") for line in rules.stdout.splitlines()):
+        return
     for chain in ("INPUT", "OUTPUT"):
         while (
             subprocess.run(
@@ -50,8 +54,24 @@ def _remove_firewall_chain(tool: str) -> None:
             == 0
         ):
             pass
-    subprocess.run([tool, "-F", "KUBE-FIREWALL"], capture_output=True, check=False)
     subprocess.run([tool, "-X", "KUBE-FIREWALL"], capture_output=True, check=False)
+
+
+PIDFILE = Path("/tmp/zeroserve-k8s-traffic.kube-proxy.pid")
+
+
+def _kill_leftover() -> None:
+    """A kube-proxy a killed run left behind would write its rules again: stop it (by the pid
+    that run recorded, if that process is still a kube-proxy)."""
+    try:
+        pid = int(PIDFILE.read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        cmdline = b""
+    if b"kube-proxy" in cmdline:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    PIDFILE.unlink(missing_ok=True)
 
 
 def cleanup() -> None:
@@ -59,13 +79,14 @@ def cleanup() -> None:
     subprocess.run(
         [str(binary_dir() / "kube-proxy"), "--cleanup"], capture_output=True, check=False
     )
+    for tool in ("iptables", "ip6tables"):
+        _remove_empty_firewall_chain(tool)
 
 
 @contextlib.contextmanager
 def kube_proxy(plane: ControlPlane, node: str, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     """kube-proxy for ``node`` until the block ends; its rules are removed after, even on error."""
-    tools = ("iptables", "ip6tables")
-    had_firewall = {t: _has_firewall_chain(t) for t in tools}
+    _kill_leftover()
     cleanup()
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
@@ -90,9 +111,11 @@ def kube_proxy(plane: ControlPlane, node: str, log_path: Path) -> Iterator[subpr
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+        PIDFILE.write_text(str(proc.pid))
         try:
             yield proc
         finally:
+            PIDFILE.unlink(missing_ok=True)
             proc.terminate()
             try:
                 proc.wait(10)
@@ -100,6 +123,3 @@ def kube_proxy(plane: ControlPlane, node: str, log_path: Path) -> Iterator[subpr
                 proc.kill()
                 proc.wait()
             cleanup()
-            for tool in tools:
-                if not had_firewall[tool]:
-                    _remove_firewall_chain(tool)
