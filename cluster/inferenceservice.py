@@ -337,7 +337,14 @@ def translate(docs: Sequence[object], history: History | None = None) -> Transla
     kube: dict[tuple[str, str], Mapping[str, object]] = {}
     seen: dict[tuple[str, str], int] = {}
     shadows: dict[tuple[str, str], tuple[str, int]] = {}
+    blocks: dict[str, dict[str, str]] = {}
     for n, raw in enumerate(docs, start=1):
+        configmap = _configmap(raw, n, errors)
+        if configmap is not None:
+            field, data = configmap
+            if field:
+                blocks[field] = data
+            continue
         parsed = _document(raw, n, errors)
         if parsed is None:
             continue
@@ -361,7 +368,7 @@ def translate(docs: Sequence[object], history: History | None = None) -> Transla
     if errors:
         raise SpecError(tuple(errors))
     return Translation(
-        spec={"services": services},
+        spec={"services": services, **blocks},
         history=History(MappingProxyType(new_history)),
         kube=MappingProxyType(kube),
     )
@@ -430,6 +437,40 @@ def _rollout(doc: _Parsed, hist: ServiceHistory | None) -> tuple[dict[str, objec
         "traffic": traffic,
     }
     return service, hist
+
+
+CONFIGMAPS: Final = {"config-autoscaler": "config", "config-observability": "observability"}
+"""The ConfigMaps an InferenceService file may hold beside its services, and the native spec's
+block each becomes (Knative's keys; ``_example``, and a ``config-observability`` key that is
+not a ``tracing-*`` one, are documentation and other features: left out)."""
+
+
+def _configmap(raw: object, n: int, errors: list[str]) -> tuple[str, dict[str, str]] | None:
+    """A ``v1`` ConfigMap document as (the spec block, its data); ``("", {})`` when it is one
+    but invalid (the errors say why); None when the document is not a ConfigMap."""
+    if not isinstance(raw, Mapping) or raw.get("kind") != "ConfigMap":
+        return None
+    meta = raw.get("metadata")
+    name = meta.get("name") if isinstance(meta, Mapping) else None
+    where = f"ConfigMap {name} (document {n})"
+    if raw.get("apiVersion") != "v1" or name not in CONFIGMAPS:
+        errors.append(
+            f"{where}: only v1 ConfigMaps {', '.join(CONFIGMAPS)} are read beside {KIND}s"
+        )
+        return "", {}
+    data = raw.get("data") or {}
+    if not isinstance(data, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+    ):
+        errors.append(f"{where}: data: must be a mapping of names to strings")
+        return "", {}
+    field = CONFIGMAPS[str(name)]
+    kept = {
+        k: v
+        for k, v in data.items()
+        if k != "_example" and (field != "observability" or k.startswith("tracing-"))
+    }
+    return field, kept
 
 
 def _document(raw: object, n: int, errors: list[str]) -> _Parsed | None:

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from activator.app import build_activator
 from activator.sinks import InProcessStatSink
+from cluster.inferenceservice import translate
 from cluster.kubernetes.render import render
 from cluster.memory import MemoryConfig, MemoryEndpoints, MemoryRoutes
 from cluster.observability import (
@@ -30,7 +31,7 @@ from cluster.observability import (
     tracing_data,
     write_folder,
 )
-from cluster.spec_loader import parse_spec
+from cluster.spec_loader import SpecError, parse_spec
 from dataplane.tracing import Tracer
 from tests.dataplane_fixtures import poll_until, run_app
 from tests.e2e_support import ROOT, zeroserve_up
@@ -393,3 +394,32 @@ async def test_the_activator_follows_config_observability_without_a_restart() ->
         assert not act.tracer.on
     finally:
         await act.close()
+
+
+def test_an_inferenceservice_file_may_carry_config_observability_and_config_autoscaler() -> None:
+    isvc = {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {"name": "iris"},
+        "spec": {"predictor": {"sklearn": {"storageUri": "file:///m"}}},
+    }
+
+    def configmap(name: str, data: object) -> dict[str, object]:
+        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": data}
+
+    observability = {PROTOCOL: "http/protobuf", ENDPOINT: "http://127.0.0.1:4318/v1/traces"}
+    docs = [
+        isvc,
+        configmap("config-observability", {**observability, "_example": "...", "metrics-x": "y"}),
+        configmap("config-autoscaler", {"stable-window": "30s"}),
+    ]
+    spec = parse_spec(translate(docs).spec)
+    assert dict(spec.observability) == observability
+    assert dict(spec.config) == {"stable-window": "30s"}
+    with pytest.raises(SpecError) as err:
+        parse_spec(translate([isvc, configmap("config-observability", {SAMPLING_RATE: "9"})]).spec)
+    assert "observability: tracing-sampling-rate = '9': must be a number within [0, 1]" in (
+        err.value.errors
+    )
+    with pytest.raises(SpecError, match="only v1 ConfigMaps config-autoscaler, config-observab"):
+        translate([isvc, configmap("config-network", {})])
