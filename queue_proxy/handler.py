@@ -220,8 +220,7 @@ class QueueHandler(DirectHandler):
             self._kingress_probe(ex)
             return None
         if probe is not None or kubelet:
-            self._health(ex, probe)
-            return None
+            return self._health(ex, probe)
         drainer = self.drainer
         if drainer.draining:
             drainer.touch()  # every request restarts the quiet period
@@ -369,10 +368,20 @@ class QueueHandler(DirectHandler):
 
     # --- probes (dataplane.probes) -----------------------------------------------------------
 
-    def _health(self, ex: HttpExchange, probe: str | None) -> None:
+    def _health(self, ex: HttpExchange, probe: str | None) -> Awaitable[None] | None:
         """Knative's health handler (§3.4): a health check, or a ``K-Network-Probe`` other
-        than ``probe``."""
-        probes.queue_health(ex, probe, draining=self.drainer.draining, ready=self.readiness.ready)
+        than ``probe``. While the model server is ready, each one probes it afresh
+        (:meth:`Readiness.check`), as Knative's does: a restarted model server is not reported
+        ready before it listens again."""
+        draining = self.drainer.draining
+        if self.readiness.ready and not draining and probe in (None, probes.PROBE_QUEUE):
+            return self._checked_health(ex, probe)
+        probes.queue_health(ex, probe, draining=draining, ready=self.readiness.ready)
+        return None
+
+    async def _checked_health(self, ex: HttpExchange, probe: str | None) -> None:
+        ready = await self.readiness.check()
+        probes.queue_health(ex, probe, draining=self.drainer.draining, ready=ready)
 
     def _kingress_probe(self, ex: HttpExchange) -> None:
         """The KIngress prober's ``K-Network-Probe: probe``: echo ``K-Network-Hash``."""

@@ -15,6 +15,7 @@ about 2 % of a core for its 2 s.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from cluster.spec import ReadinessProbe
@@ -57,7 +58,8 @@ async def probe_once(probe: ReadinessProbe, port: int, timeout_s: float) -> bool
 
 
 class Readiness:
-    """The model server's readiness as last probed; ``run()`` keeps it current."""
+    """The model server's readiness as last probed; ``run()`` keeps it current, and
+    :meth:`check` probes afresh for a health check, as Knative's queue-proxy does."""
 
     def __init__(self, probe: ReadinessProbe, user_port: int) -> None:
         self.probe = probe
@@ -66,6 +68,47 @@ class Readiness:
         self.became_ready = asyncio.Event()
         self._successes = 0
         self._failures = 0
+        self._wake = asyncio.Event()  # run() probes aggressively at once
+        self._checking: asyncio.Future[bool] | None = None  # the one check in flight
+
+    async def check(self) -> bool:
+        """Whether the model server answers now, for a health check (the kubelet's, the
+        activator's): Knative probes the model server for each one rather than answer from the
+        last periodic probe, so a model server that restarted is not reported ready before it
+        listens again. Unready as last probed: False at once (``run()`` probes aggressively).
+        Ready: attempts of 100 ms, every 50 ms, for up to the probe's ``timeoutSeconds`` (Knative
+        polls up to 10 s; the kubelet's own timeout is ``timeoutSeconds``); concurrent checks
+        share one. None answers: unready from now, and ``run()`` probes aggressively."""
+        if not self.ready:
+            return False
+        checking = self._checking
+        if checking is None:
+            checking = self._checking = asyncio.ensure_future(self._check())
+            checking.add_done_callback(self._checked)
+        return await asyncio.shield(checking)
+
+    def _checked(self, _: asyncio.Future[bool]) -> None:
+        self._checking = None
+
+    async def _check(self) -> bool:
+        loop = asyncio.get_running_loop()
+        until = loop.time() + max(self.probe.timeout_s, AGGRESSIVE_TIMEOUT_S)
+        while True:
+            left = until - loop.time()
+            if await probe_once(self.probe, self.port, min(AGGRESSIVE_TIMEOUT_S, max(left, 0.01))):
+                return True
+            if loop.time() + AGGRESSIVE_PERIOD_S >= until:
+                break
+            await asyncio.sleep(AGGRESSIVE_PERIOD_S)
+        if self.ready:
+            self.ready = False
+            self.became_ready.clear()
+            self._successes = self._failures = 0
+            self._wake.set()
+            log.warning(
+                "model server not ready: a health check's probe failed", extra={"port": self.port}
+            )
+        return False
 
     def _record(self, ok: bool) -> None:
         if ok:
@@ -94,5 +137,9 @@ class Readiness:
                 if not self.ready:
                     await asyncio.sleep(unready_delay(loop.time() - started))
                 continue
-            await asyncio.sleep(p.period_s or 1.0)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):  # (a failed check wakes it early)
+                await asyncio.wait_for(self._wake.wait(), p.period_s or 1.0)
+            if self._wake.is_set() and not self.ready:
+                continue  # a check found it unready: probe aggressively (period 0)
             self._record(await probe_once(p, self.port, p.timeout_s))

@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from cluster.spec import ReadinessProbe
@@ -489,3 +490,39 @@ def test_every_way_a_forward_fails_has_a_refusal_reason() -> None:
     assert set(get_args(ForwardReason)) == FORWARD_REASONS
     assert set(_REFUSAL_BY_REASON) == FORWARD_REASONS - {""}
     assert set(_REFUSAL_BY_REASON.values()) <= set(REFUSAL_REASONS)
+
+
+async def test_a_health_check_probes_the_model_server_afresh_as_knative_does() -> None:
+    """The model server stops and comes back on its port (a container restart): the health
+    check right after the stop answers 503 (not the last periodic probe's "ready"), and 200
+    again once the model server listens (the kubelet would have sent traffic to it)."""
+
+    async def start(port: int = 0) -> tuple[web.AppRunner, int]:
+        runner = web.AppRunner(upstream_app(), shutdown_timeout=0.1)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", port, reuse_address=True)
+        await site.start()
+        server = site._server
+        assert isinstance(server, asyncio.Server)
+        return runner, int(server.sockets[0].getsockname()[1])
+
+    model, port = await start()
+    probe = {"K-Network-Probe": "queue"}
+    try:
+        async with started(port) as qp, aiohttp.ClientSession() as session:
+            await asyncio.wait_for(qp.readiness.became_ready.wait(), 5)
+            url = f"http://127.0.0.1:{qp.serving_port}/"
+
+            async def health() -> int:
+                async with session.get(url, headers=probe) as resp:
+                    return resp.status
+
+            assert await health() == 200
+            await model.cleanup()  # the model server's container exits
+            assert await health() == 503  # at once, not after 3 periodic probes (3 s)
+            assert not qp.readiness.ready
+            model, _ = await start(port)  # restarted, listening again
+            await poll_until(lambda: qp.readiness.ready, 5)
+            assert await health() == 200
+    finally:
+        await model.cleanup()
