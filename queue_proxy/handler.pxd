@@ -50,7 +50,6 @@ cdef class QueueHandler(DirectHandler):
     cdef public dict refusal
     cdef public RequestStats requests
     cdef public Route route
-    cdef public object tee
     cdef public object timeouts
     cdef public object tracer
     cdef public str upstream

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from dataplane import probes
 from dataplane.api import (
@@ -173,7 +173,6 @@ class QueueHandler(DirectHandler):
         "refusal",
         "requests",
         "route",
-        "tee",
         "timeouts",
         "tracer",
         "upstream",
@@ -201,7 +200,6 @@ class QueueHandler(DirectHandler):
         # the header edits and timeouts of every forward, made once
         # (tee: payload logging's queue_proxy.payload_log.PayloadLogger, or None)
         self.route = Route(remove_prefixes=_KNATIVE_PREFIXES, timeouts=timeouts, tee=tee)
-        self.tee = tee
         self.breaker = breaker
         self.requests = stats.requests
         self.refusal = metrics.refusal
@@ -299,8 +297,9 @@ class QueueHandler(DirectHandler):
         if answer.refusal:
             self.refusal[answer.refusal].inc()
         await ex.respond(answer.status, answer.body, (("Content-Type", answer.content_type),))
-        if self.tee is not None:  # payload logging sees a batched request as a forwarded one
-            _tee_answered(self.tee, ex, body or b"", answer)
+        tee = self.route.tee
+        if tee is not None:  # payload logging sees a batched request as a forwarded one
+            _tee_answered(cast(TeeFactory, tee), ex, body or b"", answer)
         return answer.status
 
     async def _wait_then_forward(
