@@ -75,6 +75,17 @@ FORWARD_REASONS: frozenset[ForwardReason] = frozenset(
 )
 
 
+NOT_SENT_HEADER: Final = "Zeroserve-Not-Sent"
+"""A header on the 502 a component answers when its upstream refused a new connection (its
+value: ``upstream-connect``): nothing of the request went further, so whoever sent it may send
+it to another upstream. A forward that still holds the whole request body treats such a 502
+from its upstream as a refused connection (:class:`UpstreamConnectError`): the activator then
+retries the request on another pod, as it does when the pod itself refuses. It covers the
+moment between a model server's crash and its pod leaving the endpoints."""
+NOT_SENT: Final = ((NOT_SENT_HEADER, UPSTREAM_CONNECT),)
+"""The headers of such a 502."""
+
+
 class ForwardResult(NamedTuple):
     """How a forwarded request ended: the status sent to the client and whether it completed.
 

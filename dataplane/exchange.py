@@ -12,6 +12,7 @@ from typing import cast
 
 from dataplane.api import (
     CLIENT_DISCONNECTED,
+    NOT_SENT,
     UPSTREAM_CONNECT,
     Exchange,
     ForwardResult,
@@ -242,7 +243,7 @@ class HttpExchange(Request):
         if fwd._on_refused is not None:
             self._conn.call_handler(self, fwd._on_refused, exc)
             return
-        self.respond_now(502, f"upstream connect error: {exc}\n".encode())
+        self.respond_now(502, f"upstream connect error: {exc}\n".encode(), NOT_SENT)
         self._forward_done(fwd, ForwardResult(502, False, UPSTREAM_CONNECT))
 
     def _forward_done(self, fwd: Forward, result: ForwardResult) -> None:

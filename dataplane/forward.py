@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataplane.api import (
     CLIENT_DISCONNECTED,
+    NOT_SENT_HEADER,
     TIMEOUT_IDLE,
     TIMEOUT_RESPONSE_START,
     TIMEOUT_TOTAL,
@@ -41,6 +42,13 @@ def _completed(status: int) -> ForwardResult:
 
 
 _LAST_CHUNK = b"0\r\n\r\n"
+_NOT_SENT = NOT_SENT_HEADER.lower().encode()
+_NOT_SENT_LINE = b"\r\n" + _NOT_SENT + b":"
+
+
+def _says_not_sent(headers: list[tuple[bytes, bytes]]) -> bool:
+    """The upstream's 502 carries :data:`dataplane.api.NOT_SENT_HEADER`."""
+    return any(name.lower() == _NOT_SENT for name, _ in headers)
 
 
 class Forward(ForwardState):
@@ -197,6 +205,9 @@ class Forward(ForwardState):
         if status < 200:  # 1xx: the core answered Expect itself; drop the upstream's
             self._informational = True
             return
+        if status == 502 and self._replay is not None and _says_not_sent(conn.headers):
+            self._not_sent()
+            return
         self._headers = conn.headers
         lines, length, chunked = scan_response_headers(conn.headers)
         self._response_head(status, status_line(status, conn.reason), lines, length, chunked)
@@ -204,6 +215,13 @@ class Forward(ForwardState):
     def on_simple_response(self, response: SimpleResponse) -> None:
         """A whole response read at once without the parser (:func:`simple_response`): what
         ``on_headers_complete``, ``on_body`` and ``on_message_complete`` would do for it."""
+        if (
+            response.status == 502
+            and self._replay is not None
+            and _NOT_SENT_LINE in b"\r\n" + response.lines.lower()
+        ):
+            self._not_sent()
+            return
         self._response_head(
             response.status,
             response.status_line,
@@ -213,6 +231,21 @@ class Forward(ForwardState):
             response.body,
         )
         self._response_end(response.keep_alive)
+
+    def _not_sent(self) -> None:
+        """The upstream answered 502 with :data:`dataplane.api.NOT_SENT_HEADER` (its own
+        upstream refused the connection: the request went no further) while the whole body is
+        still here: as a refused connection (``Request._forward_refused``), so the handler may
+        send the request to another upstream. Nothing was written to the client."""
+        replay = self._replay
+        self._replay = None
+        self._detach(reuse=False)
+        self._resolved = True
+        self.cleanup_timers()
+        if replay:
+            self._ex._restore_body(replay)
+        exc = UpstreamConnectError(f"{self._upstream} answered that its upstream refused")
+        self._ex._forward_refused(self, exc)
 
     def _response_head(
         self,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, cast
 from dataplane import probes
 from dataplane.api import (
     CLIENT_DISCONNECTED,
+    NOT_SENT,
     TIMEOUT_IDLE,
     TIMEOUT_RESPONSE_START,
     TIMEOUT_TOTAL,
@@ -294,9 +295,12 @@ class QueueHandler(DirectHandler):
             answer = await batcher.submit(member)
         except (QueueFullError, TimeoutError) as exc:
             return self._refused(ex, exc)
+        headers: tuple[tuple[str, str], ...] = (("Content-Type", answer.content_type),)
         if answer.refusal:
             self.refusal[answer.refusal].inc()
-        await ex.respond(answer.status, answer.body, (("Content-Type", answer.content_type),))
+            if answer.refusal == "upstream_connect":  # nothing went out: another pod may take it
+                headers += NOT_SENT
+        await ex.respond(answer.status, answer.body, headers)
         tee = self.route.tee
         if tee is not None:  # payload logging sees a batched request as a forwarded one
             _tee_answered(cast(TeeFactory, tee), ex, body or b"", answer)
@@ -357,7 +361,7 @@ class QueueHandler(DirectHandler):
             status = result.status
         except UpstreamConnectError as exc:
             self.refusal["upstream_connect"].inc()
-            await ex.respond(502, f"upstream connect error: {exc}\n".encode())
+            await ex.respond(502, f"upstream connect error: {exc}\n".encode(), NOT_SENT)
             return 502
         finally:
             if span is not None:

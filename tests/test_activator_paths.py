@@ -18,6 +18,7 @@ from activator.app import ActivatorSettings, build_activator
 from activator.sinks import InProcessStatSink
 from cluster.memory import MemoryEndpoints, MemoryRoutes
 from cluster.spec import Revision, RevisionKey
+from dataplane.api import NOT_SENT
 from metrics.stat import WireStat
 from tests.test_activator_component import Harness, Pod, poll, service
 
@@ -319,3 +320,47 @@ async def test_hot_path_retries_on_another_pod_when_a_dead_pods_reconnect_is_ref
         assert answered(h) == 2
     finally:
         await dying.stop()
+
+
+@dataclass
+class NotSentPod(Pod):
+    """A queue-proxy whose model server has just died: ready to the prober still, it answers
+    each request 502 marked as not sent (dataplane.api.NOT_SENT), as a real one does."""
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("K-Network-Probe") == "queue":
+            return await super().handle(request)
+        await request.read()
+        self.seen.append(dict(request.headers))
+        return web.Response(status=502, text="upstream connect error: dial", headers=NOT_SENT)
+
+
+async def test_a_pod_whose_model_server_refused_is_retried_on_another_pod(make: Make) -> None:
+    """The window between a model server's crash and its pod leaving the endpoints: the pod's
+    marked 502 goes back to the activator, which sends the request, body and all, to another
+    pod; with no other pod the client gets the activator's 502 naming the revision."""
+    h = await make(service("iris", {"iris-v1": 100}, cc=1))
+    dead = NotSentPod("dead")
+    await dead.start()
+    h.pods.append(dead)
+    other = await h.pod("b")
+    while other.address < dead.address:  # CC=1 picks the first pod by address
+        other = await h.pod("b")
+    h.set_pods("iris-v1", dead, other)
+    await h.ready("iris-v1", 2)
+    paths = h.act.handler.paths
+    before = paths.refused
+    post = f"POST / HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 3\r\n\r\nabc".encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", h.act.port)
+    writer.write(post)  # head and body in one write: the whole body is at hand
+    assert await answer(reader, writer) == (200, "b::3")
+    assert (len(dead.seen), paths.refused - before) == (1, 1)
+    h.set_pods("iris-v1", dead)
+    await h.ready("iris-v1", 1)
+    reader, writer = await asyncio.open_connection("127.0.0.1", h.act.port)
+    writer.write(post)
+    status, body = await answer(reader, writer)
+    assert status == 502
+    assert body.startswith("error connecting to revision default/iris-v1 (pod 127.0.0.1:")
+    await poll(lambda: settled(h))
+    assert answered(h) == 2

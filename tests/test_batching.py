@@ -31,6 +31,7 @@ from cluster.kubernetes.render import render
 from cluster.kubernetes.scheme import SchemeError, revision_from_deployment
 from cluster.payload_logging import parse_logger
 from cluster.spec_loader import SpecError, parse_spec
+from dataplane.api import NOT_SENT_HEADER
 from queue_proxy.batching import read_member
 from queue_proxy.config import ConfigError, Settings
 from queue_proxy.payload_log import REQUEST_TYPE, RESPONSE_TYPE
@@ -315,6 +316,26 @@ async def test_an_answer_with_the_wrong_row_count_is_502_for_each_caller() -> No
             assert "answered 2 predictions for a batch of 3 instances" in body
         text = await scrape_port(r.metrics_port)
         assert sample(text, "queue_proxy_refusals_total", reason="upstream_error") == 3
+
+
+async def test_a_refused_batch_is_a_marked_502_for_each_caller() -> None:
+    """The model server stops listening: nothing of the batch went out, so each caller's 502
+    says so (dataplane.api.NOT_SENT), and the activator may send it to another pod."""
+    batching = parse_batching({MAX_BATCH_SIZE: "8", MAX_LATENCY: "100ms"})
+    async with run_app(model_app(Model())) as (_, port):
+        pass  # the port is closed again
+    async with (
+        started(port, batching=batching) as qp,
+        aiohttp.ClientSession() as session,
+    ):
+        url = f"http://127.0.0.1:{qp.serving_port}/v1/models/m:predict"
+        for _ in range(2):
+            async with session.post(url, json={"instances": [[1]]}) as resp:
+                assert resp.status == 502
+                assert (await resp.text()).startswith("upstream connect error: dial 127.0.0.1:")
+                assert resp.headers.get(NOT_SENT_HEADER) == "upstream-connect"
+        text = await scrape_port(qp.metrics_port)
+        assert sample(text, "queue_proxy_refusals_total", reason="upstream_connect") == 2
 
 
 async def test_what_cannot_be_batched_passes_through() -> None:

@@ -18,6 +18,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from cluster.spec import ReadinessProbe
+from dataplane.api import NOT_SENT_HEADER
 from metrics.clock import ManualClock
 from queue_proxy.app import QueueProxy, main
 from queue_proxy.config import ConfigError, Settings, parse_probe
@@ -271,16 +272,20 @@ async def test_upstream_errors_are_502_and_counted() -> None:
         assert sample(metrics, "queue_proxy_gpu_memory_used_bytes") is None
 
 
-async def test_upstream_down_is_502_connect_error() -> None:
+@pytest.mark.parametrize("cc", [0, 1], ids=["no-breaker", "breaker"])
+async def test_upstream_down_is_502_connect_error(cc: int) -> None:
+    """Both paths (the breaker's wait, and none) mark the 502: nothing went to the model
+    server, so the activator may send the request to another pod (dataplane.api.NOT_SENT)."""
     async with run_app(upstream_app()) as (_, port):
         pass  # the port is closed again
-    async with started(port) as qp:
+    async with started(port, container_concurrency=cc) as qp:
         async with (
             aiohttp.ClientSession() as s,
             s.get(f"http://127.0.0.1:{qp.serving_port}/") as resp,
         ):
             assert resp.status == 502
             assert (await resp.text()).startswith("upstream connect error: dial 127.0.0.1:")
+            assert resp.headers.get(NOT_SENT_HEADER) == "upstream-connect"
         metrics = await scrape_port(qp.metrics_port)
         assert sample(metrics, "queue_proxy_refusals_total", reason="upstream_connect") == 1.0
         assert sample(metrics, "queue_proxy_refusals_total", reason="upstream_error") == 0.0
