@@ -110,6 +110,10 @@ class Breaker:
         return self._sem.capacity
 
     @property
+    def max_concurrency(self) -> int:
+        return self._max_concurrency
+
+    @property
     def in_flight(self) -> int:
         """Pending plus active requests (Knative's ``kn.serving.queue.depth``)."""
         return self._in_flight

@@ -109,7 +109,7 @@ class QueueProxy:
                 settings.batching,
                 upstream=f"127.0.0.1:{settings.user_port}",
                 pool=pool,
-                slots=cc,
+                breaker=self.breaker,
                 metrics=BatchMetrics(
                     self.metrics.registry,
                     {

@@ -31,14 +31,14 @@ import logging
 import math
 import re
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from cluster.batching import MODE_STATIC, Batching
 from dataplane.api import UpstreamConnectError
-from dataplane.breaker import QueueFullError
+from dataplane.breaker import Breaker, QueueFullError
 from dataplane.client import UpstreamFailedError, fetch
 from dataplane.upstream import UpstreamPool
 
@@ -373,7 +373,8 @@ class _Queue:
 
 
 class Batcher:
-    """Joins waiting requests into batches and sends them, at most ``slots`` at a time."""
+    """Joins waiting requests into batches and sends them, at most ``slots`` at a time, each
+    on one of the breaker's slots (when there is a breaker: CC > 0)."""
 
     def __init__(
         self,
@@ -381,15 +382,18 @@ class Batcher:
         *,
         upstream: str,
         pool: UpstreamPool,
-        slots: int,
+        breaker: Breaker | None,
         metrics: BatchMetrics,
         clock: Callable[[], float],
     ) -> None:
         self.batching = batching
         self.upstream = upstream
         self.pool = pool
-        self.slots = max(1, slots)
+        self.breaker = breaker
+        # a batch holds one of the breaker's CC slots; without a breaker (CC 0), one at a time
+        self.slots = breaker.max_concurrency if breaker is not None else 1
         self.free = self.slots
+        self._sender_waiting = False  # a sender waits in the breaker's queue for a slot
         # Knative's breaker queues 10 x CC requests; here 10 batches' worth per slot
         self.max_queued = 10 * self.slots * batching.max_batch_size
         self.queued = 0
@@ -475,37 +479,81 @@ class Batcher:
                 best = (key, q)
         return best
 
-    def _pump(self) -> None:
-        while self.free > 0:
-            ready = self._ready()
-            if ready is None:
-                return
-            key, q = ready
-            limit = self.batching.max_batch_size if self.static else self.limit
-            batch = [q.members.popleft()]
-            rows = batch[0].rows
-            while q.members and rows + q.members[0].rows <= limit:
-                m = q.members.popleft()
-                batch.append(m)
-                rows += m.rows
-            q.rows -= rows
-            for m in batch:
-                m.queued = False
-            self.queued -= len(batch)
-            if not q.members:
-                self._forget(key, q)
-            elif self.static:  # the rest waits on its own oldest request
-                q.due = False
-                if q.timer is not None:
-                    q.timer.cancel()
-                self._arm(key, q)
-            self.free -= 1
-            task = asyncio.get_running_loop().create_task(self._send(batch, rows))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+    def _take(self) -> tuple[list[Member], int] | None:
+        """The next batch out of the queues (None if none may go now), and its rows."""
+        ready = self._ready()
+        if ready is None:
+            return None
+        key, q = ready
+        limit = self.batching.max_batch_size if self.static else self.limit
+        batch = [q.members.popleft()]
+        rows = batch[0].rows
+        while q.members and rows + q.members[0].rows <= limit:
+            m = q.members.popleft()
+            batch.append(m)
+            rows += m.rows
+        q.rows -= rows
+        for m in batch:
+            m.queued = False
+        self.queued -= len(batch)
+        if not q.members:
+            self._forget(key, q)
+        elif self.static:  # the rest waits on its own oldest request
+            q.due = False
+            if q.timer is not None:
+                q.timer.cancel()
+            self._arm(key, q)
+        return batch, rows
 
-    # --- sending a batch ---
-    async def _send(self, batch: list[Member], rows: int) -> None:
+    def _pump(self) -> None:
+        """Send what may go. With a breaker, a batch takes one of its slots: free now, the
+        batch goes at once; else one sender waits in the breaker's queue, in turn with the
+        requests that pass through, and takes the batch when it has the slot (so it holds
+        what arrived meanwhile)."""
+        breaker = self.breaker
+        while self.free > 0 and not self._sender_waiting and self._ready() is not None:
+            release = None
+            if breaker is not None:
+                release = breaker.reserve()
+                if release is None:
+                    self._sender_waiting = True
+                    self._spawn(self._send_in_turn(breaker))
+                    return
+            taken = self._take()
+            assert taken is not None
+            self._spawn(self._send(*taken, release))
+
+    def _spawn(self, send: Coroutine[Any, Any, None]) -> None:
+        self.free -= 1
+        task = asyncio.get_running_loop().create_task(send)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send_in_turn(self, breaker: Breaker) -> None:
+        taken = None
+        try:
+            async with breaker.maybe():
+                self._sender_waiting = False
+                taken = self._take()  # (None: what was ready left at its deadline meanwhile)
+                if taken is not None:
+                    await self._send(*taken, None, pump=False)
+        except QueueFullError as exc:  # the breaker's queue is full of passing requests
+            taken = self._take()
+            if taken is not None:
+                answer = Answer(503, f"{exc}\n".encode(), "text/plain", "queue_full")
+                _answer_all(taken[0], answer)
+        finally:
+            self._sender_waiting = False
+            self.free += 1
+            self._pump()
+
+    async def _send(
+        self,
+        batch: list[Member],
+        rows: int,
+        release: Callable[[], None] | None,
+        pump: bool = True,
+    ) -> None:
         sent = self.clock()
         m = self.metrics
         m.requests.observe(len(batch))
@@ -518,8 +566,11 @@ class Batcher:
             log.exception("batch failed", extra={"target": batch[0].target})
             _answer_all(batch, Answer(500, f"batch failed: {exc}\n".encode(), "text/plain"))
         finally:
-            self.free += 1
-            self._pump()
+            if release is not None:
+                release()
+            if pump:
+                self.free += 1
+                self._pump()
 
     async def _exchange(self, batch: list[Member], rows: int, sent: float) -> None:
         first = batch[0]

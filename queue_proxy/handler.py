@@ -4,7 +4,7 @@
 Outermost first: probes (never counted; answered by :mod:`dataplane.probes`: ``K-Network-Probe:
 queue`` and health checks get the health answer, ``K-Network-Probe: probe`` gets its
 ``K-Network-Hash`` echoed) → drain bookkeeping → stats in/out and metrics → with batching on, an inference request
-joins a batch (:mod:`queue_proxy.batching`: the batcher's own slots, not the breaker) → breaker
+joins a batch (:mod:`queue_proxy.batching`: each batch holds one breaker slot) → breaker
 (with the total timeout while waiting) → forward to the model server (timeouts, header
 rewrites).
 """

@@ -248,6 +248,61 @@ async def test_batches_take_at_most_the_limit_and_up_to_cc_go_at_once() -> None:
         assert r.model.most_in_flight == 2
 
 
+_BINARY_V2 = {  # (asks for a binary output: passes through, not batched)
+    "inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP64", "data": [1, 2]}],
+    "outputs": [{"name": "sum", "parameters": {"binary_data": True}}],
+}
+
+
+async def test_batches_and_passing_requests_share_the_breakers_cc() -> None:
+    """CC 1 is the model server's limit, batches or not: a request that passes through waits
+    for the batch at the model server, and a batch waits its turn behind one that passes."""
+    async with rig(8, container_concurrency=1) as r:
+        r.model.gate.clear()
+        batched = asyncio.create_task(r.post("/v1/models/m:predict", {"instances": [[1]]}))
+        await _held(r, 1)
+        passing = asyncio.create_task(r.post("/v2/models/m/infer", _BINARY_V2))
+        await asyncio.sleep(0.1)
+        assert len(r.model.calls) == 1  # it waits in the breaker's queue behind the batch
+        r.model.gate.set()
+        assert await batched == (200, {"predictions": [1], "model": "m"})
+        assert (await passing)[0] == 200
+        r.model.gate.clear()
+        passing = asyncio.create_task(r.post("/v2/models/m/infer", _BINARY_V2))
+        await _held(r, 3)
+        three = [
+            asyncio.create_task(r.post("/v1/models/m:predict", {"instances": [[k]]}))
+            for k in range(3)
+        ]
+        await asyncio.sleep(0.1)
+        assert len(r.model.calls) == 3  # the batch waits for the slot
+        r.model.gate.set()
+        assert (await passing)[0] == 200
+        answers = await asyncio.gather(*three)
+        assert answers == [(200, {"predictions": [k], "model": "m"}) for k in range(3)]
+        assert r.model.sizes()[3:] == [3]  # what arrived while it waited went together
+        text = await scrape_port(r.metrics_port)
+        assert sample(text, "queue_proxy_queue_depth") == 0
+
+
+async def test_a_batch_is_refused_503_when_the_breakers_queue_is_full() -> None:
+    """CC 1: one request at the model server and ten waiting fill the breaker; a batch that
+    must wait for a slot is refused as a request would be."""
+    async with rig(8, container_concurrency=1) as r:
+        r.model.gate.clear()
+        passing = [asyncio.create_task(r.post("/v2/models/m/infer", _BINARY_V2)) for _ in range(11)]
+        await _held(r, 1)
+        await asyncio.sleep(0.1)
+        assert await r.post("/v1/models/m:predict", {"instances": [[1]]}) == (
+            503,
+            "pending request queue full\n",
+        )
+        r.model.gate.set()
+        assert [(await t)[0] for t in passing] == [200] * 11
+        text = await scrape_port(r.metrics_port)
+        assert sample(text, "queue_proxy_refusals_total", reason="queue_full") == 1
+
+
 async def test_static_waits_for_a_full_batch_or_max_latency() -> None:
     async with rig(4, mode="static", latency="30s") as r:
         tasks = [
