@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
@@ -39,6 +39,9 @@ from dataplane.heap import freeze_startup_heap
 from dataplane.server import Server
 from dataplane.tracing import ColdStartTraces, Tracer
 from metrics.logs import configure_logging
+
+if TYPE_CHECKING:
+    from cluster.kubernetes.api import KubeApi
 
 log = logging.getLogger("zeroserve.activator")
 
@@ -446,7 +449,9 @@ async def _serve(args: argparse.Namespace, settings: ActivatorSettings) -> int:
             routes_, endpoints_ = kube.routes(), kube.endpoints()
             observability = kube.config(system_namespace(), OBSERVABILITY_CONFIGMAP)
             await kube.start()
-            return await _run(args, settings, routes_, endpoints_, peers, observability)
+            return await _run(
+                args, settings, routes_, endpoints_, peers, observability, pods=kube.api
+            )
         finally:
             await kube.close()
     routes = MemoryRoutes()
@@ -465,13 +470,22 @@ async def _run(
     endpoints: EndpointSource,
     peers: ActivatorPeers,
     observability: ConfigSource | None = None,
+    pods: KubeApi | None = None,
 ) -> int:
+    """Serve until SIGTERM; ``pods``: on Kubernetes, where a cold start's steps are read from
+    the pod that served it (the ``cold_start`` span's events)."""
     stats: StatSink = (
         WebsocketStatSink(args.autoscaler_url)
         if args.autoscaler_url
         else InProcessStatSink(_log_stats)
     )
     act = build_activator(routes, endpoints, stats, peers, settings, observability=observability)
+    pod_starts = None
+    if pods is not None:
+        from cluster.kubernetes.podstarts import PodStarts
+
+        traces = act.cold_start_traces
+        pod_starts = PodStarts(pods, endpoints, wanted=traces.wants, started=traces.started)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -482,6 +496,8 @@ async def _run(
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     for w in waiters:
         w.cancel()
+    if pod_starts is not None:
+        pod_starts.close()
     if act.failed.is_set():
         await act.close()
         return 1

@@ -1,6 +1,6 @@
 """Per-revision payload logging, by annotation: keys, defaults and validation (pure, no I/O).
 
-``logger.zeroserve.dev/url`` turns it on: the sink, an ``http://host[:port][/path]`` URL that
+``logger.zeroserve.dev/url`` turns it on: the sink, an ``http(s)://host[:port][/path]`` URL that
 receives each request and response as a CloudEvent (KServe's format); ``logger.zeroserve.dev/mode``
 is ``all`` (the default), ``request`` or ``response``. The InferenceService form
 ``spec.predictor.logger.{url, mode}`` becomes these annotations. What they do is in
@@ -49,6 +49,11 @@ class PayloadLogging:
     mode: Mode = "all"
 
     @property
+    def tls(self) -> bool:
+        """An https:// sink: events go over TLS, the certificate checked against the host."""
+        return self.url.lower().startswith("https:")
+
+    @property
     def requests(self) -> bool:
         return self.mode in ("all", "request")
 
@@ -60,14 +65,14 @@ class PayloadLogging:
 def _sink(url: str) -> tuple[str, str, str] | str:
     """(hostport, target, Host) of a sink URL, or why it is not one."""
     parts = urlsplit(url.strip())
-    if parts.scheme != "http":
-        return "must be an http:// URL (the sink; https is not supported: use a sidecar or mesh)"
+    if parts.scheme not in ("http", "https"):
+        return "must be an http:// or https:// URL (the sink)"
     try:
-        port = parts.port or 80
+        port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
-        return "must be an http:// URL with a valid port"
+        return f"must be an {parts.scheme}:// URL with a valid port"
     if not parts.hostname:
-        return "must name a host (http://host[:port][/path])"
+        return f"must name a host ({parts.scheme}://host[:port][/path])"
     host = parts.hostname
     hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")

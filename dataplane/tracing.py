@@ -23,7 +23,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -272,6 +272,8 @@ class ColdStartTraces:
     phases are read: :meth:`cold_start`). Its events, in order and at their own times:
     ``scale_decision``, ``replica_started`` (the process exists), each phase the model server
     reported (``imports``, ``accelerator_init``, ``fetch``, ``load``, ``warmup``), ``ready``.
+    On Kubernetes the events are what the pod records (:mod:`cluster.kubernetes.podstarts`:
+    ``pod_created``, ``scheduled``, ``initialized``, ``container_started``, ``ready``, …).
     A span not claimed within :attr:`keep_s` is forgotten."""
 
     keep_s = 300.0
@@ -286,25 +288,40 @@ class ColdStartTraces:
             del self._waiting[key]
         self._waiting.setdefault((namespace, revision), []).append((now, span))
 
+    def wants(self, namespace: str, revision: str) -> bool:
+        """Whether a request waits for a start of the revision (with tracing on)."""
+        return self.tracer.on and (namespace, revision) in self._waiting
+
     def cold_start(
         self, namespace: str, revision: str, started_at: float, phases: Iterable[tuple[str, float]]
     ) -> None:
         """A replica of the revision was started at ``started_at`` (unix seconds, the scale
-        decision) and went through ``phases`` (name, seconds) in order."""
-        waiting = self._waiting.pop((namespace, revision), [])
-        if not waiting or not self.tracer.on:
-            return
-        at = int(started_at * 1e9)
-        events: list[tuple[str, int, dict[str, Any]]] = [("scale_decision", at, {})]
+        decision) and went through ``phases`` (name, seconds) in order (the local runtime)."""
+        at = started_at
+        events: list[tuple[str, float, dict[str, Any]]] = [("scale_decision", at, {})]
         for phase, seconds in phases:
-            at += int(seconds * 1e9)
+            at += seconds
             name = "replica_started" if phase == "spawn" else phase
             events.append((name, at, {"zeroserve.phase_seconds": seconds}))
+        self.started(namespace, revision, events, at)
+
+    def started(
+        self,
+        namespace: str,
+        revision: str,
+        events: Sequence[tuple[str, float, dict[str, Any]]],
+        ended_at: float,
+    ) -> None:
+        """A replica of the revision became ready at ``ended_at`` after ``events`` (name, unix
+        seconds, attributes; in order): each waiting request's ``cold_start`` span, from the
+        first event to ``ended_at``. (On Kubernetes: :mod:`cluster.kubernetes.podstarts`.)"""
+        waiting = self._waiting.pop((namespace, revision), [])
+        if not waiting or not self.tracer.on or not events:
+            return
         attributes = {"k8s.namespace.name": namespace, "zeroserve.revision": revision}
+        start_ns = int(events[0][1] * 1e9)
         for _, parent in waiting:
-            span = self.tracer.span(
-                "cold_start", parent, start_ns=events[0][1], attributes=attributes
-            )
+            span = self.tracer.span("cold_start", parent, start_ns=start_ns, attributes=attributes)
             for name, ts, attrs in events:
-                span.add_event(name, attrs, timestamp=ts)
-            span.end(end_time=at)
+                span.add_event(name, attrs, timestamp=int(ts * 1e9))
+            span.end(end_time=int(ended_at * 1e9))

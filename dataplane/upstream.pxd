@@ -57,6 +57,7 @@ cdef class UpstreamPool:
     cdef public dict _idle
     cdef public dict _addr
     cdef public bint _closed
+    cdef public object tls
     @cython.locals(conn=UpstreamConnection, q=_Idle)
     cpdef UpstreamConnection take_idle(self, str hostport, double now)
     @cython.locals(q=_Idle)

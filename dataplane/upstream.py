@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable
 from typing import cast
 
@@ -257,10 +258,14 @@ class UpstreamPool:
         max_idle_per_host: int = 1000,
         idle_timeout_s: float = 15.0,
         connect_timeout_s: float = 10.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.max_idle_per_host = max_idle_per_host
         self.idle_timeout_s = idle_timeout_s
         self.connect_timeout_s = connect_timeout_s
+        # TLS on every connection (a payload-logging sink's https://), checked against the
+        # host's name; None for the proxies' own plain loopback and pod connections
+        self.tls = tls
         self._idle: dict[str, _Idle] = {}
         self._addr: dict[str, tuple[str, int]] = {}
         self._closed = False
@@ -305,7 +310,11 @@ class UpstreamPool:
         try:
             async with asyncio.timeout(timeout):
                 _, conn = await loop.create_connection(
-                    lambda: cast(asyncio.Protocol, UpstreamConnection(hostport)), host, port
+                    lambda: cast(asyncio.Protocol, UpstreamConnection(hostport)),
+                    host,
+                    port,
+                    ssl=self.tls,
+                    server_hostname=host if self.tls is not None else None,
                 )
         except TimeoutError as exc:
             raise UpstreamConnectError(f"timed out dialing {hostport}") from exc

@@ -26,6 +26,7 @@ import asyncio
 import collections
 import logging
 import random
+import ssl
 import time
 import uuid
 from collections.abc import Mapping
@@ -233,7 +234,8 @@ class PayloadLogger:
         self._queue: collections.deque[_Event] = collections.deque()
         self._bytes = 0
         self._wake = asyncio.Event()
-        self.pool = UpstreamPool(max_idle_per_host=max(1, self.settings.workers))
+        tls = ssl.create_default_context() if config.tls else None  # (the system's CAs)
+        self.pool = UpstreamPool(max_idle_per_host=max(1, self.settings.workers), tls=tls)
         self._dropped_since_log = 0
         self._last_drop_log = -_DROP_LOG_EVERY_S
         self._gave_up_since_log = 0

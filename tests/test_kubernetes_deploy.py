@@ -54,6 +54,7 @@ NEEDED: dict[str, dict[tuple[str, str, str], set[str]]] = {
         ("apps", "deployments", "*"): {"list", "watch"},
         ("", "configmaps", "*"): {"list", "watch"},
         ("discovery.k8s.io", "endpointslices", "*"): {"list", "watch"},
+        ("", "pods", "*"): {"get"},  # (cluster.kubernetes.podstarts: a cold start's steps)
     },
     "autoscaler": {
         ("apps", "deployments", "*"): {"list", "watch", "patch"},

@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import socket
+import ssl
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
+import trustme
 from aiohttp import web
 
 from cluster.payload_logging import parse_logger
@@ -49,6 +52,7 @@ class Sink:
     attempts: int = 0
     runner: web.AppRunner | None = None
     url: str = ""
+    tls: ssl.SSLContext | None = None  # an https:// sink
 
     async def handle(self, request: web.Request) -> web.Response:
         self.attempts += 1
@@ -71,11 +75,12 @@ class Sink:
         app.router.add_post("/events", self.handle)
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=self.tls)
         await site.start()
         server = site._server
         assert isinstance(server, asyncio.Server)
-        self.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/events"
+        scheme = "https" if self.tls is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{server.sockets[0].getsockname()[1]}/events"
 
     def pairs(self) -> dict[str, dict[str, CloudEvent]]:
         out: dict[str, dict[str, CloudEvent]] = {}
@@ -253,3 +258,45 @@ async def test_a_sink_that_answers_in_10s_adds_no_latency() -> None:
         text = await scrape(r)
     assert (sample(text, "queue_proxy_payload_events_total", outcome="dropped") or 0) > 0
     assert s.events == []
+
+
+@pytest.fixture
+def tls_sink(tmp_path: Path) -> tuple[ssl.SSLContext, Path]:
+    """A server context for 127.0.0.1 from a CA of the test's own, and that CA's file."""
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    return server, ca_file
+
+
+async def test_an_https_sink_gets_the_events_over_tls(
+    tls_sink: tuple[ssl.SSLContext, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sink's certificate is checked against the system's CAs (OpenSSL's defaults, so
+    ``SSL_CERT_FILE`` adds one) and the URL's host."""
+    server, ca_file = tls_sink
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    async with sink(tls=server) as s, logged(s.url) as r:
+        assert s.url.startswith("https://127.0.0.1:")
+        assert (await _post(r, "/echo", b"abc"))[0] == 200
+        await poll_until(lambda: len(s.events) == 2)
+        text = await scrape(r)
+    assert {e.type for e in s.events} == {REQUEST_TYPE, RESPONSE_TYPE}
+    assert s.events[0].data == b"abc"
+    assert sample(text, "queue_proxy_payload_events_total", outcome="delivered") == 2
+
+
+async def test_an_https_sink_whose_certificate_is_not_trusted_gets_nothing(
+    tls_sink: tuple[ssl.SSLContext, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    server, _ = tls_sink  # (its CA is not among the system's)
+    quick = dataclasses.replace(FAST, retries=1)
+    async with sink(tls=server) as s, logged(s.url, queue=quick) as r:
+        assert (await _post(r, "/echo", b"abc"))[0] == 200
+        await poll_until(lambda: sample_now(r) == 2, 5)
+    assert s.events == []
+    given_up = [rec for rec in caplog.records if rec.getMessage() == "payload events given up"]
+    assert given_up
+    assert "CERTIFICATE_VERIFY_FAILED" in str(given_up[0].__dict__.get("error", "")).upper()

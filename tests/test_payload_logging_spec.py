@@ -49,19 +49,36 @@ from cluster.spec_loader import SpecError, parse_spec
             ),
             id="port-and-mode",
         ),
+        pytest.param(
+            {URL: "https://sink.example.com/v1/events?k=1"},
+            PayloadLogging(
+                url="https://sink.example.com/v1/events?k=1",
+                hostport="sink.example.com:443",
+                target="/v1/events?k=1",
+                host="sink.example.com",
+            ),
+            id="https-port-443",
+        ),
     ],
 )
 def test_parse_logger(values: dict[str, str], want: PayloadLogging | None) -> None:
-    assert parse_logger(values) == want
+    got = parse_logger(values)
+    assert got == want
+    assert got is None or got.tls == got.url.startswith("https://")
 
 
 @pytest.mark.parametrize(
     ("values", "error"),
     [
         pytest.param(
-            {URL: "https://sink/"},
-            "logger.zeroserve.dev/url = 'https://sink/': must be an http://",
-            id="https",
+            {URL: "ftp://sink/"},
+            "logger.zeroserve.dev/url = 'ftp://sink/': must be an http:// or https:// URL",
+            id="scheme",
+        ),
+        pytest.param(
+            {URL: "https://sink:x/"},
+            "logger.zeroserve.dev/url = 'https://sink:x/': must be an https:// URL with a valid",
+            id="bad-port",
         ),
         pytest.param(
             {URL: "http:///x"},

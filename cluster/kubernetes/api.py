@@ -12,6 +12,7 @@ re-watches after a 410 without re-listing.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -191,6 +192,9 @@ class AioKubeApi:
 
     async def close(self) -> None:
         await self._client.close()
+        # TLS connections finish closing (close_notify) in the loop's next turns: give them
+        # those turns, as aiohttp's graceful shutdown does, so none is left to a closed loop
+        await asyncio.sleep(0.25)
 
     async def _request(
         self,

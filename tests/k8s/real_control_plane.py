@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ from cluster.kubernetes.api import (
 )
 from cluster.kubernetes.informer import Change, Informer
 from cluster.kubernetes.leader import LeaderElector
+from cluster.kubernetes.podstarts import PodStarts
 from cluster.kubernetes.runtime import LEASE_NAME, KubeWiring, LeaderScaleTarget
 from cluster.kubernetes.scheme import REVISION_LABEL
 from cluster.memory import MemoryConfig
@@ -136,6 +138,61 @@ async def test_scale_fills_endpoint_slices(admin: AioKubeApi) -> None:
             await agent_task
         await deployments.stop()
         await slices.stop()
+
+
+async def scale(api: AioKubeApi, key: RevisionKey, replicas: int) -> None:
+    body = {"spec": {"replicas": replicas}}
+    await api.patch(DEPLOYMENTS, key.namespace, key.name, body, subresource="scale")
+
+
+async def test_a_cold_starts_steps_are_read_from_its_pod(
+    plane: ControlPlane, admin: AioKubeApi
+) -> None:
+    """The activator's cold_start span on Kubernetes: when a pod of a revision someone waits
+    for becomes ready, its start's steps are read from the pod, as the activator's own
+    ServiceAccount (RBAC: pods get)."""
+    await apply_all(admin, render(DEPLOY) + render(DEPLOY / "examples" / "iris"), dry_run=False)
+    agent = NodeAgent(admin)
+    agent_task = asyncio.create_task(agent.run())
+    activator = KubeWiring(plane.api(impersonate=f"system:serviceaccount:{NS}:activator"))
+    key = RevisionKey("default", "iris-00001")
+    got: list[tuple[str, str, list[str], list[dict[str, Any]], float]] = []
+    waiting = {(key.namespace, key.name)}
+    try:
+        endpoints = activator.endpoints()
+        await activator.start(timeout_s=20)
+        starts = PodStarts(
+            activator.api,
+            endpoints,
+            wanted=lambda ns, rev: (ns, rev) in waiting,
+            started=lambda ns, rev, events, end: got.append(
+                (ns, rev, [e[0] for e in events], [e[2] for e in events], end)
+            ),
+        )
+        await scale(admin, key, 0)
+        await eventually(lambda: not endpoints.current().get(key))
+        before = time.time()
+        await scale(admin, key, 1)
+        await eventually(lambda: bool(got), 60)
+        starts.close()
+    finally:
+        agent_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await agent_task
+        await activator.close()
+    ns, rev, names, attrs, end = got[0]
+    assert (ns, rev) == ("default", "iris-00001")
+    # what the node agent records (a real kubelet adds sandbox_ready and container_started)
+    assert names == [
+        "pod_created",
+        "scheduled",
+        "initialized",
+        "containers_ready",
+        "ready",
+        "endpoint_ready",
+    ], names
+    assert attrs[-1]["k8s.pod.name"].startswith("iris-00001-")
+    assert before - 1 <= end <= time.time()
 
 
 async def test_configmap_watch_and_410_after_compaction(admin: AioKubeApi) -> None:
