@@ -120,10 +120,12 @@ def upstream_app() -> web.Application:
 
 
 @asynccontextmanager
-async def run_app(app: web.Application) -> AsyncIterator[tuple[web.Application, int]]:
+async def run_app(
+    app: web.Application, host: str = "127.0.0.1"
+) -> AsyncIterator[tuple[web.Application, int]]:
     runner = web.AppRunner(app, shutdown_timeout=0.5)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, host, 0)
     await site.start()
     assert isinstance(site._server, asyncio.Server)
     port = site._server.sockets[0].getsockname()[1]

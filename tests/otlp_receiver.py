@@ -65,7 +65,8 @@ class Receiver:
 
 
 @asynccontextmanager
-async def otlp_receiver() -> AsyncIterator[Receiver]:
+async def otlp_receiver(host: str = "127.0.0.1") -> AsyncIterator[Receiver]:
+    """An OTLP/HTTP receiver listening on ``host`` (a free port)."""
     holder: list[Receiver] = []
 
     async def traces(request: web.Request) -> web.Response:
@@ -107,6 +108,6 @@ async def otlp_receiver() -> AsyncIterator[Receiver]:
 
     app = web.Application()
     app.router.add_post("/v1/traces", traces)
-    async with run_app(app) as (_, port):
-        holder.append(Receiver(url=f"http://127.0.0.1:{port}/v1/traces"))
+    async with run_app(app, host) as (_, port):
+        holder.append(Receiver(url=f"http://{host}:{port}/v1/traces"))
         yield holder[0]

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from cluster.kubernetes.api import ENDPOINTSLICES, PODS, NotFoundError
+from cluster.kubernetes.api import CONFIGMAPS, ENDPOINTSLICES, PODS, NotFoundError
 from tests.k8s.e2e import (
     NS,
     STABLE_WINDOW_S,
@@ -28,6 +28,8 @@ from tests.k8s.e2e import (
     eventually,
     metric,
 )
+from tests.k8s.netns import GATEWAY
+from tests.otlp_receiver import otlp_receiver
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(240)]
 
@@ -399,3 +401,43 @@ async def test_model_server_killed_under_load(k8s: Cluster) -> None:
     assert while_out, "no sample of its queue-proxy while it was out"
     assert len(set(while_out)) == 1, f"requests reached the pod while it was out: {while_out}"
     assert not after, failures(after)
+
+
+async def test_a_traced_cold_start_shows_its_pods_steps(k8s: Cluster) -> None:
+    """Tracing on by config-observability (no restart): a request that waits for a revision
+    at zero gets a cold_start span, under its throttler_try, with the steps of the pod's start
+    as Kubernetes recorded them (the activator reads the pod as its own ServiceAccount)."""
+    await eventually(lambda: at_zero(k8s, REV1), STABLE_WINDOW_S + 60, f"{REV1} at zero")
+    async with otlp_receiver(GATEWAY) as receiver:  # (the node's address: pods reach it)
+        on = {
+            "tracing-protocol": "http/protobuf",
+            "tracing-endpoint": receiver.url,
+            "tracing-sampling-rate": "1",
+        }
+        await k8s.admin.patch(CONFIGMAPS, NS, "config-observability", {"data": on})
+        try:
+            await asyncio.sleep(2)  # (both activators see the change: each watches it)
+            load = await k8s.load(count=4, rate=2, concurrency=1, deadline_s=60)
+            records = await load.finish(90)
+            assert not load.failed, failures(records)
+            await receiver.until(lambda spans: bool(receiver.named("cold_start")), 30)
+        finally:
+            off = {"tracing-protocol": "none", "tracing-endpoint": ""}
+            await k8s.admin.patch(CONFIGMAPS, NS, "config-observability", {"data": off})
+    cold = receiver.named("cold_start")[0]
+    waits = {s.span_id: s for s in receiver.named("throttler_try")}
+    assert cold.parent_id in waits
+    assert waits[cold.parent_id].attributes["zeroserve.cold"] is True
+    assert cold.attributes["zeroserve.revision"] == REV1
+    names = [e[0] for e in cold.events]
+    for step in ("pod_created", "scheduled", "initialized", "container_started", "ready"):
+        assert step in names, names
+    assert names[-1] == "endpoint_ready"
+    started = {e[2].get("k8s.container.name") for e in cold.events if e[0] == "container_started"}
+    assert "queue-proxy" in started, started
+    report(
+        "traced-cold-start",
+        records,
+        cold_start_span_s=cold.seconds,
+        steps=len(names),
+    )
