@@ -420,12 +420,29 @@ class ActivatorHandler:
                 "pod refused the connection",
                 extra={"revision": str(lane.key), "pod": address, "retried": retried},
             )
-            if retried or not admission.retry():
+            if retried or not (admission.retry() or await self._wait_other(ex, lane, admission)):
                 body = f"error connecting to revision {lane.key} (pod {address}): {refused}\n"
                 ex.respond_now(502, body.encode())
                 return 502
             retried = True
             refused = None
+
+    async def _wait_other(self, ex: Exchange, lane: _Lane, admission: Admission) -> bool:
+        """No other pod is free now: wait for one (within what is left of the revision
+        timeout), as a request waits for a pod; False if there is no other pod, or none frees
+        in time. (With containerConcurrency, the other pods are often busy just then.)"""
+        timeout_s = lane.revision.timeout_s
+        left: float | None = None
+        if timeout_s > 0:
+            left = max(timeout_s - (asyncio.get_running_loop().time() - ex.arrived_at), 0.0)
+        assert admission.tried is not None  # (retry() made it)
+        try:
+            async with asyncio.timeout(left):
+                tracker = await lane.throttler.wait_pick(admission.tried)
+        except TimeoutError:
+            return False
+        admission.tracker = tracker
+        return tracker is not None
 
     def _health(self, ex: Exchange) -> None:
         """Knative's HealthHandler (:func:`dataplane.probes.activator_health`)."""

@@ -334,6 +334,25 @@ class RevisionThrottler:
             return None
         return Admission(self, tracker, slot)
 
+    async def wait_pick(self, exclude: set[str]) -> PodTracker | None:
+        """A slot on a pod not in ``exclude``, waiting for one to free (a request that goes
+        to another pod after its first refused: it keeps its revision slot, and requests that
+        arrive meanwhile do not overtake it); None once no such pod is left. The caller bounds
+        the wait."""
+        while True:
+            if all(t.address in exclude for t in self._assigned):
+                return None
+            pick = self.pick(exclude)
+            if pick is not None:
+                return pick
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._pick_waiters.append(fut)
+            try:
+                await fut
+            finally:
+                if fut in self._pick_waiters:
+                    self._pick_waiters.remove(fut)
+
     async def _wait_pick(self) -> PodTracker:
         # The revision breaker admitted us, so a tracker is free but for races (a pod removed
         # between admission and pick): wait for the next release or update and try again.

@@ -364,3 +364,33 @@ async def test_a_pod_whose_model_server_refused_is_retried_on_another_pod(make: 
     assert body.startswith("error connecting to revision default/iris-v1 (pod 127.0.0.1:")
     await poll(lambda: settled(h))
     assert answered(h) == 2
+
+
+async def test_the_retry_waits_for_a_busy_pod_when_cc_holds_the_others(make: Make) -> None:
+    """CC 1, the other pod busy when a pod's model server refuses: the request keeps its
+    revision slot and waits for the other pod (as it would for any pod), rather than 502."""
+    h = await make(service("iris", {"iris-v1": 100}, cc=1))
+    busy = EndingPod("b")
+    await busy.start()
+    h.pods.append(busy)
+    dead = NotSentPod("dead")
+    await dead.start()
+    h.pods.append(dead)
+    while dead.address < busy.address:  # CC=1 picks the first free pod by address
+        dead = NotSentPod("dead")
+        await dead.start()
+        h.pods.append(dead)
+    h.set_pods("iris-v1", busy, dead)
+    await h.ready("iris-v1", 2)
+    held = await send(h, "hold", "g")  # on b, the first pod, until the gate opens
+    await poll(lambda: busy.active == 1)
+    post = f"POST / HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 3\r\n\r\nabc".encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", h.act.port)
+    writer.write(post)  # to the dead pod (b is full): refused, then waits for b
+    await poll(lambda: len(dead.seen) == 1)
+    await asyncio.sleep(0.1)
+    assert busy.active == 1  # still held: the retry waits for it, no 502
+    busy.gate("g").set()
+    assert await answer(*held) == (200, "b:held")
+    assert await answer(reader, writer) == (200, "b::3")
+    await poll(lambda: settled(h))
