@@ -142,9 +142,13 @@ async def test_cold_start_scale_up_settle_and_back_to_zero(tmp_path: Path) -> No
         assert load.failed == 0, load.errors[:5]
 
 
-async def test_replica_killed_under_load_is_replaced(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cc", [0, 2], ids=["cc0", "cc2-busy"])
+async def test_replica_killed_under_load_is_replaced(tmp_path: Path, cc: int) -> None:
+    """With CC 2 the 4 clients keep both replicas full: a request the dead one's queue-proxy
+    could not deliver waits for the other replica's slot."""
     c = 4
-    spec = emulator_spec(annotations={"autoscaling.knative.dev/min-scale": "2"})
+    scale = {"autoscaling.knative.dev/min-scale": "2", "autoscaling.knative.dev/max-scale": "2"}
+    spec = emulator_spec(annotations=scale, cc=cc)
     async with (
         zeroserve_up(write_spec(tmp_path, spec), tmp_path / "up.log") as rt,
         aiohttp.ClientSession() as session,
