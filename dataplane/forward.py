@@ -42,6 +42,8 @@ def _completed(status: int) -> ForwardResult:
 
 
 _LAST_CHUNK = b"0\r\n\r\n"
+_KEEP_MAX = 64 * 1024
+"""A streamed request body is kept (for a retry after a not-sent 502) up to this many bytes."""
 _NOT_SENT = NOT_SENT_HEADER.lower().encode()
 _NOT_SENT_LINE = b"\r\n" + _NOT_SENT + b":"
 
@@ -147,6 +149,10 @@ class Forward(ForwardState):
         else:
             self._body_sent = bool(chunks)
             self.streaming_body = True
+            size = sum([len(c) for c in chunks]) if chunks else 0
+            if size <= _KEEP_MAX:
+                self._kept = list(chunks)
+                self._kept_bytes = size
         if self._start_s > 0 or self._idle_s > 0:
             now = self._ctx.time()
             if self._start_s > 0:
@@ -166,6 +172,14 @@ class Forward(ForwardState):
         if conn is None or conn.transport is None:
             return
         self._body_sent = True
+        kept = self._kept
+        if kept is not None:
+            n = self._kept_bytes + len(data)
+            if n <= _KEEP_MAX:
+                kept.append(data)
+                self._kept_bytes = n
+            else:
+                self._kept = None
         if self._chunked_in:
             conn.write(b"%x\r\n%b\r\n" % (len(data), data))
         else:
@@ -179,6 +193,9 @@ class Forward(ForwardState):
         if self._chunked_in:
             conn.write(_LAST_CHUNK)
         self._request_sent = True
+        if self._kept is not None:  # a small streamed body: now whole, as one that came whole
+            self._replay = self._kept
+            self._kept = None
 
     def upstream_pause_writing(self) -> None:
         self._ex._conn.pause_for_upstream(True)
@@ -205,7 +222,7 @@ class Forward(ForwardState):
         if status < 200:  # 1xx: the core answered Expect itself; drop the upstream's
             self._informational = True
             return
-        if status == 502 and self._replay is not None and _says_not_sent(conn.headers):
+        if status == 502 and self._may_resend() and _says_not_sent(conn.headers):
             self._not_sent()
             return
         self._headers = conn.headers
@@ -217,7 +234,7 @@ class Forward(ForwardState):
         ``on_headers_complete``, ``on_body`` and ``on_message_complete`` would do for it."""
         if (
             response.status == 502
-            and self._replay is not None
+            and self._may_resend()
             and _NOT_SENT_LINE in b"\r\n" + response.lines.lower()
         ):
             self._not_sent()
@@ -232,13 +249,21 @@ class Forward(ForwardState):
         )
         self._response_end(response.keep_alive)
 
+    def _may_resend(self) -> bool:
+        """Whether the request could go again: its whole body is here (it came whole, or
+        streamed and was kept), or it is still streaming and what went out so far is kept."""
+        return self._replay is not None or self._kept is not None
+
     def _not_sent(self) -> None:
         """The upstream answered 502 with :data:`dataplane.api.NOT_SENT_HEADER` (its own
-        upstream refused the connection: the request went no further) while the whole body is
-        still here: as a refused connection (``Request._forward_refused``), so the handler may
-        send the request to another upstream. Nothing was written to the client."""
-        replay = self._replay
+        upstream refused the connection: the request went no further) and the body that went
+        out is still here: as a refused connection (``Request._forward_refused``), so the
+        handler may send the request to another upstream. Nothing was written to the client.
+        A body still streaming in is held by the exchange from here, after what was kept, as
+        it is before a forward."""
+        replay = self._replay if self._replay is not None else self._kept
         self._replay = None
+        self._kept = None
         self._detach(reuse=False)
         self._resolved = True
         self.cleanup_timers()
@@ -259,6 +284,7 @@ class Forward(ForwardState):
         """The client's response head, from the upstream's status line and end-to-end lines
         (and ``body``, a whole body read with the head, in the same bytes)."""
         self._replay = None
+        self._kept = None
         self._status = status
         if self._start is not None:
             self._cancel_start_timer()

@@ -21,6 +21,8 @@ cdef class ForwardState(ResponseSink):
     cdef public bytes _head
     cdef public list _headers
     cdef public object _idle_handle
+    cdef public list _kept
+    cdef public Py_ssize_t _kept_bytes
     cdef public double _idle_s
     cdef public bint _informational
     cdef public double _last_write

@@ -32,6 +32,8 @@ class ForwardState(ResponseSink):
         "_idle_handle",
         "_idle_s",
         "_informational",
+        "_kept",
+        "_kept_bytes",
         "_last_write",
         "_loop",
         "_on_done",
@@ -94,6 +96,9 @@ class ForwardState(ResponseSink):
         self.simple_ok = self._ex._method != "HEAD" and not self._ex._upgrade
         self.streaming_body = False  # client body chunks go straight upstream
         self._replay: list[bytes] | None = None  # the whole body, kept until a response byte
+        # a streamed body's bytes that went upstream, while they are few (forward._KEEP_MAX)
+        self._kept: list[bytes] | None = None
+        self._kept_bytes = 0
         self._body_sent = False  # streamed body bytes went upstream: no retry
         self._request_sent = False
         self._status = 0

@@ -55,6 +55,11 @@ class TeeForward(Forward):
 
     tee: Tee
 
+    def _may_resend(self) -> bool:
+        """Only a body that went whole: a streamed one's first bytes were copied already, and
+        a resend would copy them again."""
+        return self._replay is not None and self.tee.request_done
+
     def _failed(self, what: str) -> None:
         log.exception("tee failed", extra={"call": what, "target": self._ex._target})
 

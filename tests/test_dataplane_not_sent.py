@@ -1,8 +1,9 @@
 """A 502 that says the request went no further (``dataplane.api.NOT_SENT_HEADER``, what a
-queue-proxy answers when its model server refuses the connection): a forward that still holds
-the whole request body hands the request back as a refused connection, so the handler may send
-it to another upstream, body and all. Any other 502, or one for a request whose body was
-streamed, reaches the client as it came."""
+queue-proxy answers when its model server refuses the connection): a forward that holds what
+it sent of the request body (all of it, or a streamed body's first 64 KiB) hands the request
+back as a refused connection, so the handler may send it to another upstream, body and all.
+Any other 502, or one for a request whose streamed body outgrew what is kept, reaches the
+client as it came."""
 
 from __future__ import annotations
 
@@ -165,13 +166,30 @@ async def test_an_unmarked_502_reaches_the_client(now: bool) -> None:
         assert front.results == [ForwardResult(502, True)]
 
 
-async def test_a_marked_502_for_a_streamed_body_reaches_the_client() -> None:
-    """The body came after the request went upstream: it is not held, so nothing can be
-    replayed; the marked 502 is the answer (marker and all: the client may retry)."""
-    upstream = Refusing(read_body=False)
+@pytest.mark.parametrize("now", [True, False], ids=["forward_now", "forward"])
+@pytest.mark.parametrize("read_body", [True, False], ids=["answered-after-body", "mid-body"])
+async def test_a_small_streamed_body_is_kept_and_goes_again(now: bool, read_body: bool) -> None:
+    """The body comes after the head (as Python's ``requests`` sends it): what went upstream
+    is kept (up to 64 KiB), so the marked 502 goes back to the handler whether it came after
+    the whole body or in the middle of it (the rest is held by the exchange meanwhile)."""
+    upstream = Refusing(read_body=read_body)
+    async with _front(upstream, now) as front:
+        assert front.server is not None
+        body = b'{"instances": [[1, 2, 3, 4]]}' * 100
+        head, out = await _exchange(front.server.port, _post(body), body, pause_s=0.1)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert parse_echo(out)["body_len"] == len(body)
+        assert front.refused == [f"{front.first} answered that its upstream refused"]
+
+
+async def test_a_marked_502_for_a_large_streamed_body_reaches_the_client() -> None:
+    """Over 64 KiB streamed: not kept, so nothing can be sent again; the marked 502 is the
+    answer (marker and all: the client may retry)."""
+    upstream = Refusing(read_body=True)
     async with _front(upstream, now=True) as front:
         assert front.server is not None
-        head, out = await _exchange(front.server.port, _post(b"abc"), b"abc", pause_s=0.1)
+        body = b"x" * (80 * 1024)
+        head, out = await _exchange(front.server.port, _post(body), body, pause_s=0.1)
         assert head.startswith(b"HTTP/1.1 502"), head
         assert NOT_SENT_HEADER.lower().encode() in head.lower()
         assert out.startswith(b"upstream connect error")
