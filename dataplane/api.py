@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Final, Literal, NamedTuple, Protocol
 
+from dataplane.headers import NOT_SENT_HEADER as _NOT_SENT_HEADER
 from dataplane.messages import HeaderNames
 from dataplane.route import NO_TIMEOUTS, Route
 from dataplane.route import Timeouts as Timeouts  # (part of the contract: re-exported)
@@ -75,8 +76,8 @@ FORWARD_REASONS: frozenset[ForwardReason] = frozenset(
 )
 
 
-NOT_SENT_HEADER: Final = "Zeroserve-Not-Sent"
-"""A header on the 502 a component answers when its upstream refused a new connection (its
+NOT_SENT_HEADER: Final = _NOT_SENT_HEADER
+"""``Zeroserve-Not-Sent``: a header on the 502 a component answers when its upstream refused a new connection (its
 value: ``upstream-connect``): nothing of the request went further, so whoever sent it may send
 it to another upstream. A forward that still holds the whole request body treats such a 502
 from its upstream as a refused connection (:class:`UpstreamConnectError`): the activator then

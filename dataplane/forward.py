@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataplane.api import (
     CLIENT_DISCONNECTED,
-    NOT_SENT_HEADER,
     TIMEOUT_IDLE,
     TIMEOUT_RESPONSE_START,
     TIMEOUT_TOTAL,
@@ -20,7 +19,7 @@ from dataplane.api import (
 )
 from dataplane.deadlines import new_deadline
 from dataplane.forward_state import ForwardState
-from dataplane.headers import response_head, scan_response_headers, status_line
+from dataplane.headers import response_head, says_not_sent, scan_response_headers, status_line
 from dataplane.messages import SimpleResponse
 from dataplane.upstream import UpstreamConnection
 
@@ -44,13 +43,6 @@ def _completed(status: int) -> ForwardResult:
 _LAST_CHUNK = b"0\r\n\r\n"
 _KEEP_MAX = 64 * 1024
 """A streamed request body is kept (for a retry after a not-sent 502) up to this many bytes."""
-_NOT_SENT = NOT_SENT_HEADER.lower().encode()
-_NOT_SENT_LINE = b"\r\n" + _NOT_SENT + b":"
-
-
-def _says_not_sent(headers: list[tuple[bytes, bytes]]) -> bool:
-    """The upstream's 502 carries :data:`dataplane.api.NOT_SENT_HEADER`."""
-    return any(name.lower() == _NOT_SENT for name, _ in headers)
 
 
 class Forward(ForwardState):
@@ -222,7 +214,7 @@ class Forward(ForwardState):
         if status < 200:  # 1xx: the core answered Expect itself; drop the upstream's
             self._informational = True
             return
-        if status == 502 and self._may_resend() and _says_not_sent(conn.headers):
+        if status == 502 and self._may_resend() and says_not_sent(conn.headers):
             self._not_sent()
             return
         self._headers = conn.headers
@@ -232,11 +224,7 @@ class Forward(ForwardState):
     def on_simple_response(self, response: SimpleResponse) -> None:
         """A whole response read at once without the parser (:func:`simple_response`): what
         ``on_headers_complete``, ``on_body`` and ``on_message_complete`` would do for it."""
-        if (
-            response.status == 502
-            and self._may_resend()
-            and _NOT_SENT_LINE in b"\r\n" + response.lines.lower()
-        ):
+        if response.status == 502 and self._may_resend() and says_not_sent(None, response.lines):
             self._not_sent()
             return
         self._response_head(

@@ -333,3 +333,17 @@ def response_head(
 ) -> bytes:
     """The head sent to the client: hop-by-hop dropped (raw bytes in, raw bytes out)."""
     return status_line(status, reason) + scan_response_headers(headers)[0] + framing + b"\r\n"
+
+
+NOT_SENT_HEADER = "Zeroserve-Not-Sent"
+"""(:data:`dataplane.api.NOT_SENT_HEADER`, defined here beside its scanner.)"""
+_NOT_SENT = NOT_SENT_HEADER.lower().encode()
+_NOT_SENT_LINE = b"\r\n" + _NOT_SENT + b":"
+
+
+def says_not_sent(headers: Sequence[tuple[bytes, bytes]] | None, lines: bytes = b"") -> bool:
+    """Whether a response carries :data:`NOT_SENT_HEADER`: in its parsed ``headers``, or (when
+    None) in its end-to-end header ``lines`` (each ending in CRLF). Asked of a 502 only."""
+    if headers is not None:
+        return any(name.lower() == _NOT_SENT for name, _ in headers)
+    return _NOT_SENT_LINE in b"\r\n" + lines.lower()
