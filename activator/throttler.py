@@ -334,30 +334,17 @@ class RevisionThrottler:
             return None
         return Admission(self, tracker, slot)
 
-    async def wait_pick(self, exclude: set[str]) -> PodTracker | None:
-        """A slot on a pod not in ``exclude``, waiting for one to free (a request that goes
-        to another pod after its first refused: it keeps its revision slot, and requests that
-        arrive meanwhile do not overtake it); None once no such pod is left. The caller bounds
-        the wait."""
+    async def wait_pick(self, exclude: set[str] | None = None) -> PodTracker | None:
+        """A slot on a pod not in ``exclude``, waiting for the next release or update while
+        none is free; the caller bounds the wait. Without ``exclude`` (a request the revision
+        breaker admitted: a pod is free but for races, such as one removed between admission
+        and pick) it always returns one. With it (a request that goes to another pod after its
+        first refused: it keeps its revision slot, and requests that arrive meanwhile do not
+        overtake it), None once no such pod is left."""
         while True:
-            if all(t.address in exclude for t in self._assigned):
+            if exclude and all(t.address in exclude for t in self._assigned):
                 return None
             pick = self.pick(exclude)
-            if pick is not None:
-                return pick
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._pick_waiters.append(fut)
-            try:
-                await fut
-            finally:
-                if fut in self._pick_waiters:
-                    self._pick_waiters.remove(fut)
-
-    async def _wait_pick(self) -> PodTracker:
-        # The revision breaker admitted us, so a tracker is free but for races (a pod removed
-        # between admission and pick): wait for the next release or update and try again.
-        while True:
-            pick = self.pick()
             if pick is not None:
                 return pick
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -381,7 +368,8 @@ class RevisionThrottler:
             try:
                 async with asyncio.timeout(timeout_s if timeout_s > 0 else None):
                     await stack.enter_async_context(self._breaker.maybe())
-                    tracker = await self._wait_pick()
+                    tracker = await self.wait_pick()
+                    assert tracker is not None  # (no exclude: it waits for one)
             except TimeoutError:
                 raise WaitTimeoutError(self.key, timeout_s) from None
             admission = Admission(self, tracker)

@@ -74,25 +74,33 @@ async def _serve_upstream(port: int) -> None:
 # --- the activator under test ---------------------------------------------------------------
 
 
-async def _serve_activator(port: int, upstream: str) -> None:
+async def serve_activator(port: int, primary: str, shadow: str = "") -> None:
+    """An activator in this process on ``port``: service ``bench``, all of it to revision
+    ``bench-1`` at ``primary``; with ``shadow``, revision ``bench-2`` there gets a copy of
+    every request (bench_shadow)."""
     from activator.app import ActivatorSettings, build_activator
     from activator.sinks import InProcessStatSink
     from cluster.memory import MemoryEndpoints, MemoryRoutes
     from cluster.ports import PodEndpoint
-    from cluster.spec import Revision, RevisionKey, Service, TrafficTarget
+    from cluster.spec import Revision, RevisionKey, Service, ShadowTarget, TrafficTarget
 
-    rev = Revision(namespace="default", service="bench", name="bench-1", container_concurrency=0)
+    pods = {"bench-1": primary, **({"bench-2": shadow} if shadow else {})}
     svc = Service(
         namespace="default",
         name="bench",
-        revisions=(rev,),
+        revisions=tuple(
+            Revision(namespace="default", service="bench", name=n, container_concurrency=0)
+            for n in pods
+        ),
         traffic=(TrafficTarget(revision="bench-1", percent=100),),
+        shadows=(ShadowTarget(revision="bench-2", percent=100),) if shadow else (),
     )
     endpoints = MemoryEndpoints()
-    endpoints.set_endpoints(
-        RevisionKey("default", "bench-1"),
-        [PodEndpoint(name="p", address=upstream, stats_address="")],
-    )
+    for name, address in pods.items():
+        endpoints.set_endpoints(
+            RevisionKey("default", name),
+            [PodEndpoint(name=name, address=address, stats_address="")],
+        )
     act = build_activator(
         MemoryRoutes([svc]),
         endpoints,
@@ -242,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "upstream":
             runner.run(_serve_upstream(args.port))
         else:
-            runner.run(_serve_activator(args.port, args.upstream))
+            runner.run(serve_activator(args.port, args.upstream))
     return 0
 
 

@@ -27,7 +27,7 @@ from typing import cast
 import uvloop
 
 from loadtests import harness
-from loadtests.bench_activator import HOST
+from loadtests.bench_activator import HOST, serve_activator
 from loadtests.harness import Target
 
 _PROBE = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nqueue"
@@ -69,40 +69,6 @@ async def _serve_shadow(port: int, slow_s: float) -> None:
     server = await loop.create_server(lambda: _Shadow(slow_s), "127.0.0.1", port, backlog=1024)
     async with server:
         await server.serve_forever()
-
-
-async def _serve_activator(port: int, primary: str, shadow: str) -> None:
-    from activator.app import ActivatorSettings, build_activator
-    from activator.sinks import InProcessStatSink
-    from cluster.memory import MemoryEndpoints, MemoryRoutes
-    from cluster.ports import PodEndpoint
-    from cluster.spec import Revision, RevisionKey, Service, ShadowTarget, TrafficTarget
-
-    revs = tuple(
-        Revision(namespace="default", service="bench", name=n, container_concurrency=0)
-        for n in ("bench-1", "bench-2")
-    )
-    svc = Service(
-        namespace="default",
-        name="bench",
-        revisions=revs,
-        traffic=(TrafficTarget(revision="bench-1", percent=100),),
-        shadows=(ShadowTarget(revision="bench-2", percent=100),) if shadow else (),
-    )
-    endpoints = MemoryEndpoints()
-    for name, address in (("bench-1", primary), ("bench-2", shadow or primary)):
-        endpoints.set_endpoints(
-            RevisionKey("default", name),
-            [PodEndpoint(name=name, address=address, stats_address="")],
-        )
-    act = build_activator(
-        MemoryRoutes([svc]),
-        endpoints,
-        InProcessStatSink(lambda _batch: None),
-        settings=ActivatorSettings(pod_name="bench-activator"),
-    )
-    await act.start("127.0.0.1", port)
-    await asyncio.Event().wait()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -156,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         uvloop.run(_serve_shadow(args.port, args.slow))
         return 0
     if args.command == "activator":
-        uvloop.run(_serve_activator(args.port, args.primary, args.shadow))
+        uvloop.run(serve_activator(args.port, args.primary, args.shadow))
         return 0
     return run(args)
 
